@@ -1,0 +1,242 @@
+"""
+The addition task as text and as tokens.
+
+    prompt(a, b)        'Input:\\n1234+567\\nTarget:'
+    scratchpad(a, b)    '\\n<scratch>\\n[1,2,3,4] + [5,6,7] , A=[] , C=0 , ...\\n</scratch>\\n1 8 0 1\\n'
+    parse_answer(text)  1801, or None if the answer line is missing or malformed
+    encode / decode     one character = one token, as in the paper
+    samplers            pre-training (1..N digits), RL ("N+k"), evaluation ("identical", "varying")
+    make_batch          padded (x, y) tensors with the loss on the completion only
+
+Every problem is either a training problem or a held-out problem, decided by a hash of its text
+(`is_held_out`). Training samplers never return held-out problems and evaluation samplers return
+nothing else, so an evaluation set can never leak into training.
+"""
+import random
+import zlib
+
+import torch
+
+# -----------------------------------------------------------------------------
+# text format (paper.md section 2, after Lee et al. 2024)
+
+
+def prompt(a: int, b: int) -> str:
+    return f"Input:\n{a}+{b}\nTarget:"
+
+
+def _digits(n: int) -> list[str]:
+    return list(str(n))
+
+
+def scratchpad(a: int, b: int) -> str:
+    """Everything the model writes after the prompt, from '\\n<scratch>\\n' to the final '\\n'."""
+    if a < 0 or b < 0:
+        raise ValueError(f"operands must be non-negative, got {a} and {b}")
+    top, bottom, acc, carry = _digits(a), _digits(b), [], 0
+    lines = []
+    while top or bottom:
+        x = int(top[-1]) if top else 0  # an exhausted operand contributes 0
+        y = int(bottom[-1]) if bottom else 0
+        s = x + y + carry
+        lines.append(f"[{','.join(top)}] + [{','.join(bottom)}] , A=[{','.join(acc)}] , C={carry} , "
+                     f"{x}+{y}+{carry}={s} , A->{s % 10} , C->{s // 10}\n")
+        acc.insert(0, str(s % 10))  # A is written most significant digit first
+        carry = s // 10
+        top, bottom = top[:-1], bottom[:-1]
+    # the last line has no ' , ' before 'C=': an inconsistency of the original format, kept on purpose
+    lines.append(f"[] + [] , A=[{','.join(acc)}] C={carry} , END\n")
+    return "\n<scratch>\n" + "".join(lines) + "</scratch>\n" + answer_line(a + b) + "\n"
+
+
+def answer_line(total: int) -> str:
+    """The spaced digits of the result: 1801 -> '1 8 0 1'. A final carry is simply the leading digit."""
+    return " ".join(str(total))
+
+
+def parse_answer(completion: str) -> int | None:
+    """The integer on the line after '</scratch>', or None. Never raises.
+
+    The line must be spaced digits exactly as `answer_line` writes them (no leading zero, single
+    spaces, a terminating newline), so `parse_answer(c) == a + b` is the paper's success criterion:
+    the text between '</scratch>\\n' and the next '\\n' equals the spaced result.
+    """
+    if not isinstance(completion, str):
+        return None
+    marker = "</scratch>\n"
+    start = completion.find(marker)
+    if start < 0:
+        return None
+    rest = completion[start + len(marker):]
+    end = rest.find("\n")
+    if end < 0:
+        return None  # truncated: the answer line never ended
+    line = rest[:end]
+    digits = line.split(" ")
+    if not digits or not all(len(d) == 1 and d in "0123456789" for d in digits):
+        return None
+    if len(digits) > 1 and digits[0] == "0":
+        return None
+    return int("".join(digits))
+
+
+def reward(completion: str, a: int, b: int) -> float:
+    """1.0 if the completion's answer line is exactly right, else 0.0 (scratchpad errors do not matter)."""
+    return float(parse_answer(completion) == a + b)
+
+
+# -----------------------------------------------------------------------------
+# tokens: one character = one token
+
+PAD = "\x00"  # padding; never appears in real text
+VOCAB = PAD + "\n +,-/:<=>ACDEINT[]aceghinprstu0123456789"  # every character the format uses
+STOI = {ch: i for i, ch in enumerate(VOCAB)}
+PAD_ID = STOI[PAD]
+NEWLINE_ID = STOI["\n"]
+SLASH_ID = STOI["/"]  # only appears in '</scratch>': after it, the next newline but one ends the answer
+
+
+def encode(text: str) -> list[int]:
+    try:
+        return [STOI[ch] for ch in text]
+    except KeyError as e:
+        raise ValueError(f"character {e.args[0]!r} is not in the vocabulary {VOCAB[1:]!r}") from None
+
+
+def decode(ids) -> str:
+    """Token ids (any iterable of ints) back to text; padding is dropped."""
+    return "".join(VOCAB[i] for i in ids if i != PAD_ID)
+
+
+# -----------------------------------------------------------------------------
+# problems
+
+def operand(digits: int, rng: random.Random) -> int:
+    """A uniform `digits`-digit number; a 1-digit operand is uniform in 0..9."""
+    if digits < 1:
+        raise ValueError(f"an operand needs at least 1 digit, got {digits}")
+    if digits == 1:
+        return rng.randint(0, 9)
+    return rng.randint(10 ** (digits - 1), 10 ** digits - 1)
+
+
+def is_held_out(a: int, b: int) -> bool:
+    """About 10% of all problems are reserved for evaluation, chosen by a hash of the problem."""
+    return zlib.crc32(f"{a}+{b}".encode()) % 10 == 0
+
+
+def _draw(lengths, rng: random.Random, held_out: bool) -> tuple[int, int]:
+    """Draw operands of the lengths given by `lengths()` until the problem is on the requested side."""
+    while True:
+        la, lb = lengths()
+        a, b = operand(la, rng), operand(lb, rng)
+        if is_held_out(a, b) == held_out:
+            return a, b
+
+
+def pretrain_problem(n: int, rng: random.Random) -> tuple[int, int]:
+    """Pre-training: each operand's length uniform in 1..n (balanced over lengths)."""
+    return _draw(lambda: (rng.randint(1, n), rng.randint(1, n)), rng, held_out=False)
+
+
+def rl_lengths(n: int, k: int, rng: random.Random) -> tuple[int, int]:
+    """The paper's 'N+k' lengths: one operand (first or second at random) has exactly n+k digits;
+    the other has n+1..n+k digits with probability 0.5, else 1..n."""
+    long = n + k
+    other = rng.randint(n + 1, n + k) if rng.random() < 0.5 else rng.randint(1, n)
+    return (long, other) if rng.random() < 0.5 else (other, long)
+
+
+def rl_problem(n: int, k: int, rng: random.Random, held_out: bool = False) -> tuple[int, int]:
+    return _draw(lambda: rl_lengths(n, k, rng), rng, held_out)
+
+
+def eval_set(kind: str, k: int, size: int, seed: int = 1234, n: int | None = None) -> list[tuple[int, int]]:
+    """A deterministic list of held-out problems.
+
+    kind = 'identical': both operands have exactly k digits.
+    kind = 'varying':   k digits + m digits, m uniform in 1..k.
+    kind = 'rl':        the 'N+k' RL distribution, with n the pre-training length.
+    kind = 'pretrain':  the pre-training distribution over 1..k digits (the comfort zone).
+    """
+    rng = random.Random(f"{kind}-{k}-{n}-{seed}")  # string seeds are stable across runs and machines
+    if kind == "identical":
+        lengths = lambda: (k, k)
+    elif kind == "varying":
+        lengths = lambda: (k, rng.randint(1, k))
+    elif kind == "rl":
+        if n is None:
+            raise ValueError("eval_set('rl', ...) needs n, the pre-training length")
+        lengths = lambda: rl_lengths(n, k, rng)
+    elif kind == "pretrain":
+        lengths = lambda: (rng.randint(1, k), rng.randint(1, k))
+    else:
+        raise ValueError(f"unknown evaluation set kind {kind!r}: use identical, varying, rl or pretrain")
+    return [_draw(lengths, rng, held_out=True) for _ in range(size)]
+
+
+# -----------------------------------------------------------------------------
+# batches
+
+def make_batch(problems, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded inputs x and targets y for next-token prediction, shape (B, T).
+
+    y[i, t] is the token after x[i, t], or -1 (ignored by the loss) where that token belongs to the
+    prompt or is padding: the model is trained to write the scratchpad, never to predict the question.
+    """
+    rows = [(encode(prompt(a, b)), encode(scratchpad(a, b))) for a, b in problems]
+    width = max(len(p) + len(c) for p, c in rows) - 1
+    x = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    y = torch.full((len(rows), width), -1, dtype=torch.long)
+    for i, (p, c) in enumerate(rows):
+        seq = torch.tensor(p + c)
+        x[i, :len(seq) - 1] = seq[:-1]
+        y[i, len(p) - 1:len(seq) - 1] = seq[len(p):]  # targets start at the first completion token
+    return x.to(device), y.to(device)
+
+
+def prompt_batch(problems, device="cpu") -> torch.Tensor:
+    """Left-padded prompts, shape (B, T), ready for `GPT.generate`."""
+    rows = [encode(prompt(a, b)) for a, b in problems]
+    width = max(len(r) for r in rows)
+    x = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    for i, r in enumerate(rows):
+        x[i, width - len(r):] = torch.tensor(r)
+    return x.to(device)
+
+
+def sequence_length(a: int, b: int) -> int:
+    return len(prompt(a, b)) + len(scratchpad(a, b))
+
+
+# -----------------------------------------------------------------------------
+# completions and accuracy (the model is passed in: anything with GPT's generate() works)
+
+def max_new_tokens(a: int, b: int) -> int:
+    """Room for the correct scratchpad plus slack for a wrong one that runs long."""
+    return len(scratchpad(a, b)) * 5 // 4 + 16
+
+
+@torch.no_grad()
+def complete(model, problems, temperature=0.0, batch_size=250, device="cpu", generator=None) -> list[str]:
+    """The model's completion (text after the prompt) for each problem, in the order given.
+
+    Problems are sorted by length before batching so that little compute goes to padding.
+    """
+    order = sorted(range(len(problems)), key=lambda i: sequence_length(*problems[i]))
+    completions = [None] * len(problems)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        batch = [problems[i] for i in chunk]
+        idx = prompt_batch(batch, device)
+        budget = min(max(max_new_tokens(a, b) for a, b in batch), model.config.block_size - idx.size(1))
+        out = model.generate(idx, budget, temperature=temperature, generator=generator)
+        for i, row in zip(chunk, out[:, idx.size(1):].tolist()):
+            completions[i] = decode(row)
+    return completions
+
+
+def accuracy(model, problems, temperature=0.0, **kwargs) -> float:
+    """Exact-match accuracy in percent (greedy decoding by default)."""
+    completions = complete(model, problems, temperature=temperature, **kwargs)
+    return 100.0 * sum(reward(c, a, b) for c, (a, b) in zip(completions, problems)) / len(problems)

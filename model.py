@@ -1,0 +1,251 @@
+"""
+A small GPT in plain PyTorch, read bottom-up: attention -> MLP -> Block -> GPTConfig -> GPT.
+
+Pre-LN blocks, learned absolute positions and tied input/output embeddings, as in GPT-2.
+Two things differ from nanoGPT because RL fine-tuning needs them:
+  - forward() returns logits at every position (per-token log-probs for the policy gradient);
+  - generate() is batched, accepts left-padded prompts of different lengths, keeps a KV cache,
+    and stops each row once its answer line is complete.
+Padding (token id 0 of data.VOCAB) never influences a real token: padded keys are masked out.
+"""
+import math
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from data import NEWLINE_ID, PAD_ID, SLASH_ID, VOCAB
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+
+    def forward(self, x, mask=None, cache=None, start=0):
+        """mask: None for plain causal attention, else a bool (B, 1, T, S) tensor, True = may attend.
+        cache: this layer's preallocated (k, v) buffers; the new keys/values go to [start, start + T)."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            cache_k, cache_v = cache
+            cache_k[:, :, start:start + T] = k
+            cache_v[:, :, start:start + T] = v
+            k, v = cache_k[:, :, :start + T], cache_v[:, :, :start + T]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+
+    def forward(self, x):
+        return self.c_proj(F.gelu(self.c_fc(x)))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x, mask=None, cache=None, start=0):
+        x = x + self.attn(self.ln_1(x), mask, cache, start)
+        return x + self.mlp(self.ln_2(x))
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # longest sequence (positions); 10+10-digit problems need 865
+    vocab_size: int = len(VOCAB)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied embeddings
+        self.apply(self._init_weights)
+        with torch.no_grad():  # learned positions, but started as sinusoids: see _sinusoids
+            self.wpe.weight.copy_(_sinusoids(config.block_size, config.n_embd, scale=0.05))
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def _check_length(self, positions):
+        longest = int(positions.max()) + 1
+        if longest > self.config.block_size:
+            raise ValueError(f"sequence needs position {longest - 1} but the model has block_size "
+                             f"{self.config.block_size}; use fewer digits or a model with a larger --block-size")
+
+    def _run(self, idx, positions, mask=None, caches=None, start=0):
+        x = self.wte(idx) + self.wpe(positions)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, None if caches is None else caches[i], start)
+        return self.lm_head(self.ln_f(x))
+
+    def forward(self, idx, targets=None, offset=None):
+        """idx (B, T) token ids, right- or left-padded. Returns (logits (B, T, V), loss or None).
+
+        targets (B, T): next tokens, -1 where ignored; the loss is their mean cross-entropy.
+        offset (B,): added to every row's positions. Pre-training draws it at random so that every
+        position embedding is trained, not only those that the longest training problem reaches.
+        """
+        real = idx != PAD_ID
+        if real[:, 0].all():  # no left padding: plain causal attention, the fast path
+            positions = torch.arange(idx.size(1), device=idx.device).expand_as(idx)
+            mask = None
+        else:  # left padding: each row counts positions from its first real token, pads are never keys
+            positions = (real.cumsum(1) - 1).clamp(min=0)
+            mask = _causal_mask(real)
+        if offset is not None:
+            positions = positions + offset[:, None]
+        self._check_length(positions)
+        logits = self._run(idx, positions, mask)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, generator=None):
+        """Continue left-padded prompts idx (B, T); returns (B, T + new) with new <= max_new_tokens.
+
+        temperature = 0 is greedy decoding. A row is finished once its answer line is complete
+        ('</scratch>' then the next newline but one); finished rows are filled with padding and the
+        loop ends when every row is finished.
+        """
+        B, T = idx.shape
+        real = idx != PAD_ID
+        positions = (real.cumsum(1) - 1).clamp(min=0)
+        self._check_length(positions.max(1).values + max_new_tokens)
+        head_dim = self.config.n_embd // self.config.n_head
+        dtype = self.wte.weight.dtype
+        caches = [tuple(torch.empty(B, self.config.n_head, T + max_new_tokens, head_dim, device=idx.device,
+                                    dtype=dtype) for _ in range(2)) for _ in self.blocks]
+        key_ok = torch.ones(B, 1, 1, T + max_new_tokens, dtype=torch.bool, device=idx.device)
+        key_ok[:, 0, 0, :T] = real
+        logits = self._run(idx, positions, _causal_mask(real), caches, 0)[:, -1]
+        next_pos = real.sum(1)
+        seen_slash = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        newlines = torch.zeros(B, dtype=torch.long, device=idx.device)
+        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        out = []
+        for step in range(max_new_tokens):
+            if temperature == 0:
+                tok = logits.argmax(-1)
+            else:
+                probs = F.softmax(logits.float() / temperature, dim=-1)
+                tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            tok = torch.where(done, PAD_ID, tok)
+            out.append(tok)
+            seen_slash |= tok == SLASH_ID
+            newlines += (seen_slash & (tok == NEWLINE_ID)).long()
+            done |= newlines >= 2
+            if done.all() or step == max_new_tokens - 1:
+                break
+            logits = self._run(tok[:, None], next_pos[:, None], key_ok[:, :, :, :T + step + 1], caches, T + step)[:, -1]
+            next_pos = next_pos + 1
+        return torch.cat([idx, torch.stack(out, 1)], 1)
+
+
+def _sinusoids(length, width, scale):
+    """Transformer sinusoids (Vaswani et al. 2017) as the starting value of the learned positions.
+    Between any two positions t and t - k they differ by the same rotation, so an attention head can
+    learn 'look k tokens back' once for all t; from a random start the model must learn it anew at every
+    position, and copying digits (the bulk of the scratchpad) appeared much later in our trials."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    frequency = torch.exp(-math.log(10000.0) * torch.arange(0, width, 2, dtype=torch.float32) / width)
+    table = torch.zeros(length, width)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency)[:, :width // 2]
+    return scale * table
+
+
+def _causal_mask(real):
+    """(B, 1, T, T) bool: query t may attend to key s <= t if s is a real token. Every query may also
+    attend to itself, so a padded query still has one key (its output is never used)."""
+    T = real.size(1)
+    causal = torch.ones(T, T, dtype=torch.bool, device=real.device).tril()
+    eye = torch.eye(T, dtype=torch.bool, device=real.device)
+    return ((causal & real[:, None, :]) | eye)[:, None]
+
+
+# -----------------------------------------------------------------------------
+# checkpoints: config, vocabulary and weights in one file, written atomically
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message says why and what to do."""
+
+
+def atomic_save(obj, path):
+    """torch.save to a temporary file, then rename: a run cut off mid-write leaves the old file intact."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path, model, **meta):
+    """meta: plain Python values (numbers, strings, lists, dicts) worth keeping, e.g. the command line."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied
+    atomic_save({"config": asdict(model.config), "vocab": VOCAB, "model": state, "meta": meta}, path)
+
+
+def load_checkpoint(path, device="cpu", with_meta=False):
+    """The model in eval mode (and its meta dict if with_meta). Raises CheckpointError with one line."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"no checkpoint at {path}: train one with pretrain.py or pass --ckpt")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}); "
+                              "it may be damaged: re-create it with pretrain.py") from None
+    if not isinstance(ckpt, dict) or not {"config", "vocab", "model"} <= ckpt.keys():
+        raise CheckpointError(f"{path} is not a checkpoint of this project (missing config, vocab or model)")
+    if ckpt["vocab"] != VOCAB:
+        raise CheckpointError(f"{path} was made with another vocabulary ({len(ckpt['vocab'])} tokens, "
+                              f"this code has {len(VOCAB)}): re-train it with this version of pretrain.py")
+    try:
+        model = GPT(GPTConfig(**ckpt["config"]))
+        missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+        if set(missing) != {"lm_head.weight"} or unexpected:  # lm_head.weight is tied to wte.weight
+            raise RuntimeError(f"missing {missing}, unexpected {unexpected}")
+    except (TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{path} does not match this model code: {str(e).splitlines()[0]}") from None
+    model.to(device).eval()
+    return (model, ckpt.get("meta", {})) if with_meta else model

@@ -1,0 +1,221 @@
+"""
+Supervised pre-training on 1..N-digit additions with the scratchpad (paper.md section 3).
+
+    python pretrain.py --digits 7                  # writes checkpoints/add7.pt
+    python pretrain.py --digits 3 --steps 500      # a quick one
+    python pretrain.py --digits 7 --resume         # continue an interrupted run
+
+The story: flags -> seed and device -> model and optimizer -> loop (batch, step, evaluate, save).
+Two choices matter for the RL stage that follows:
+  - every batch is drawn from a pool of problems sorted by length, so rows in a batch have nearly
+    the same length and almost no compute goes to padding;
+  - each row starts at a random position offset (--random-offset), so every position embedding up to
+    --block-size is trained. Without it, the positions past the longest N-digit problem stay at their
+    random initial values and the model fails on every (N+1)-digit problem.
+"""
+import argparse
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import data
+from model import GPT, CheckpointError, GPTConfig, atomic_save, load_checkpoint, save_checkpoint
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--digits", type=int, default=7, help="N: operands have 1..N digits (default 7)")
+    p.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
+    p.add_argument("--batch-size", type=int, default=64, help="problems per step (default 64)")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
+    p.add_argument("--min-lr", type=float, default=1e-4, help="learning rate at the end of the cosine decay")
+    p.add_argument("--warmup", type=int, default=100, help="steps of linear learning-rate warm-up")
+    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on matrices")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0: off)")
+    p.add_argument("--n-layer", type=int, default=4, help="transformer blocks")
+    p.add_argument("--n-head", type=int, default=4, help="attention heads per block")
+    p.add_argument("--n-embd", type=int, default=128, help="embedding width")
+    p.add_argument("--block-size", type=int, default=1024, help="positions the model has (10+10 digits need 865)")
+    p.add_argument("--random-offset", action=argparse.BooleanOptionalAction, default=True,
+                   help="start each row at a random position so every position embedding is trained")
+    p.add_argument("--pool", type=int, default=16, help="batches drawn at once and sorted by length")
+    p.add_argument("--eval-every", type=int, default=500, help="steps between evaluations and checkpoints")
+    p.add_argument("--eval-size", type=int, default=100, help="held-out problems per operand length")
+    p.add_argument("--seed", type=int, default=0, help="seeds random, numpy and torch")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="autocast precision; auto = bfloat16 where the hardware supports it")
+    p.add_argument("--out", default=None, help="checkpoint path (default checkpoints/add{digits}.pt)")
+    p.add_argument("--resume", action="store_true", help="continue from --out and its .state file")
+    args = p.parse_args(argv)
+    checks = [(args.digits >= 1, "--digits must be at least 1"),
+              (args.steps >= 1, "--steps must be at least 1"),
+              (args.batch_size >= 1, "--batch-size must be at least 1"),
+              (args.lr > 0, "--lr must be positive"),
+              (args.n_layer >= 1 and args.n_head >= 1 and args.n_embd >= 1, "model sizes must be positive"),
+              (args.n_embd % args.n_head == 0, "--n-embd must be divisible by --n-head"),
+              (args.eval_every >= 1 and args.eval_size >= 1 and args.pool >= 1,
+               "--eval-every, --eval-size and --pool must be at least 1")]
+    for ok, message in checks:
+        if not ok:
+            p.error(message)
+    longest = data.sequence_length(10 ** args.digits - 1, 10 ** args.digits - 1)
+    if longest > args.block_size:
+        p.error(f"{args.digits}-digit problems need {longest} positions; raise --block-size")
+    args.out = args.out or f"checkpoints/add{args.digits}.pt"
+    return args
+
+
+def pick_device(name):
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda but no CUDA GPU is visible; use --device auto or cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        sys.exit("error: --device mps but Apple MPS is not available; use --device auto or cpu")
+    if name not in ("cpu", "cuda", "mps"):
+        sys.exit(f"error: unknown --device {name!r}; use auto, cpu, cuda or mps")
+    return name
+
+
+def autocast_dtype(name, device):
+    """bfloat16 autocast where it is fast (recent NVIDIA GPUs, CPUs with AMX or AVX512-BF16), else None."""
+    if name == "float32":
+        return None
+    supported = {"cuda": lambda: torch.cuda.is_bf16_supported(),
+                 "cpu": lambda: torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+                 "mps": lambda: False}[device]()
+    if name == "bfloat16" or supported:
+        return torch.bfloat16
+    return None
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def batches(digits, batch_size, pool, rng):
+    """Endless batches of training problems; each batch holds problems of nearly equal length."""
+    while True:
+        problems = sorted((data.pretrain_problem(digits, rng) for _ in range(batch_size * pool)),
+                          key=lambda ab: data.sequence_length(*ab))
+        chunks = [problems[i:i + batch_size] for i in range(0, len(problems), batch_size)]
+        rng.shuffle(chunks)
+        yield from chunks
+
+
+def learning_rate(step, args):
+    """Linear warm-up, then cosine decay from --lr to --min-lr."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    progress = (step - args.warmup) / max(1, args.steps - args.warmup)
+    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def evaluate(model, digits, size, device, dtype):
+    """Greedy exact-match accuracy (percent) on held-out K+K problems, K = 1..digits+1 (those that fit)."""
+    model.eval()
+    fits = [k for k in range(1, digits + 2)
+            if data.sequence_length(10 ** k - 1, 10 ** k - 1) <= model.config.block_size]
+    with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+        result = {k: data.accuracy(model, data.eval_set("identical", k, size), device=device) for k in fits}
+    model.train()
+    return result
+
+
+def main(argv=None):
+    args = get_args(argv)
+    seed_everything(args.seed)
+    device = pick_device(args.device)
+    dtype = autocast_dtype(args.dtype, device)
+    state_path = args.out + ".state"  # optimizer and sampler state, for --resume; not shipped
+
+    if args.resume:
+        if not os.path.exists(state_path):
+            sys.exit(f"error: --resume needs {state_path}, which is missing; start without --resume")
+        try:
+            model = load_checkpoint(args.out, device)
+        except CheckpointError as e:
+            sys.exit(f"error: {e}")
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        random.setstate(state["python_rng"])
+        torch.set_rng_state(state["torch_rng"])
+    else:
+        model = GPT(GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
+                              n_embd=args.n_embd)).to(device)
+        state = None
+    model.train()
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98))
+    start_step, elapsed = 0, 0.0
+    rng = random.Random(args.seed)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        start_step, elapsed = state["step"], state["elapsed"]
+        rng.setstate(state["data_rng"])
+    print(f"model: {model.num_params() / 1e6:.2f}M parameters | device {device} | "
+          f"autocast {dtype or 'off'} | steps {start_step}..{args.steps}")
+
+    def save(step, evals):
+        save_checkpoint(args.out, model, args=vars(args), step=step, train_seconds=round(elapsed, 1), evals=evals)
+        atomic_save({"optimizer": optimizer.state_dict(), "step": step, "elapsed": elapsed,
+                     "data_rng": rng.getstate(), "python_rng": random.getstate(),
+                     "torch_rng": torch.get_rng_state()}, state_path)
+
+    stream = batches(args.digits, args.batch_size, args.pool, rng)
+    evals = {}
+    step = start_step
+    t0 = time.time() - elapsed
+    bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, desc="pretrain",
+               dynamic_ncols=True)
+    try:
+        for step in bar:
+            x, y = data.make_batch(next(stream), device)
+            offset = None
+            if args.random_offset:  # any start that keeps the whole row inside the block
+                offset = torch.randint(0, args.block_size - x.size(1) + 1, (x.size(0),), device=device)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, args)
+            with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+                _, loss = model(x, y, offset)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if args.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+            optimizer.step()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+                elapsed = time.time() - t0
+                acc = evaluate(model, args.digits, args.eval_size, device, dtype)
+                evals[step + 1] = acc
+                tqdm.write(f"step {step + 1} | loss {loss.item():.4f} | {elapsed / 60:.1f} min | greedy acc K+K: "
+                           + " ".join(f"{k}:{a:.0f}" for k, a in acc.items()))
+                save(step + 1, evals)
+        step = args.steps
+    except KeyboardInterrupt:
+        elapsed = time.time() - t0
+        save(step, evals)
+        sys.exit(f"\ninterrupted at step {step}: saved {args.out}; continue with --resume")
+    elapsed = time.time() - t0
+    acc = evals.get(args.steps) or evaluate(model, args.digits, args.eval_size, device, dtype)
+    beyond = f" | {args.digits + 1}+{args.digits + 1} {acc[args.digits + 1]:.1f}%" if args.digits + 1 in acc else ""
+    print(f"done: {args.steps} steps in {elapsed / 60:.1f} min | {args.digits}+{args.digits} greedy "
+          f"{acc[args.digits]:.1f}%{beyond} | saved {args.out}")
+
+
+if __name__ == "__main__":
+    main()
