@@ -90,7 +90,12 @@ def _field(line, col):
     acc_end = line.index("]", line.index("A="))
     if col <= acc_end:
         return "A", None
-    return ("carry" if col < line.index("+", acc_end) else "sum / new digit"), None
+    if line.endswith("END"):
+        return "carry (last line)", None
+    plus = line.index("+", acc_end)
+    boundaries = [(plus, "carry"), (line.index("=", plus), "sum operands"),
+                  (line.index(" , A->", acc_end), "digit sum"), (line.index(" , C->", acc_end), "new digit")]
+    return next((name for end, name in boundaries if col < end), "new carry"), None
 
 
 def _kind(field, expected, wrote, line, col):

@@ -240,3 +240,27 @@ def accuracy(model, problems, temperature=0.0, **kwargs) -> float:
     """Exact-match accuracy in percent (greedy decoding by default)."""
     completions = complete(model, problems, temperature=temperature, **kwargs)
     return 100.0 * sum(reward(c, a, b) for c, (a, b) in zip(completions, problems)) / len(problems)
+
+
+def critical_positions(a: int, b: int, n: int, lines: int = 3) -> list[int]:
+    """Character offsets, in scratchpad(a, b), of the tokens the paper tracks as critical (paper.md §6).
+
+    For a model pre-trained on 1..n digits: on scratchpad line j = 1..lines, every operand list that is
+    longer than any list seen at line j in pre-training (more than n - j + 1 digits) must continue with
+    a ',' after its (n - j + 1)-th digit, where the pre-trained model tends to close the list with ']'.
+    """
+    text = scratchpad(a, b)
+    starts = [i + 1 for i, ch in enumerate(text) if ch == "\n"][1:]  # line 1 starts after '<scratch>\n'
+    found = []
+    for j, start in enumerate(starts[:lines], 1):
+        line = text[start:text.index("\n", start)]
+        if not line.startswith("[") or line.startswith("[] + []"):
+            break
+        seen = n - j + 1  # the longest list that pre-training ever showed on line j
+        if seen < 1:
+            break
+        for bracket in (0, line.index("[", line.index("]"))):  # first and second operand lists
+            digits = line[bracket + 1:line.index("]", bracket)].count(",") + 1
+            if line[bracket + 1] != "]" and digits > seen:
+                found.append(start + bracket + 2 * seen)  # '[' d , d , ... : the comma after digit `seen`
+    return found

@@ -38,8 +38,10 @@ def test_first_error_finds_a_skipped_digit_on_line_two_of_the_second_operand():
 
 def test_first_error_in_a_sum_and_in_a_truncated_text():
     truth = data.scratchpad(19, 3)
-    wrong = truth.replace("9+3+0=12", "9+3+0=11")
-    assert analyze.first_error(wrong, 19, 3)["field"] == "sum / new digit"
+    assert analyze.first_error(truth.replace("9+3+0=12", "9+3+0=11"), 19, 3)["field"] == "digit sum"
+    assert analyze.first_error(truth.replace("9+3+0=12", "9+4+0=13"), 19, 3)["field"] == "sum operands"
+    assert analyze.first_error(truth.replace("C->1\n", "C->0\n"), 19, 3)["field"] == "new carry"
+    assert analyze.first_error(truth.replace("A=[2] , C=1", "A=[2] , C=0"), 19, 3)["field"] == "carry"
     assert analyze.first_error(truth[:20], 19, 3)["wrote"] == "(end)"
 
 

@@ -1,0 +1,335 @@
+"""
+RL fine-tuning of the pre-trained adder on longer numbers, with the prioritized KL penalty.
+
+    python rl.py --alpha 3                 # prioritized KL, the paper's idea
+    python rl.py --alpha 0                 # the standard KL penalty
+    python rl.py --kl-coef 0               # no penalty at all
+
+The paper's contribution is `rl_loss` below: the usual KL penalty to the frozen pre-trained model, but
+each state's term weighted by the reference's certainty to the power alpha (Eq. 1 and Eq. 2).
+
+The algorithm, and how it simplifies the paper's A2C:
+  - one iteration = `--batch-size` problems from the 'N+k' distribution, `--group-size` completions
+    sampled for each at `--temperature` with the KV cache; reward 1 if the answer line is right, else 0
+    (or +1 / -1 with `--reward pm1`);
+  - no critic: the advantage of a completion is its reward minus the mean reward of its group, the same
+    for every token of it (REINFORCE with a group baseline; gamma = 1 and the reward comes at the end);
+  - `--algo ppo` reuses each batch for `--ppo-epochs` epochs with the clipped ratio; the default is one
+    plain policy-gradient step per batch;
+  - the policy is softmax(logits / temperature) both when sampling and in the loss, so the update is
+    on-policy; the KL is taken between policy and reference at that same temperature;
+  - one teacher-forced forward of the policy (with grad) and one of the reference (no grad) over the
+    whole batch give every per-token log-prob; prompt and padding are masked; the loss is the mean over
+    generated tokens (token-level normalisation).
+"""
+import argparse
+import json
+import os
+import random
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import data
+from model import CheckpointError, load_checkpoint, save_checkpoint
+from pretrain import autocast_dtype, pick_device, seed_everything
+
+# -----------------------------------------------------------------------------
+# the paper's idea
+
+
+def certainty(logits, kind="entropy", temperature=1.0):
+    """How sure a distribution softmax(logits / temperature) is, in [0, 1] (1 = one-hot, 0 = uniform).
+
+    entropy (Eq. 2):  J = 1 - H(p) / log|V|          normalised negentropy
+    maxprob:          J = 1 + log(max_a p(a)) / log|V|   the official code's min-entropy variant
+    """
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)
+    h_max = torch.log(torch.tensor(float(logits.size(-1))))
+    if kind == "entropy":
+        entropy = -(logp.exp() * logp).sum(-1)
+        return (1 - entropy / h_max).clamp(0.0, 1.0)
+    if kind == "maxprob":
+        return (1 + logp.max(-1).values / h_max).clamp(0.0, 1.0)
+    raise ValueError(f"unknown certainty kind {kind!r}: use entropy or maxprob")
+
+
+def kl_estimate(logp_all, ref_logp_all, actions, estimator="k2"):
+    """Per-state estimate of KL(pi || pi_ref) from the sampled token a (l = log pi(a) - log pi_ref(a)).
+
+    k1 = l               unbiased value, but its expected gradient is zero: it does not pull
+    k2 = l^2 / 2         its gradient is the gradient of the reverse KL: the paper's choice
+    k3 = e^-l - 1 + l    unbiased and always >= 0
+    full = sum_a pi(a) (log pi(a) - log pi_ref(a)), exact (cheap with a 42-token vocabulary)
+    """
+    if estimator == "full":
+        return (logp_all.exp() * (logp_all - ref_logp_all)).sum(-1)
+    l = (logp_all - ref_logp_all).gather(-1, actions[..., None]).squeeze(-1)
+    if estimator == "k1":
+        return l
+    if estimator == "k2":
+        return 0.5 * l ** 2
+    if estimator == "k3":
+        return torch.exp(-l) - 1 + l
+    raise ValueError(f"unknown KL estimator {estimator!r}: use k1, k2, k3 or full")
+
+
+def rl_loss(logits, ref_logits, actions, advantages, mask, *, kl_coef, alpha, old_logp=None,
+            temperature=1.0, kl_estimator="k2", certainty_kind="entropy", certainty_temperature=1.0,
+            clip=0.2):
+    """Policy gradient plus the prioritized KL penalty, averaged over generated tokens:
+
+        L    = L_RL + kl_coef * E_{s,a ~ pi} [ J_ref(s)^alpha * KL_s ]          (Eq. 1)
+        J_ref(s) = (H_max - H(pi_ref(.|s))) / H_max,   H_max = log|V|          (Eq. 2)
+
+    alpha = 0 gives weight 1 everywhere: the standard KL penalty. The weight is computed from the frozen
+    reference, without gradient, so the penalty vanishes where the pre-trained model was unsure.
+
+    logits, ref_logits (B, T, V): policy (with grad) and reference (no grad) at the visited states;
+    actions (B, T) the sampled tokens; advantages (B,) one per completion; mask (B, T) 1 on generated
+    tokens; old_logp (B, T): the rollout policy's log-probs for PPO, None for plain policy gradient.
+    Returns the loss and a dict of the (detached) quantities it used.
+    """
+    logp_all = F.log_softmax(logits.float() / temperature, dim=-1)
+    ref_logp_all = F.log_softmax(ref_logits.float() / temperature, dim=-1)
+    logp = logp_all.gather(-1, actions[..., None]).squeeze(-1)
+    adv = advantages[:, None]
+
+    # L_RL: REINFORCE, or PPO's clipped surrogate when the batch is reused
+    if old_logp is None:
+        policy_term = -adv * logp
+    else:
+        ratio = torch.exp(logp - old_logp)
+        policy_term = -torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+
+    # Eq. 2 then Eq. 1: weight each state's KL by the reference's certainty to the power alpha
+    with torch.no_grad():
+        kl_weight = certainty(ref_logits, certainty_kind, certainty_temperature) ** alpha
+    kl = kl_estimate(logp_all, ref_logp_all, actions, kl_estimator)
+    per_token = policy_term + kl_coef * kl_weight * kl
+
+    tokens = mask.sum().clamp(min=1)
+    loss = (per_token * mask).sum() / tokens
+    mean = lambda t: ((t.detach() * mask).sum() / tokens).item()
+    return loss, {"policy_loss": mean(policy_term), "kl": mean(kl), "kl_weighted": mean(kl_weight * kl),
+                  "kl_weight": mean(kl_weight)}
+
+
+def group_advantages(rewards, group_size):
+    """Reward minus the mean reward of the completions sampled for the same problem (rows grouped)."""
+    grouped = rewards.view(-1, group_size)
+    return (grouped - grouped.mean(1, keepdim=True)).view(-1)
+
+
+# -----------------------------------------------------------------------------
+# rollouts
+
+
+def completion_mask(sequences, prompt_width):
+    """1 on generated (non-padding) tokens of the inputs-shifted sequence, 0 on prompt and padding."""
+    actions = sequences[:, 1:]
+    mask = torch.zeros_like(actions, dtype=torch.float32)
+    mask[:, prompt_width - 1:] = 1.0
+    return mask * (actions != data.PAD_ID)
+
+
+@torch.no_grad()
+def rollout(policy, problems, args, device, generator):
+    """Sample one completion per problem; returns the token sequences, their texts and rewards."""
+    prompts = data.prompt_batch(problems, device)
+    budget = min(max(data.max_new_tokens(a, b) for a, b in problems), policy.config.block_size - prompts.size(1))
+    sequences = policy.generate(prompts, budget, temperature=args.temperature, generator=generator)
+    texts = [data.decode(row) for row in sequences[:, prompts.size(1):].tolist()]
+    rewards = torch.tensor([data.reward(t, a, b) for t, (a, b) in zip(texts, problems)], device=device)
+    return sequences, prompts.size(1), texts, rewards
+
+
+# -----------------------------------------------------------------------------
+# evaluation
+
+
+@torch.no_grad()
+def critical_probability(model, problems, n, temperature):
+    """Mean probability (at the sampling temperature) of the correct ',' at the paper's critical
+    positions (data.critical_positions), with the correct text teacher-forced before it, i.e. while the
+    copy so far is right."""
+    x, _ = data.make_batch(problems, next(model.parameters()).device)
+    logits, _ = model(x)
+    probs = F.softmax(logits.float() / temperature, dim=-1)
+    comma = data.STOI[","]
+    values = []
+    for i, (a, b) in enumerate(problems):
+        start = len(data.prompt(a, b)) - 1  # x[t] predicts completion character t - start
+        values += [probs[i, start + c, comma].item() for c in data.critical_positions(a, b, n)]
+    return sum(values) / max(1, len(values))
+
+
+def evaluate(policy, sets, args, n, device, dtype):
+    """Greedy accuracy on N+k and on the comfort zone, sampled accuracy on N+k, critical-token probability."""
+    with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+        generator = torch.Generator(device).manual_seed(args.seed)
+        return {
+            "acc_plus": data.accuracy(policy, sets["plus"], device=device),
+            "acc_comfort": data.accuracy(policy, sets["comfort"], device=device),
+            "acc_plus_sampled": data.accuracy(policy, sets["plus"], temperature=args.temperature, device=device,
+                                              generator=generator),
+            "critical_p": critical_probability(policy, sets["critical"], n, args.temperature),
+        }
+
+
+# -----------------------------------------------------------------------------
+# the run
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", default="checkpoints/add7.pt", help="pre-trained model: start and frozen reference")
+    p.add_argument("--digits-plus", type=int, default=1, help="k: train on the 'N+k' distribution (default 1)")
+    p.add_argument("--episodes", type=int, default=4096, help="completions sampled in all (default 4096)")
+    p.add_argument("--batch-size", type=int, default=16, help="problems per iteration (default 16)")
+    p.add_argument("--group-size", type=int, default=4, help="completions per problem (default 4)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the policy")
+    p.add_argument("--reward", default="01", choices=["01", "pm1"], help="01: 1 / 0 (paper); pm1: +1 / -1")
+    p.add_argument("--algo", default="reinforce", choices=["reinforce", "ppo"], help="policy-gradient flavour")
+    p.add_argument("--ppo-epochs", type=int, default=2, help="epochs per batch with --algo ppo")
+    p.add_argument("--clip", type=float, default=0.2, help="PPO ratio clip")
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0: off)")
+    p.add_argument("--kl-coef", type=float, default=1.0, help="weight of the KL penalty (0: none)")
+    p.add_argument("--alpha", type=float, default=3.0, help="exponent of the certainty weight (0: standard KL)")
+    p.add_argument("--kl-estimator", default="k2", choices=["k1", "k2", "k3", "full"], help="per-state KL")
+    p.add_argument("--certainty", default="entropy", choices=["entropy", "maxprob"], help="Eq. 2, or the official variant")
+    p.add_argument("--certainty-temperature", type=float, default=1.0, help="reference temperature for the certainty")
+    p.add_argument("--eval-every", type=int, default=1024, help="episodes between evaluations")
+    p.add_argument("--eval-size", type=int, default=200, help="held-out problems per evaluation set")
+    p.add_argument("--seed", type=int, default=0, help="seeds random, numpy and torch")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    p.add_argument("--out", default="runs", help="folder for runs/<name>/")
+    p.add_argument("--name", default=None, help="run name (default alpha<a>_kl<c>_seed<s>_<time>)")
+    args = p.parse_args(argv)
+    checks = [(args.digits_plus >= 1, "--digits-plus must be at least 1"),
+              (args.episodes >= 1 and args.batch_size >= 1 and args.group_size >= 1,
+               "--episodes, --batch-size and --group-size must be at least 1"),
+              (args.temperature > 0, "--temperature must be positive (sampling needs it)"),
+              (args.certainty_temperature > 0, "--certainty-temperature must be positive"),
+              (args.lr > 0, "--lr must be positive"),
+              (args.kl_coef >= 0 and args.alpha >= 0, "--kl-coef and --alpha must be non-negative"),
+              (args.ppo_epochs >= 1 and 0 < args.clip < 1, "--ppo-epochs must be >= 1 and --clip in (0, 1)"),
+              (args.eval_every >= 1 and args.eval_size >= 1, "--eval-every and --eval-size must be at least 1")]
+    for ok, message in checks:
+        if not ok:
+            p.error(message)
+    args.name = args.name or f"alpha{args.alpha:g}_kl{args.kl_coef:g}_seed{args.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
+    return args
+
+
+def main(argv=None):
+    args = get_args(argv)
+    seed_everything(args.seed)
+    device = pick_device(args.device)
+    dtype = autocast_dtype("auto", device)
+    try:
+        policy, meta = load_checkpoint(args.ckpt, device, with_meta=True)
+        reference = load_checkpoint(args.ckpt, device)
+    except CheckpointError as e:
+        sys.exit(f"error: {e}")
+    n = meta.get("args", {}).get("digits")
+    if not isinstance(n, int):
+        sys.exit(f"error: {args.ckpt} does not record its pre-training digits; use a checkpoint made by pretrain.py")
+    longest = data.sequence_length(10 ** (n + args.digits_plus) - 1, 10 ** (n + args.digits_plus) - 1)
+    if longest > policy.config.block_size:
+        sys.exit(f"error: {n + args.digits_plus}-digit problems need {longest} positions but {args.ckpt} has "
+                 f"{policy.config.block_size}; lower --digits-plus")
+    reference.requires_grad_(False)
+    policy.train()
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0)
+
+    run_dir = os.path.join(args.out, args.name)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump({**vars(args), "pretrain_digits": n, "device": device}, f, indent=2)
+    sets = {"plus": data.eval_set("rl", args.digits_plus, args.eval_size, n=n),
+            "comfort": data.eval_set("pretrain", n, args.eval_size),
+            "critical": data.eval_set("identical", n + 1, args.eval_size)}
+    rng = random.Random(args.seed)
+    generator = torch.Generator(device).manual_seed(args.seed)
+    per_iteration = args.batch_size * args.group_size
+    iterations = -(-args.episodes // per_iteration)
+
+    metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    open(metrics_path, "w").close()
+    t0 = time.time()
+    window = {"reward": [], "kl": [], "kl_weighted": [], "policy_loss": [], "kl_weight": []}
+
+    def log(episode):
+        policy.eval()
+        row = {"episode": episode, **evaluate(policy, sets, args, n, device, dtype)}
+        policy.train()
+        row.update({k: (sum(v) / len(v) if v else None) for k, v in window.items()})
+        row["minutes"] = round((time.time() - t0) / 60, 2)
+        for v in window.values():
+            v.clear()
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        tqdm.write(f"episode {episode} | N+{args.digits_plus} greedy {row['acc_plus']:.1f}% "
+                   f"sampled {row['acc_plus_sampled']:.1f}% | comfort {row['acc_comfort']:.1f}% | "
+                   f"critical p {row['critical_p']:.3f}" + (f" | reward {row['reward']:.3f} kl {row['kl']:.4f}"
+                                                           if row["reward"] is not None else ""))
+        return row
+
+    first = log(0)
+    last, episode = first, 0
+    bar = tqdm(range(iterations), desc="rl", dynamic_ncols=True)
+    for it in bar:
+        # 1. rollout: each problem appears group_size times in a row
+        problems = [p for p in (data.rl_problem(n, args.digits_plus, rng) for _ in range(args.batch_size))
+                    for _ in range(args.group_size)]
+        policy.eval()
+        with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+            sequences, prompt_width, _, rewards = rollout(policy, problems, args, device, generator)
+        policy.train()
+        scores = rewards if args.reward == "01" else 2 * rewards - 1
+        # 2. advantages
+        advantages = group_advantages(scores, args.group_size)
+        # 3. teacher-forced log-probs and the update
+        inputs, actions = sequences[:, :-1], sequences[:, 1:]
+        mask = completion_mask(sequences, prompt_width)
+        with torch.no_grad(), torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+            ref_logits, _ = reference(inputs)
+        old_logp = None
+        for epoch in range(args.ppo_epochs if args.algo == "ppo" else 1):
+            with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+                logits, _ = policy(inputs)
+            if args.algo == "ppo" and epoch == 0:  # the rollout policy is the policy before this batch's updates
+                old_logp = F.log_softmax(logits.detach().float() / args.temperature, -1).gather(
+                    -1, actions[..., None]).squeeze(-1)
+            loss, stats = rl_loss(logits, ref_logits, actions, advantages, mask, kl_coef=args.kl_coef,
+                                  alpha=args.alpha, old_logp=old_logp, temperature=args.temperature,
+                                  kl_estimator=args.kl_estimator, certainty_kind=args.certainty,
+                                  certainty_temperature=args.certainty_temperature, clip=args.clip)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if args.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), args.grad_clip)
+            optimizer.step()
+        # 4. log
+        episode += len(problems)
+        window["reward"].append(rewards.mean().item())
+        for k in ("kl", "kl_weighted", "policy_loss", "kl_weight"):
+            window[k].append(stats[k])
+        bar.set_postfix(reward=f"{rewards.mean().item():.2f}", kl=f"{stats['kl']:.4f}")
+        if episode // args.eval_every > (episode - len(problems)) // args.eval_every or it == iterations - 1:
+            last = log(episode)
+    save_checkpoint(os.path.join(run_dir, "model.pt"), policy, rl_args=vars(args), args=meta.get("args", {}),
+                    episodes=episode)
+    print(f"done: N+{args.digits_plus} ({n + args.digits_plus} digits) greedy accuracy "
+          f"{first['acc_plus']:.1f}% -> {last['acc_plus']:.1f}% | "
+          f"comfort zone {first['acc_comfort']:.1f}% -> {last['acc_comfort']:.1f}% | "
+          f"{(time.time() - t0) / 60:.1f} min | {run_dir}")
+
+
+if __name__ == "__main__":
+    main()

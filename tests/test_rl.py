@@ -1,0 +1,215 @@
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import data
+import rl
+from model import GPT, GPTConfig, save_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+V = len(data.VOCAB)
+
+
+def toy_batch(seed=0, B=3, T=5):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, T, V, generator=g, requires_grad=True)
+    ref_logits = torch.randn(B, T, V, generator=g) * 3
+    actions = torch.randint(0, V, (B, T), generator=g)
+    advantages = torch.randn(B, generator=g)
+    mask = torch.ones(B, T)
+    mask[0, :2] = 0  # a prompt
+    mask[2, -1] = 0  # padding
+    return logits, ref_logits, actions, advantages, mask
+
+
+def test_certainty_on_known_distributions():
+    one_hot = torch.full((V,), -1e4)
+    one_hot[3] = 0.0
+    uniform = torch.zeros(V)
+    for kind in ("entropy", "maxprob"):
+        assert rl.certainty(one_hot, kind).item() == pytest.approx(1.0, abs=1e-5)
+        assert rl.certainty(uniform, kind).item() == pytest.approx(0.0, abs=1e-6)
+    # two equally likely tokens: H = log 2, so J = 1 - log 2 / log |V| for both definitions
+    two = torch.full((V,), -1e4)
+    two[:2] = 0.0
+    assert rl.certainty(two, "entropy").item() == pytest.approx(1 - math.log(2) / math.log(V), abs=1e-5)
+    assert rl.certainty(two, "maxprob").item() == pytest.approx(1 - math.log(2) / math.log(V), abs=1e-5)
+    # a higher temperature makes the same logits less certain
+    logits = torch.randn(10, V) * 4
+    assert (rl.certainty(logits, temperature=4.0) < rl.certainty(logits)).all()
+    with pytest.raises(ValueError):
+        rl.certainty(logits, "nonsense")
+
+
+def test_alpha_zero_is_exactly_the_standard_penalty():
+    logits, ref_logits, actions, advantages, mask = toy_batch()
+    loss, stats = rl.rl_loss(logits, ref_logits, actions, advantages, mask, kl_coef=0.7, alpha=0.0)
+    logp = F.log_softmax(logits, -1).gather(-1, actions[..., None]).squeeze(-1)
+    ref_logp = F.log_softmax(ref_logits, -1).gather(-1, actions[..., None]).squeeze(-1)
+    standard = (-advantages[:, None] * logp + 0.7 * 0.5 * (logp - ref_logp) ** 2)
+    assert torch.allclose(loss, (standard * mask).sum() / mask.sum())
+    assert stats["kl_weight"] == pytest.approx(1.0)
+
+
+def test_weights_are_in_unit_interval_and_vanish_for_uniform_reference():
+    logits, ref_logits, actions, advantages, mask = toy_batch()
+    for alpha in (0.5, 3.0, 50.0):
+        _, stats = rl.rl_loss(logits, ref_logits, actions, advantages, mask, kl_coef=1.0, alpha=alpha)
+        assert 0.0 < stats["kl_weight"] < 1.0
+    uniform = torch.zeros_like(ref_logits)
+    loss_uniform, stats = rl.rl_loss(logits, uniform, actions, advantages, mask, kl_coef=5.0, alpha=3.0)
+    loss_no_kl, _ = rl.rl_loss(logits, uniform, actions, advantages, mask, kl_coef=0.0, alpha=3.0)
+    assert stats["kl_weight"] == pytest.approx(0.0, abs=1e-6)
+    assert torch.allclose(loss_uniform, loss_no_kl)  # the penalty is switched off where pi_ref is uniform
+    one_hot = torch.full_like(ref_logits, -1e4).scatter(-1, actions[..., None], 0.0)
+    _, stats = rl.rl_loss(logits, one_hot, actions, advantages, mask, kl_coef=1.0, alpha=3.0)
+    assert stats["kl_weight"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_kl_coef_zero_is_plain_policy_gradient_and_masks_apply_once():
+    logits, ref_logits, actions, advantages, mask = toy_batch()
+    loss, _ = rl.rl_loss(logits, ref_logits, actions, advantages, mask, kl_coef=0.0, alpha=3.0)
+    logp = F.log_softmax(logits, -1).gather(-1, actions[..., None]).squeeze(-1)
+    assert torch.allclose(loss, (-advantages[:, None] * logp * mask).sum() / mask.sum())
+    loss.backward()
+    assert (logits.grad[0, :2] == 0).all() and (logits.grad[2, -1] == 0).all()  # prompt and padding
+    assert (logits.grad[1] != 0).any()
+
+
+def test_full_estimator_is_the_exact_kl():
+    logits, ref_logits, actions, advantages, mask = toy_batch()
+    p = F.softmax(logits, -1)
+    exact = (p * (p.log() - F.log_softmax(ref_logits, -1))).sum(-1)
+    est = rl.kl_estimate(F.log_softmax(logits, -1), F.log_softmax(ref_logits, -1), actions, "full")
+    assert torch.allclose(est, exact, atol=1e-6)
+    assert (est >= -1e-6).all()
+
+
+@pytest.mark.parametrize("estimator, unbiased_value, pulls", [("k1", True, False), ("k2", False, True),
+                                                             ("k3", True, True)])
+def test_estimators_in_expectation_on_a_toy_categorical(estimator, unbiased_value, pulls):
+    """E_{a~pi}[k(a)] and E_{a~pi}[grad k(a)] computed exactly by enumerating the actions."""
+    torch.manual_seed(0)
+    theta = torch.randn(V, requires_grad=True)
+    ref_logp = F.log_softmax(torch.randn(V) * 2, -1)
+    logp = F.log_softmax(theta, -1)
+    exact_kl = (logp.exp() * (logp - ref_logp)).sum()
+    (grad_exact,) = torch.autograd.grad(exact_kl, theta, retain_graph=True)
+    actions = torch.arange(V)
+    ks = rl.kl_estimate(logp.expand(V, V), ref_logp.expand(V, V), actions, estimator)
+    expected = (logp.exp().detach() * ks).sum()  # sampling weights carry no gradient, as in a loss
+    (grad_est,) = torch.autograd.grad(expected, theta)
+    if unbiased_value:
+        assert expected.item() == pytest.approx(exact_kl.item(), rel=1e-4)
+    if estimator == "k2":
+        assert torch.allclose(grad_est, grad_exact, atol=1e-5)  # the reverse-KL gradient
+    if not pulls:
+        assert torch.allclose(grad_est, torch.zeros(V), atol=1e-6)  # k1 in a loss does nothing
+
+
+def test_ppo_ratio_is_one_on_the_first_epoch():
+    logits, ref_logits, actions, advantages, mask = toy_batch()
+    old = F.log_softmax(logits.detach() / 2.0, -1).gather(-1, actions[..., None]).squeeze(-1)
+    ppo, _ = rl.rl_loss(logits, ref_logits, actions, advantages, mask, kl_coef=0.3, alpha=1.0, old_logp=old,
+                        temperature=2.0)
+    (g_ppo,) = torch.autograd.grad(ppo, logits)
+    plain, _ = rl.rl_loss(logits, ref_logits, actions, advantages, mask, kl_coef=0.3, alpha=1.0, temperature=2.0)
+    (g_plain,) = torch.autograd.grad(plain, logits)
+    assert torch.allclose(g_ppo, g_plain, atol=1e-6)  # ratio 1: same gradient as the policy gradient
+
+
+def test_group_advantages():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+    adv = rl.group_advantages(rewards, 4)
+    assert torch.allclose(adv, torch.tensor([0.75, -0.25, -0.25, -0.25, 0.0, 0.0, 0.0, 0.0]))
+
+
+def test_completion_mask_covers_generated_tokens_only():
+    prompts = data.prompt_batch([(12, 34), (5, 6)])
+    completions = [data.encode("\n<s"), data.encode("\n")]
+    width = prompts.size(1)
+    seq = torch.full((2, width + 3), data.PAD_ID)
+    seq[:, :width] = prompts
+    for i, c in enumerate(completions):
+        seq[i, width:width + len(c)] = torch.tensor(c)
+    mask = rl.completion_mask(seq, width)
+    assert mask[0].tolist() == [0.0] * (width - 1) + [1.0] * 3
+    assert mask[1].tolist() == [0.0] * (width - 1) + [1.0] + [0.0] * 2
+
+
+def test_critical_probability_reads_the_comma():
+    class Oracle(GPT):
+        """Always certain of ','."""
+        def forward(self, idx, targets=None, offset=None):
+            logits = torch.full((*idx.shape, V), -1e4)
+            logits[..., data.STOI[","]] = 0.0
+            return logits, None
+    model = Oracle(GPTConfig(block_size=256, n_layer=1, n_head=1, n_embd=8))
+    assert rl.critical_probability(model, [(1234, 5678)], 3, 1.0) == pytest.approx(1.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = str(tmp_path_factory.mktemp("ckpt") / "add2.pt")
+    save_checkpoint(path, GPT(GPTConfig(block_size=256, n_layer=1, n_head=2, n_embd=16)), args={"digits": 2})
+    return path
+
+
+def test_smoke_run_writes_metrics_and_checkpoint(tiny_checkpoint, tmp_path):
+    r = subprocess.run([sys.executable, "rl.py", "--ckpt", tiny_checkpoint, "--episodes", "8", "--batch-size", "2",
+                        "--group-size", "2", "--eval-every", "4", "--eval-size", "4", "--out", str(tmp_path),
+                        "--name", "smoke", "--algo", "ppo"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "done: N+1 (3 digits) greedy accuracy" in r.stdout
+    rows = [json.loads(line) for line in open(tmp_path / "smoke" / "metrics.jsonl")]
+    assert [row["episode"] for row in rows] == [0, 4, 8]
+    for key in ("acc_plus", "acc_comfort", "acc_plus_sampled", "kl", "reward", "critical_p"):
+        assert key in rows[-1]
+    assert json.load(open(tmp_path / "smoke" / "config.json"))["alpha"] == 3.0
+    assert (tmp_path / "smoke" / "model.pt").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--alpha", "-1"], "non-negative"), (["--temperature", "0"], "--temperature must be positive"),
+    (["--kl-estimator", "k9"], "invalid choice"), (["--ckpt", "nope.pt"], "no checkpoint at nope.pt"),
+])
+def test_bad_flags_give_a_one_line_error(args, message):
+    r = subprocess.run([sys.executable, "rl.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_tiny_model_learns_a_trivial_reward():
+    """Reward = the first generated token is '7'; a few policy-gradient steps must raise its probability."""
+    torch.manual_seed(0)
+    policy = GPT(GPTConfig(block_size=64, n_layer=1, n_head=2, n_embd=16))
+    reference = GPT(GPTConfig(block_size=64, n_layer=1, n_head=2, n_embd=16))
+    reference.load_state_dict(policy.state_dict())
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=3e-2)
+    prompts = data.prompt_batch([(1, 2)] * 32)
+    seven = data.STOI["7"]
+
+    def p_seven():
+        with torch.no_grad():
+            return F.softmax(policy(prompts[:1])[0][0, -1], -1)[seven].item()
+
+    before = p_seven()
+    for _ in range(30):
+        seq = policy.generate(prompts, 1, temperature=1.0)
+        rewards = (seq[:, -1] == seven).float()
+        adv = rl.group_advantages(rewards, 32)
+        logits, _ = policy(seq[:, :-1])
+        with torch.no_grad():
+            ref_logits, _ = reference(seq[:, :-1])
+        loss, _ = rl.rl_loss(logits, ref_logits, seq[:, 1:], adv, rl.completion_mask(seq, prompts.size(1)),
+                             kl_coef=0.01, alpha=1.0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert p_seven() > 0.5 > before
