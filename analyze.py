@@ -69,7 +69,7 @@ def first_error(completion, a, b):
     col = i - line_start
     field, index = _field(line, col)
     wrote = completion[i] if i < len(completion) else "(end)"
-    return {"line": line_no, "field": field, "index": index, "expected": truth[i], "wrote": wrote,
+    return {"offset": i, "line": line_no, "field": field, "index": index, "expected": truth[i], "wrote": wrote,
             "kind": _kind(field, truth[i], wrote, line, col)}
 
 
@@ -146,14 +146,18 @@ def cmd_errors(args, device, dtype):
     problems = data.eval_set("identical", k, args.n)
     completions = solve(model, problems, device, dtype)
     failures = [(c, a, b) for c, (a, b) in zip(completions, problems) if not data.reward(c, a, b)]
-    errors = [first_error(c, a, b) for c, a, b in failures]
-    errors = [e for e in errors if e is not None]  # wrong answer despite a perfect scratchpad is impossible
+    errors = [first_error(c, a, b) for c, a, b in failures]  # never None: a perfect scratchpad ends right
     in_lists = [e for e in errors if e["field"].startswith("operand") and e["line"] <= 3]
+    at_critical = {lines: sum(e["offset"] in data.critical_positions(a, b, n, lines)
+                              for e, (c, a, b) in zip(errors, failures)) for lines in (3, None)}
     print(f"{args.ckpt}: {k}+{k} greedy accuracy {100 * (1 - len(failures) / len(problems)):.1f}% "
           f"({len(failures)} of {len(problems)} failed)")
     if failures:
-        print(f"first error in an operand list on lines 1-3: {len(in_lists)} of {len(failures)} failures "
-              f"({100 * len(in_lists) / len(failures):.1f}%)")
+        share = lambda count: f"{count} of {len(failures)} failures ({100 * count / len(failures):.1f}%)"
+        print(f"- first error in an operand list on lines 1-3: {share(len(in_lists))}")
+        print(f"- first error at the paper's critical comma on lines 1-3: {share(at_critical[3])}")
+        print(f"- first error at the critical comma of any line (a list longer than pre-training ever showed on "
+              f"that line, closed where pre-training closed it): {share(at_critical[None])}")
         print("\n| line | field | digits before | expected | wrote | kind | count |\n|---|---|---|---|---|---|---|")
         where = Counter((e["line"], e["field"], e["index"], e["expected"], e["wrote"], e["kind"]) for e in errors)
         for (line, field, index, expected, wrote, kind), count in where.most_common(args.top):

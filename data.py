@@ -242,17 +242,18 @@ def accuracy(model, problems, temperature=0.0, **kwargs) -> float:
     return 100.0 * sum(reward(c, a, b) for c, (a, b) in zip(completions, problems)) / len(problems)
 
 
-def critical_positions(a: int, b: int, n: int, lines: int = 3) -> list[int]:
+def critical_positions(a: int, b: int, n: int, lines: int | None = 3) -> list[int]:
     """Character offsets, in scratchpad(a, b), of the tokens the paper tracks as critical (paper.md §6).
 
     For a model pre-trained on 1..n digits: on scratchpad line j = 1..lines, every operand list that is
     longer than any list seen at line j in pre-training (more than n - j + 1 digits) must continue with
     a ',' after its (n - j + 1)-th digit, where the pre-trained model tends to close the list with ']'.
+    The paper tracks lines 1-3; lines=None gives every line.
     """
     text = scratchpad(a, b)
     starts = [i + 1 for i, ch in enumerate(text) if ch == "\n"][1:]  # line 1 starts after '<scratch>\n'
     found = []
-    for j, start in enumerate(starts[:lines], 1):
+    for j, start in enumerate(starts[:lines] if lines else starts, 1):
         line = text[start:text.index("\n", start)]
         if not line.startswith("[") or line.startswith("[] + []"):
             break
