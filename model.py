@@ -154,7 +154,8 @@ class GPT(nn.Module):
         positions = (real.cumsum(1) - 1).clamp(min=0)
         self._check_length(positions.max(1).values + max_new_tokens)
         head_dim = self.config.n_embd // self.config.n_head
-        dtype = self.wte.weight.dtype
+        device_type = idx.device.type  # under autocast keys and values come out in the autocast dtype
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else self.wte.weight.dtype
         caches = [tuple(torch.empty(B, self.config.n_head, T + max_new_tokens, head_dim, device=idx.device,
                                     dtype=dtype) for _ in range(2)) for _ in self.blocks]
         key_ok = torch.ones(B, 1, 1, T + max_new_tokens, dtype=torch.bool, device=idx.device)

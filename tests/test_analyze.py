@@ -3,11 +3,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 import analyze
 import data
-from model import GPT, GPTConfig, save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,14 +47,6 @@ def test_wilson_interval():
     low, high = analyze.wilson_interval(50, 100)
     assert low < 50 < high and abs((low + high) / 2 - 50) < 1e-9
     assert analyze.wilson_interval(0, 1000)[0] == 0.0 and analyze.wilson_interval(1000, 1000)[1] == 100.0
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = str(tmp_path_factory.mktemp("ckpt") / "add2.pt")
-    save_checkpoint(path, GPT(GPTConfig(block_size=256, n_layer=1, n_head=2, n_embd=16)), args={"digits": 2})
-    return path
 
 
 @pytest.mark.parametrize("command", [["accuracy", "--extra", "1"], ["errors"]])

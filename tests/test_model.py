@@ -149,3 +149,16 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path):
             load_checkpoint(str(tmp_path / error))
         except CheckpointError as e:
             assert "\n" not in str(e)
+
+
+def test_generation_under_bfloat16_autocast_keeps_the_cache_in_bfloat16():
+    model = tiny_model()
+    idx = data.prompt_batch(PROBLEMS)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.generate(idx, 20, temperature=0)
+        logits, _ = model(out)
+    assert out.shape == (len(PROBLEMS), idx.size(1) + 20)
+    # the cached decoding follows the full forward pass's greedy choice wherever that choice is clear
+    top2 = logits[:, idx.size(1) - 1:-1].float().topk(2, dim=-1).values
+    clear = (top2[..., 0] - top2[..., 1]) > 0.1
+    assert (logits[:, idx.size(1) - 1:-1].argmax(-1) == out[:, idx.size(1):])[clear].all()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import data
 import rl
-from model import GPT, GPTConfig, save_checkpoint
+from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V = len(data.VOCAB)
@@ -152,14 +152,6 @@ def test_critical_probability_reads_the_comma():
             return logits, None
     model = Oracle(GPTConfig(block_size=256, n_layer=1, n_head=1, n_embd=8))
     assert rl.critical_probability(model, [(1234, 5678)], 3, 1.0) == pytest.approx(1.0)
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = str(tmp_path_factory.mktemp("ckpt") / "add2.pt")
-    save_checkpoint(path, GPT(GPTConfig(block_size=256, n_layer=1, n_head=2, n_embd=16)), args={"digits": 2})
-    return path
 
 
 def test_smoke_run_writes_metrics_and_checkpoint(tiny_checkpoint, tmp_path):

@@ -1,0 +1,13 @@
+import pytest
+import torch
+
+from model import GPT, GPTConfig, save_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """An untrained 2-digit model saved as pretrain.py would save it: enough for smoke runs."""
+    torch.manual_seed(0)
+    path = str(tmp_path_factory.mktemp("ckpt") / "add2.pt")
+    save_checkpoint(path, GPT(GPTConfig(block_size=256, n_layer=1, n_head=2, n_embd=16)), args={"digits": 2})
+    return path
