@@ -77,7 +77,7 @@ def _field(line, col):
     """Which part of a scratchpad line the column falls in, and for an operand list how many of its
     digits come before the column (so the comma after the 7th digit has index 7)."""
     if not line.startswith("["):
-        return "other", None
+        return ("answer line" if line[:1].isdigit() else "other"), None
     first_end = line.index("]")
     second_start = line.index("[", first_end)
     second_end = line.index("]", second_start)
@@ -100,7 +100,7 @@ def _field(line, col):
 
 def _kind(field, expected, wrote, line, col):
     if not field.startswith("operand"):
-        return f"{field}: wrote {wrote!r} for {expected!r}"
+        return f"wrong character in {field}"
     if expected == "," and wrote == "]":
         return "closed the list too early (']' for ',')"
     if expected == "]" and wrote == ",":
