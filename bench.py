@@ -67,10 +67,11 @@ def main(argv=None):
     tokens = args.batch_size * new
     print(f"generation, KV cache:         {tokens / t_cache:10.0f} tokens/s ({t_cache:.1f} s)")
     print(f"generation, full recompute:   {tokens / t_full:10.0f} tokens/s ({t_full:.1f} s)")
-    # rows that finished early are padded in the cached output; before that, both decoded the same tokens
+    # rows that finished early are padded in the cached output; up to there both should decode the same
+    # tokens (in bfloat16 the two paths round differently, which can flip a near-tie and the rest of a row)
     finished = cached[:, prompts.size(1):] == data.PAD_ID
-    agree = (cached[:, prompts.size(1):] == recomputed[:, prompts.size(1):]) | finished
-    print(f"same greedy tokens: {bool(agree.all())}")
+    agree = ((cached[:, prompts.size(1):] == recomputed[:, prompts.size(1):]) | finished).all(1)
+    print(f"rows decoded identically by both: {int(agree.sum())} of {args.batch_size}")
 
     model.train()
     x, y = data.make_batch(problems, device)

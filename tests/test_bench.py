@@ -1,0 +1,15 @@
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_runs_and_reports_the_speedup(tiny_checkpoint):
+    r = subprocess.run([sys.executable, "bench.py", "--ckpt", tiny_checkpoint, "--batch-size", "2"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert "rows decoded identically by both: 2 of 2" in r.stdout
+    assert lines[-1].startswith("kv-cache speedup: ") and lines[-1].endswith("x")
+    assert float(lines[-1].split()[-1][:-1]) > 0
