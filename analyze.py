@@ -19,7 +19,7 @@ import torch
 
 import data
 from model import CheckpointError, load_checkpoint
-from pretrain import autocast_dtype, pick_device
+from pretrain import autocast_dtype, mixed_precision, pick_device
 
 
 def wilson_interval(successes, n, z=1.96):
@@ -47,7 +47,7 @@ def pretrain_digits(meta, path):
 
 
 def solve(model, problems, device, dtype, temperature=0.0):
-    with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with mixed_precision(device, dtype):
         return data.complete(model, problems, temperature=temperature, device=device)
 
 

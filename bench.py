@@ -14,7 +14,7 @@ import torch
 
 import data
 from model import CheckpointError, load_checkpoint
-from pretrain import autocast_dtype, pick_device
+from pretrain import autocast_dtype, mixed_precision, pick_device
 
 
 @torch.no_grad()
@@ -59,7 +59,7 @@ def main(argv=None):
         sys.exit(f"error: {k}-digit problems do not fit in the model's {model.config.block_size} positions")
     print(f"{args.ckpt} on {device} | {k}+{k} problems | batch {args.batch_size} | {steps} new tokens per row")
 
-    with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with mixed_precision(device, dtype):
         model.generate(prompts[:2], 8, temperature=0)  # warm-up
         cached, t_cache = timed(lambda: model.generate(prompts, steps, temperature=0), device)
         new = cached.size(1) - prompts.size(1)  # rows stop after their answer line: time the same count
@@ -78,7 +78,7 @@ def main(argv=None):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # the work of a step, without changing the model
 
     def train_step():
-        with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with mixed_precision(device, dtype):
             _, loss = model(x, y)
         loss.backward()
         optimizer.step()

@@ -217,6 +217,11 @@ def max_new_tokens(a: int, b: int) -> int:
     return len(scratchpad(a, b)) * 5 // 4 + 16
 
 
+def generation_budget(model, problems, prompt_width: int) -> int:
+    """New tokens to allow a batch: the longest problem's room, capped by the model's positions."""
+    return min(max(max_new_tokens(a, b) for a, b in problems), model.config.block_size - prompt_width)
+
+
 @torch.no_grad()
 def complete(model, problems, temperature=0.0, batch_size=250, device="cpu", generator=None) -> list[str]:
     """The model's completion (text after the prompt) for each problem, in the order given.
@@ -229,8 +234,8 @@ def complete(model, problems, temperature=0.0, batch_size=250, device="cpu", gen
         chunk = order[start:start + batch_size]
         batch = [problems[i] for i in chunk]
         idx = prompt_batch(batch, device)
-        budget = min(max(max_new_tokens(a, b) for a, b in batch), model.config.block_size - idx.size(1))
-        out = model.generate(idx, budget, temperature=temperature, generator=generator)
+        out = model.generate(idx, generation_budget(model, batch, idx.size(1)), temperature=temperature,
+                             generator=generator)
         for i, row in zip(chunk, out[:, idx.size(1):].tolist()):
             completions[i] = decode(row)
     return completions

@@ -99,6 +99,11 @@ def autocast_dtype(name, device):
     return None
 
 
+def mixed_precision(device, dtype):
+    """The autocast context for a dtype chosen by autocast_dtype; does nothing when that is None."""
+    return torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
@@ -128,7 +133,7 @@ def evaluate(model, digits, size, device, dtype):
     model.eval()
     fits = [k for k in range(1, digits + 2)
             if data.sequence_length(10 ** k - 1, 10 ** k - 1) <= model.config.block_size]
-    with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with mixed_precision(device, dtype):
         result = {k: data.accuracy(model, data.eval_set("identical", k, size), device=device) for k in fits}
     model.train()
     return result
@@ -189,7 +194,7 @@ def main(argv=None):
                 offset = torch.randint(0, args.block_size - x.size(1) + 1, (x.size(0),), device=device)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, args)
-            with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+            with mixed_precision(device, dtype):
                 _, loss = model(x, y, offset)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 import data
 from model import CheckpointError, load_checkpoint, save_checkpoint
-from pretrain import autocast_dtype, pick_device, seed_everything
+from pretrain import autocast_dtype, mixed_precision, pick_device, seed_everything
 
 # -----------------------------------------------------------------------------
 # the paper's idea
@@ -138,13 +138,13 @@ def completion_mask(sequences, prompt_width):
 
 @torch.no_grad()
 def rollout(policy, problems, args, device, generator):
-    """Sample one completion per problem; returns the token sequences, their texts and rewards."""
+    """Sample one completion per problem; returns the token sequences, the prompt width and the rewards."""
     prompts = data.prompt_batch(problems, device)
-    budget = min(max(data.max_new_tokens(a, b) for a, b in problems), policy.config.block_size - prompts.size(1))
-    sequences = policy.generate(prompts, budget, temperature=args.temperature, generator=generator)
+    sequences = policy.generate(prompts, data.generation_budget(policy, problems, prompts.size(1)),
+                                temperature=args.temperature, generator=generator)
     texts = [data.decode(row) for row in sequences[:, prompts.size(1):].tolist()]
     rewards = torch.tensor([data.reward(t, a, b) for t, (a, b) in zip(texts, problems)], device=device)
-    return sequences, prompts.size(1), texts, rewards
+    return sequences, prompts.size(1), rewards
 
 
 # -----------------------------------------------------------------------------
@@ -169,7 +169,7 @@ def critical_probability(model, problems, n, temperature):
 
 def evaluate(policy, sets, args, n, device, dtype):
     """Greedy accuracy on N+k and on the comfort zone, sampled accuracy on N+k, critical-token probability."""
-    with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with mixed_precision(device, dtype):
         generator = torch.Generator(device).manual_seed(args.seed)
         return {
             "acc_plus": data.accuracy(policy, sets["plus"], device=device),
@@ -288,8 +288,8 @@ def main(argv=None):
         problems = [p for p in (data.rl_problem(n, args.digits_plus, rng) for _ in range(args.batch_size))
                     for _ in range(args.group_size)]
         policy.eval()
-        with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
-            sequences, prompt_width, _, rewards = rollout(policy, problems, args, device, generator)
+        with mixed_precision(device, dtype):
+            sequences, prompt_width, rewards = rollout(policy, problems, args, device, generator)
         policy.train()
         scores = rewards if args.reward == "01" else 2 * rewards - 1
         # 2. advantages
@@ -297,11 +297,11 @@ def main(argv=None):
         # 3. teacher-forced log-probs and the update
         inputs, actions = sequences[:, :-1], sequences[:, 1:]
         mask = completion_mask(sequences, prompt_width)
-        with torch.no_grad(), torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with torch.no_grad(), mixed_precision(device, dtype):
             ref_logits, _ = reference(inputs)
         old_logp = None
         for epoch in range(args.ppo_epochs if args.algo == "ppo" else 1):
-            with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+            with mixed_precision(device, dtype):
                 logits, _ = policy(inputs)
             if args.algo == "ppo" and epoch == 0:  # the rollout policy is the policy before this batch's updates
                 old_logp = F.log_softmax(logits.detach().float() / args.temperature, -1).gather(
