@@ -7,9 +7,13 @@ Look inside the models: accuracy tables and where generations go wrong.
     python analyze.py errors --ckpt checkpoints/add7.pt [--digits 8] [--n 1000]
         for each failed K+K generation, the first character that differs from the correct scratchpad:
         which line, which field (operand list, A, carry, sum) and what was written instead
+    python analyze.py curves runs/sweep [--name curves]
+        learning curves of rl.py runs: runs that differ only in the seed are grouped; final N+k accuracy
+        and area under the curve, mean and 95% t-interval over seeds (results/<name>.md and .png)
 """
 import argparse
 import csv
+import json
 import math
 import os
 import sys
@@ -114,6 +118,79 @@ def _kind(field, expected, wrote, line, col):
 
 
 # -----------------------------------------------------------------------------
+# learning curves of rl.py runs: mean and 95% interval over seeds
+
+# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond 30, 1.96 is close enough)
+T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042]
+# what varies between seeds of one experiment, or does not change what is learned
+NOT_A_SETTING = {"seed", "name", "out", "device", "eval_every", "eval_size"}
+
+
+def mean_ci(values):
+    """Mean and the half-width of its 95% t-interval (0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, (T_975[n - 2] if n - 1 <= len(T_975) else 1.96) * sd / math.sqrt(n)
+
+
+def read_run(run_dir):
+    """config.json and the rows of metrics.jsonl of one rl.py run; None if it has not logged anything."""
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            config = json.load(f)
+        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    except (OSError, json.JSONDecodeError):
+        return None
+    return {"dir": run_dir, "config": config, "rows": rows} if rows else None
+
+
+def area_under_curve(rows, key="acc_plus"):
+    """Mean of `key` over training (trapezoids over episodes), in the curve's units: 100 = perfect throughout."""
+    xs, ys = [r["episode"] for r in rows], [r[key] for r in rows]
+    if len(xs) < 2 or xs[-1] == xs[0]:
+        return ys[-1]
+    return sum((x1 - x0) * (y0 + y1) / 2 for x0, x1, y0, y1 in zip(xs, xs[1:], ys, ys[1:])) / (xs[-1] - xs[0])
+
+
+def group_runs(runs):
+    """Runs that share every setting except the seed form one group. Returns [(label, settings, runs)],
+    the label naming only the settings that differ between groups."""
+    groups = {}
+    for run in runs:
+        settings = {k: v for k, v in run["config"].items() if k not in NOT_A_SETTING}
+        groups.setdefault(json.dumps(settings, sort_keys=True), (settings, []))[1].append(run)
+    varying = sorted({k for s, _ in groups.values() for k in s if len({json.dumps(t.get(k)) for t, _ in groups.values()}) > 1})
+    out = []
+    for settings, members in groups.values():
+        label = ", ".join(f"{k}={settings.get(k)}" for k in varying) or "all runs"
+        out.append((label, settings, sorted(members, key=lambda r: r["config"].get("seed", 0))))
+    return sorted(out, key=lambda g: [json.dumps(g[1].get(k)) if not isinstance(g[1].get(k), (int, float))
+                                      else g[1].get(k) for k in varying])
+
+
+def summarize(groups):
+    """One row per group: final accuracy and area under the curve, mean and 95% interval over seeds."""
+    table = []
+    for label, settings, members in groups:
+        row = {"group": label, "seeds": len(members), "episodes": members[0]["rows"][-1]["episode"]}
+        for name, values in (("final", [r["rows"][-1]["acc_plus"] for r in members]),
+                             ("auc", [area_under_curve(r["rows"]) for r in members]),
+                             ("comfort", [r["rows"][-1]["acc_comfort"] for r in members]),
+                             ("critical_p", [r["rows"][-1].get("critical_p", float("nan")) for r in members]),
+                             ("kl", [r["rows"][-1].get("kl") or 0.0 for r in members])):
+            row[name], row[name + "_ci"] = mean_ci(values)
+        row["start"] = members[0]["rows"][0]["acc_plus"]
+        table.append(row)
+    return table
+
+
+# -----------------------------------------------------------------------------
 # subcommands
 
 def cmd_accuracy(args, device, dtype):
@@ -169,6 +246,65 @@ def cmd_errors(args, device, dtype):
         print(f"\nclaims {a}+{b}={data.parse_answer(c)}, truth {a + b}; first error: {first_error(c, a, b)}")
 
 
+def find_runs(paths):
+    """Run folders named directly, or found one level below a named folder (runs/sweep -> runs/sweep/*)."""
+    runs = []
+    for path in paths:
+        candidates = [path] if os.path.exists(os.path.join(path, "metrics.jsonl")) else \
+            sorted(os.path.join(path, d) for d in (os.listdir(path) if os.path.isdir(path) else []))
+        runs += [r for r in map(read_run, candidates) if r is not None]
+    return runs
+
+
+def plot_curves(groups, path, title):
+    """Fig. 4: held-out N+k accuracy and critical-token probability against episodes, mean and 95% band."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for (label, _, members), color in zip(groups, plt.cm.viridis([i / max(1, len(groups) - 1) for i in range(len(groups))])):
+        for ax, key in zip(axes, ("acc_plus", "critical_p")):
+            episodes = [r["episode"] for r in members[0]["rows"]]
+            columns = [[run["rows"][i][key] for run in members if len(run["rows"]) > i] for i in range(len(episodes))]
+            stats = [mean_ci(c) for c in columns]
+            mean = [m for m, _ in stats]
+            ax.plot(episodes, mean, color=color, label=f"{label} ({len(members)} seeds)")
+            ax.fill_between(episodes, [m - h for m, h in stats], [m + h for m, h in stats], color=color, alpha=0.2)
+    axes[0].set(xlabel="episodes", ylabel="held-out N+k greedy accuracy (%)", title=title)
+    axes[1].set(xlabel="episodes", ylabel="p(correct critical token), lines 1-3", title="critical tokens")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_figure(fig, path):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def cmd_curves(args, device, dtype):
+    runs = find_runs(args.runs)
+    if not runs:
+        sys.exit(f"error: no rl.py runs (folders with metrics.jsonl) in {' '.join(args.runs)}; run rl.py first")
+    groups = group_runs(runs)
+    table = summarize(groups)
+    lines = ["| runs | seeds | episodes | N+k accuracy: start | final (95% CI) | area under curve (95% CI) | "
+             "comfort zone final | critical p final | KL/token final |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        lines.append(f"| {r['group']} | {r['seeds']} | {r['episodes']} | {r['start']:.1f} | {r['final']:.1f} +- "
+                     f"{r['final_ci']:.1f} | {r['auc']:.1f} +- {r['auc_ci']:.1f} | {r['comfort']:.1f} | "
+                     f"{r['critical_p']:.3f} | {r['kl']:.4f} |")
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    os.makedirs(args.results, exist_ok=True)
+    with open(os.path.join(args.results, args.name + ".md"), "w") as f:
+        f.write(f"`python analyze.py curves {' '.join(args.runs)} --name {args.name}`\n\n" + text)
+    plot_curves(groups, os.path.join(args.results, args.name + ".png"), args.name)
+
+
 def write_csv(path, rows):
     if not rows:
         return
@@ -193,12 +329,16 @@ def get_args(argv=None):
     err.add_argument("--digits", type=int, default=None, help="K for the K+K problems (default N+1)")
     err.add_argument("--top", type=int, default=12, help="rows per table")
     err.add_argument("--show", type=int, default=3, help="failed examples to print")
+    cur = sub.add_parser("curves", help="learning curves of rl.py runs, mean and 95%% interval over seeds")
+    cur.add_argument("runs", nargs="+", help="run folders, or folders holding them (runs/sweep)")
+    cur.add_argument("--name", default="curves", help="results/<name>.md and results/<name>.png")
+    cur.add_argument("--results", default="results", help="folder for the table and the figure")
     for s in (acc, err):
         s.add_argument("--n", type=int, default=1000, help="problems per set (default 1000)")
         s.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
         s.add_argument("--results", default="results", help="folder for CSV files")
     args = p.parse_args(argv)
-    if args.n < 1:
+    if getattr(args, "n", 1) < 1:
         p.error("--n must be at least 1")
     if getattr(args, "extra", 0) < 0:
         p.error("--extra must be at least 0")
@@ -209,10 +349,10 @@ def get_args(argv=None):
 
 def main(argv=None):
     args = get_args(argv)
-    device = pick_device(args.device)
+    device = pick_device(getattr(args, "device", "cpu"))
     dtype = autocast_dtype("auto", device)
     torch.manual_seed(0)
-    {"accuracy": cmd_accuracy, "errors": cmd_errors}[args.command](args, device, dtype)
+    {"accuracy": cmd_accuracy, "errors": cmd_errors, "curves": cmd_curves}[args.command](args, device, dtype)
 
 
 if __name__ == "__main__":

@@ -152,10 +152,11 @@ def rollout(policy, problems, args, device, generator):
 
 
 @torch.no_grad()
-def critical_probability(model, problems, n, temperature):
-    """Mean probability (at the sampling temperature) of the correct ',' at the critical positions
-    (data.critical_positions on every line: the paper tracks lines 1-3, but our 7-digit model mostly
-    fails on lines 5-6), with the correct text teacher-forced before it, i.e. while the copy is right."""
+def critical_probability(model, problems, n, temperature, lines=3):
+    """Mean probability (at the sampling temperature) of the correct ',' at the critical positions, with
+    the correct text teacher-forced before it, i.e. while the copy is right (data.critical_positions).
+    lines=3 tracks the paper's positions (lines 1-3); lines=None every line, which matters here because
+    our 7-digit model mostly fails on lines 5-6."""
     x, _ = data.make_batch(problems, next(model.parameters()).device)
     logits, _ = model(x)
     probs = F.softmax(logits.float() / temperature, dim=-1)
@@ -163,7 +164,7 @@ def critical_probability(model, problems, n, temperature):
     values = []
     for i, (a, b) in enumerate(problems):
         start = len(data.prompt(a, b)) - 1  # x[t] predicts completion character t - start
-        values += [probs[i, start + c, comma].item() for c in data.critical_positions(a, b, n, lines=None)]
+        values += [probs[i, start + c, comma].item() for c in data.critical_positions(a, b, n, lines=lines)]
     return sum(values) / max(1, len(values))
 
 
@@ -177,6 +178,7 @@ def evaluate(policy, sets, args, n, device, dtype):
             "acc_plus_sampled": data.accuracy(policy, sets["plus"], temperature=args.temperature, device=device,
                                               generator=generator),
             "critical_p": critical_probability(policy, sets["critical"], n, args.temperature),
+            "critical_p_all": critical_probability(policy, sets["critical"], n, args.temperature, lines=None),
         }
 
 
