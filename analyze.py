@@ -13,6 +13,7 @@ Look inside the models: accuracy tables and where generations go wrong.
 """
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -165,13 +166,15 @@ def group_runs(runs):
     for run in runs:
         settings = {k: v for k, v in run["config"].items() if k not in NOT_A_SETTING}
         groups.setdefault(json.dumps(settings, sort_keys=True), (settings, []))[1].append(run)
-    varying = sorted({k for s, _ in groups.values() for k in s if len({json.dumps(t.get(k)) for t, _ in groups.values()}) > 1})
+    all_settings = [s for s, _ in groups.values()]
+    keys = sorted({k for s in all_settings for k in s})
+    varying = [k for k in keys if len({json.dumps(s.get(k)) for s in all_settings}) > 1]
     out = []
     for settings, members in groups.values():
         label = ", ".join(f"{k}={settings.get(k)}" for k in varying) or "all runs"
         out.append((label, settings, sorted(members, key=lambda r: r["config"].get("seed", 0))))
-    return sorted(out, key=lambda g: [json.dumps(g[1].get(k)) if not isinstance(g[1].get(k), (int, float))
-                                      else g[1].get(k) for k in varying])
+    numbers_first = lambda v: (0, v, "") if isinstance(v, (int, float)) else (1, 0, json.dumps(v))
+    return sorted(out, key=lambda g: [numbers_first(g[1].get(k)) for k in varying])
 
 
 def summarize(groups):
@@ -263,8 +266,8 @@ def plot_curves(groups, path, title):
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for (label, _, members), color in zip(groups, plt.cm.viridis([i / max(1, len(groups) - 1) for i in range(len(groups))])):
+        episodes = [r["episode"] for r in members[0]["rows"]]
         for ax, key in zip(axes, ("acc_plus", "critical_p")):
-            episodes = [r["episode"] for r in members[0]["rows"]]
             columns = [[run["rows"][i][key] for run in members if len(run["rows"]) > i] for i in range(len(episodes))]
             stats = [mean_ci(c) for c in columns]
             mean = [m for m, _ in stats]
@@ -285,7 +288,7 @@ def save_figure(fig, path):
     print(f"wrote {path}", file=sys.stderr)
 
 
-def cmd_curves(args, device, dtype):
+def cmd_curves(args):
     runs = find_runs(args.runs)
     if not runs:
         sys.exit(f"error: no rl.py runs (folders with metrics.jsonl) in {' '.join(args.runs)}; run rl.py first")
@@ -299,21 +302,27 @@ def cmd_curves(args, device, dtype):
                      f"{r['critical_p']:.3f} | {r['kl']:.4f} |")
     text = "\n".join(lines) + "\n"
     print(text, end="")
-    os.makedirs(args.results, exist_ok=True)
-    with open(os.path.join(args.results, args.name + ".md"), "w") as f:
-        f.write(f"`python analyze.py curves {' '.join(args.runs)} --name {args.name}`\n\n" + text)
+    write_text(os.path.join(args.results, args.name + ".md"),
+               f"`python analyze.py curves {' '.join(args.runs)} --name {args.name}`\n\n" + text)
     plot_curves(groups, os.path.join(args.results, args.name + ".png"), args.name)
 
 
 def write_csv(path, rows):
     if not rows:
         return
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, out.getvalue())
+
+
+def write_text(path, text):
+    """Write through a temporary file, so an interrupted run never leaves half a file behind."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+        f.write(text)
     os.replace(tmp, path)
     print(f"wrote {path}", file=sys.stderr)
 
@@ -349,10 +358,12 @@ def get_args(argv=None):
 
 def main(argv=None):
     args = get_args(argv)
-    device = pick_device(getattr(args, "device", "cpu"))
+    if args.command == "curves":  # reads run logs only: no model, no device
+        return cmd_curves(args)
+    device = pick_device(args.device)
     dtype = autocast_dtype("auto", device)
     torch.manual_seed(0)
-    {"accuracy": cmd_accuracy, "errors": cmd_errors, "curves": cmd_curves}[args.command](args, device, dtype)
+    {"accuracy": cmd_accuracy, "errors": cmd_errors}[args.command](args, device, dtype)
 
 
 if __name__ == "__main__":

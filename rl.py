@@ -152,33 +152,39 @@ def rollout(policy, problems, args, device, generator):
 
 
 @torch.no_grad()
-def critical_probability(model, problems, n, temperature, lines=3):
+def critical_probabilities(model, problems, n, temperature, lines=(3, None)):
     """Mean probability (at the sampling temperature) of the correct ',' at the critical positions, with
-    the correct text teacher-forced before it, i.e. while the copy is right (data.critical_positions).
-    lines=3 tracks the paper's positions (lines 1-3); lines=None every line, which matters here because
-    our 7-digit model mostly fails on lines 5-6."""
+    the correct text teacher-forced before it, i.e. while the copy is right (data.critical_positions);
+    one value per entry of `lines`, all from one forward pass. 3 tracks the paper's positions (lines
+    1-3); None every line, which matters here because our 7-digit model mostly fails on lines 5-6."""
     x, _ = data.make_batch(problems, next(model.parameters()).device)
     logits, _ = model(x)
-    probs = F.softmax(logits.float() / temperature, dim=-1)
-    comma = data.STOI[","]
-    values = []
-    for i, (a, b) in enumerate(problems):
-        start = len(data.prompt(a, b)) - 1  # x[t] predicts completion character t - start
-        values += [probs[i, start + c, comma].item() for c in data.critical_positions(a, b, n, lines=lines)]
-    return sum(values) / max(1, len(values))
+    comma = F.softmax(logits.float() / temperature, dim=-1)[..., data.STOI[","]]
+    means = []
+    for limit in lines:
+        values = [comma[i, len(data.prompt(a, b)) - 1 + c].item()  # x[t] predicts completion char t - start
+                  for i, (a, b) in enumerate(problems) for c in data.critical_positions(a, b, n, lines=limit)]
+        means.append(sum(values) / max(1, len(values)))
+    return means
+
+
+def critical_probability(model, problems, n, temperature, lines=3):
+    """critical_probabilities for one choice of lines."""
+    return critical_probabilities(model, problems, n, temperature, (lines,))[0]
 
 
 def evaluate(policy, sets, args, n, device, dtype):
     """Greedy accuracy on N+k and on the comfort zone, sampled accuracy on N+k, critical-token probability."""
     with mixed_precision(device, dtype):
         generator = torch.Generator(device).manual_seed(args.seed)
+        paper_lines, all_lines = critical_probabilities(policy, sets["critical"], n, args.temperature)
         return {
             "acc_plus": data.accuracy(policy, sets["plus"], device=device),
             "acc_comfort": data.accuracy(policy, sets["comfort"], device=device),
             "acc_plus_sampled": data.accuracy(policy, sets["plus"], temperature=args.temperature, device=device,
                                               generator=generator),
-            "critical_p": critical_probability(policy, sets["critical"], n, args.temperature),
-            "critical_p_all": critical_probability(policy, sets["critical"], n, args.temperature, lines=None),
+            "critical_p": paper_lines,
+            "critical_p_all": all_lines,
         }
 
 
