@@ -17,12 +17,14 @@ import io
 import json
 import math
 import os
+import subprocess
 import sys
 from collections import Counter
 
 import torch
 
 import data
+import rl
 from model import CheckpointError, load_checkpoint
 from pretrain import autocast_dtype, mixed_precision, pick_device
 
@@ -59,23 +61,27 @@ def solve(model, problems, device, dtype, temperature=0.0):
 # -----------------------------------------------------------------------------
 # where does a generation first go wrong?
 
-def first_error(completion, a, b):
-    """None if the completion is the exact scratchpad, else a dict describing the first wrong character."""
+def locate(a, b, i):
+    """Where character i of scratchpad(a, b) sits: line (1 = first after '<scratch>'), field, index (for
+    an operand list, how many of its digits come before it), the character, and the line's text/column."""
     truth = data.scratchpad(a, b)
-    i = next((i for i, (x, y) in enumerate(zip(completion, truth)) if x != y), None)
-    if i is None:
-        if len(completion) >= len(truth):
-            return None
-        i = len(completion)  # stopped early (ran out of room)
-    line_no = truth.count("\n", 0, i) - 1  # 1 = first line after '<scratch>'
     line_start = truth.rfind("\n", 0, i) + 1
     line_end = truth.find("\n", i)
     line = truth[line_start:line_end if line_end >= 0 else len(truth)]
     col = i - line_start
     field, index = _field(line, col)
+    return {"offset": i, "line": truth.count("\n", 0, i) - 1, "field": field, "index": index,
+            "expected": truth[i]}, line, col
+
+
+def describe_error(completion, a, b):
+    """None if the completion is the exact scratchpad, else a dict describing the first wrong character."""
+    i = data.first_error(completion, a, b)
+    if i is None:
+        return None
+    where, line, col = locate(a, b, i)
     wrote = completion[i] if i < len(completion) else "(end)"
-    return {"offset": i, "line": line_no, "field": field, "index": index, "expected": truth[i], "wrote": wrote,
-            "kind": _kind(field, truth[i], wrote, line, col)}
+    return {**where, "wrote": wrote, "kind": _kind(where["field"], where["expected"], wrote, line, col)}
 
 
 def _field(line, col):
@@ -119,6 +125,190 @@ def _kind(field, expected, wrote, line, col):
 
 
 # -----------------------------------------------------------------------------
+# the critical-token probe (paper section 6, Table 1, Fig. 5)
+
+
+@torch.no_grad()
+def scratchpad_certainty(model, problems, device, dtype):
+    """For each problem, the model's certainty J (Eq. 2) at every character of the correct scratchpad,
+    teacher-forced (the same states as its own generation up to its first error), and the character it
+    would most likely write there instead of the right one. Returns a list of (J, wrong) pairs."""
+    with mixed_precision(device, dtype):
+        x, _ = data.make_batch(problems, device)
+        logits, _ = model(x)
+    logits = logits.float()
+    out = []
+    for i, (a, b) in enumerate(problems):
+        start, truth = len(data.prompt(a, b)) - 1, data.encode(data.scratchpad(a, b))
+        rows = logits[i, start:start + len(truth)].clone()
+        J = rl.certainty(rows).cpu()
+        rows[torch.arange(len(truth)), torch.tensor(truth, device=rows.device)] = float("-inf")
+        rows[:, data.PAD_ID] = float("-inf")
+        out.append((J, [data.VOCAB[t] for t in rows.argmax(-1).tolist()]))
+    return out
+
+
+@torch.no_grad()
+def continue_greedy(model, problems, prefixes, device, dtype, batch_size=256):
+    """The completion prefix + greedy continuation of prompt + prefix, for each pair."""
+    order = sorted(range(len(problems)), key=lambda i: len(prefixes[i]) - data.sequence_length(*problems[i]))
+    completions = [None] * len(problems)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        batch, heads = [problems[i] for i in chunk], [prefixes[i] for i in chunk]
+        idx = data.prompt_batch(batch, device, prefixes=heads)
+        room = min(max(data.max_new_tokens(a, b) - len(h) for (a, b), h in zip(batch, heads)),
+                   model.config.block_size - idx.size(1))
+        with mixed_precision(device, dtype):
+            out = model.generate(idx, max(1, room), temperature=0.0)
+        for i, head, row in zip(chunk, heads, out[:, idx.size(1):].tolist()):
+            completions[i] = head + data.decode(row)
+    return completions
+
+
+def probe(model, n, problems, device, dtype, drop=0.05, controls=4, seed=0):
+    """Find critical tokens with no hand-coded positions. On the correct path of each problem:
+      (2) low certainty: Delta J = J(token) - mean J(other tokens of the text) below -drop;
+      (1) decisive: forcing the model's most likely wrong character there makes the greedy continuation
+          fail, while forcing the right one gets past it: the continuation succeeds, or its first error
+          is at a later low-certainty token (a weak model meets several critical tokens in one text).
+    Every low-certainty token is tested, plus `controls` random other tokens per problem to show how
+    the rest behaves. Returns one dict per tested token, and the Delta J of every token, by problem."""
+    rng = torch.Generator().manual_seed(seed)
+    tested, deltas = [], []
+    for (a, b), (J, wrong) in zip(problems, scratchpad_certainty(model, problems, device, dtype)):
+        delta = J - (J.sum() - J) / (len(J) - 1)
+        deltas.append(delta.tolist())
+        end = data.scratchpad(a, b).index("</scratch>")  # the answer line only copies A: not probed
+        low = [t for t in range(end) if delta[t] < -drop]
+        others = [t for t in range(end) if delta[t] >= -drop]
+        pick = torch.randperm(len(others), generator=rng)[:controls].tolist()
+        for t in low + [others[k] for k in pick]:
+            tested.append({"problem": (a, b), "t": t, "J": J[t].item(), "delta": delta[t].item(),
+                           "low": t in low, "wrote": wrong[t], **locate(a, b, t)[0],
+                           "paper_place": t in data.critical_positions(a, b, n, lines=3),
+                           "any_line_place": t in data.critical_positions(a, b, n, lines=None)})
+    truths = [data.scratchpad(*row["problem"]) for row in tested]
+    probs = [row["problem"] for row in tested]
+    right = continue_greedy(model, probs, [s[:r["t"] + 1] for s, r in zip(truths, tested)], device, dtype)
+    wrong = continue_greedy(model, probs, [s[:r["t"]] + r["wrote"] for s, r in zip(truths, tested)], device, dtype)
+    delta_of = dict(zip(list(dict.fromkeys(probs)), deltas))
+    for row, with_right, with_wrong in zip(tested, right, wrong):
+        later = data.first_error(with_right, *row["problem"])  # None: the continuation is all correct
+        row["right_succeeds"] = bool(data.reward(with_right, *row["problem"]))
+        row["right_passes"] = row["right_succeeds"] or (later is not None and later < len(delta_of[row["problem"]])
+                                                        and delta_of[row["problem"]][later] < -drop)
+        row["wrong_fails"] = not data.reward(with_wrong, *row["problem"])
+        row["critical"] = row["low"] and row["right_passes"] and row["wrong_fails"]
+    return tested, deltas
+
+
+def delta_table(tested, deltas):
+    """Table 1: Delta J of the critical tokens against every other token of the probed texts."""
+    critical = {(r["problem"], r["t"]) for r in tested if r["critical"]}
+    problems = list(dict.fromkeys(r["problem"] for r in tested))
+    crit, rest = [], []
+    for (a, b), delta in zip(problems, deltas):
+        for t, d in enumerate(delta):
+            (crit if ((a, b), t) in critical else rest).append(d)
+    stats = lambda v: (sum(v) / len(v), (sum((x - sum(v) / len(v)) ** 2 for x in v) / max(1, len(v) - 1)) ** 0.5) \
+        if v else (float("nan"), float("nan"))
+    return {"critical": stats(crit), "n_critical": len(crit), "other": stats(rest), "n_other": len(rest)}
+
+
+def ansi_certainty(text, J, low):
+    """The text with each character's background coloured by J: white at 1, red at `low` and below."""
+    out = []
+    for ch, j in zip(text, J):
+        x = max(0.0, min(1.0, (j - low) / (1 - low)))
+        colour = f"\x1b[48;2;255;{int(80 + 175 * x)};{int(80 + 175 * x)}m\x1b[38;2;0;0;0m"
+        out.append(colour + ("\u21b5" if ch == "\n" else ch) + "\x1b[0m" + ("\n" if ch == "\n" else ""))
+    return "".join(out)
+
+
+def plot_certainty(text, J, low, path, title):
+    """Fig. 5: the text on a grid, each cell coloured by the certainty J of the model writing it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    lines = text.split("\n")
+    width = max(len(line) for line in lines) + 1
+    grid = torch.full((len(lines), width), float("nan"))
+    row = col = 0
+    for ch, j in zip(text, J):
+        grid[row, col] = j
+        row, col = (row + 1, 0) if ch == "\n" else (row, col + 1)
+    fig, ax = plt.subplots(figsize=(0.11 * width + 1.5, 0.28 * len(lines) + 0.8))
+    image = ax.imshow(grid.numpy(), cmap="Reds_r", vmin=low, vmax=1.0, aspect="auto", interpolation="nearest")
+    for r, line in enumerate(lines):
+        for c, ch in enumerate(line):
+            ax.text(c, r, ch, ha="center", va="center", family="monospace", fontsize=7)
+    ax.set_xticks([]), ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01, label="certainty J")
+    save_figure(fig, path)
+
+
+def cmd_probe(args, device, dtype):
+    report, table = [], ["| checkpoint | N | critical Delta J (mean +- sd) | tokens | other Delta J (mean +- sd) | tokens |",
+                         "|---|---|---|---|---|---|"]
+    for path in args.ckpt:
+        model, meta = load(path, device)
+        n = pretrain_digits(meta, path)
+        if data.sequence_length(10 ** (n + 1) - 1, 10 ** (n + 1) - 1) > model.config.block_size:
+            sys.exit(f"error: {path} has too few positions for {n + 1}-digit problems")
+        problems = data.eval_set("identical", n + 1, args.n)
+        completions = solve(model, problems, device, dtype)
+        accuracy = 100 * sum(data.reward(c, a, b) for c, (a, b) in zip(completions, problems)) / len(problems)
+        tested, deltas = probe(model, n, problems, device, dtype, drop=args.drop, controls=args.controls)
+        low, control = [r for r in tested if r["low"]], [r for r in tested if not r["low"]]
+        critical = [r for r in low if r["critical"]]
+        share = lambda rows, key: f"{sum(r[key] for r in rows)}/{len(rows)}"
+        report += [f"## {path} (N = {n}): {len(problems)} problems of {n + 1}+{n + 1} digits, greedy accuracy "
+                   f"{accuracy:.1f}%", "",
+                   f"- low-certainty tokens (Delta J < -{args.drop:g}): {len(low)}; forcing the likely wrong "
+                   f"character fails {share(low, 'wrong_fails')}; forcing the right one succeeds "
+                   f"{share(low, 'right_succeeds')}, gets past it {share(low, 'right_passes')}; "
+                   f"critical (wrong fails, right gets past): {len(critical)}",
+                   f"- control tokens (random, certain): forcing wrong fails {share(control, 'wrong_fails')}, "
+                   f"forcing right succeeds {share(control, 'right_succeeds')}",
+                   f"- critical tokens at the paper's n+1 comma (lines 1-3): {share(critical, 'paper_place')}; "
+                   f"at the n+1 comma of any line: {share(critical, 'any_line_place')}", "",
+                   "| line | field | digits before | right -> likely wrong (most common) | critical tokens | "
+                   "mean Delta J | paper's place |", "|---|---|---|---|---|---|---|"]
+        places = {}
+        for r in critical:
+            places.setdefault((r["line"], r["field"], r["index"]), []).append(r)
+        for (line, field, index), rows in sorted(places.items(), key=lambda item: -len(item[1]))[:args.top]:
+            (right, wrote), _ = Counter((r["expected"], r["wrote"]) for r in rows).most_common(1)[0]
+            report.append(f"| {line} | {field} | {'' if index is None else index} | {right!r} -> {wrote!r} | "
+                          f"{len(rows)} | {sum(r['delta'] for r in rows) / len(rows):+.3f} | "
+                          f"{'yes' if rows[0]['paper_place'] else ''} |")
+        report.append("")
+        d = delta_table(tested, deltas)
+        table.append(f"| {path} | {n} | {d['critical'][0]:+.3f} +- {d['critical'][1]:.3f} | {d['n_critical']} | "
+                     f"{d['other'][0]:+.4f} +- {d['other'][1]:.4f} | {d['n_other']} |")
+        # Fig. 5: the first problem with a critical token, as the model writes it from its prompt
+        if critical:
+            a, b = critical[0]["problem"]
+            text = completions[problems.index((a, b))]
+            with torch.no_grad(), mixed_precision(device, dtype):
+                ids = torch.tensor([data.encode(data.prompt(a, b) + text)], device=device)
+                J = rl.certainty(model(ids)[0][0, len(data.prompt(a, b)) - 1:]).cpu().tolist()
+            low_j = min(J)
+            print(f"\n{path}: {a}+{b}, coloured by certainty J (red = {low_j:.2f}, white = 1), "
+                  f"{'right' if data.reward(text, a, b) else 'wrong'} answer\n{ansi_certainty(text, J, low_j)}")
+            stem = os.path.splitext(os.path.basename(path))[0]
+            plot_certainty(text, J, low_j, os.path.join(args.results, f"certainty_{stem}.png"),
+                           f"{stem}: {a}+{b}, each character coloured by the certainty J of the model writing it")
+    text = "\n".join(["# Critical-token probe (`python analyze.py probe`)", "",
+                      "Table 1: Delta J = certainty on the token minus the mean certainty on the other tokens "
+                      "of its text.", "", *table, "", *report])
+    write_text(os.path.join(args.results, "probe.md"), text + "\n")
+    print(text)
+
+
+# -----------------------------------------------------------------------------
 # learning curves of rl.py runs: mean and 95% interval over seeds
 
 # two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond 30, 1.96 is close enough)
@@ -126,7 +316,7 @@ T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
          2.045, 2.042]
 # what varies between seeds of one experiment, or does not change what is learned
-NOT_A_SETTING = {"seed", "name", "out", "device", "eval_every", "eval_size"}
+NOT_A_SETTING = {"seed", "name", "out", "device", "eval_every", "eval_size", "save"}
 
 
 def mean_ci(values):
@@ -213,10 +403,14 @@ def cmd_accuracy(args, device, dtype):
                              "accuracy": round(100 * wins / len(problems), 1), "ci_low": round(low, 1),
                              "ci_high": round(high, 1)})
                 print(f"{path} {kind} K={k}: {rows[-1]['accuracy']:.1f}%", file=sys.stderr)
-    print("| checkpoint | set | K | accuracy % | 95% CI |\n|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['checkpoint']} | {r['set']} | {r['K']} | {r['accuracy']:.1f} | {r['ci_low']:.1f}-{r['ci_high']:.1f} |")
+    lines = ["| checkpoint | set | K | accuracy % | 95% CI |", "|---|---|---|---|---|"]
+    lines += [f"| {r['checkpoint']} | {r['set']} | {r['K']} | {r['accuracy']:.1f} | {r['ci_low']:.1f}-{r['ci_high']:.1f} |"
+              for r in rows]
+    print("\n".join(lines))
     write_csv(os.path.join(args.results, "accuracy.csv"), rows)
+    write_text(os.path.join(args.results, "accuracy.md"),
+               f"`python analyze.py accuracy --ckpt {' '.join(args.ckpt)} --n {args.n}` (greedy exact match, "
+               f"Wilson 95% intervals)\n\n" + "\n".join(lines) + "\n")
 
 
 def cmd_errors(args, device, dtype):
@@ -226,7 +420,7 @@ def cmd_errors(args, device, dtype):
     problems = data.eval_set("identical", k, args.n)
     completions = solve(model, problems, device, dtype)
     failures = [(c, a, b) for c, (a, b) in zip(completions, problems) if not data.reward(c, a, b)]
-    errors = [first_error(c, a, b) for c, a, b in failures]  # never None: a perfect scratchpad ends right
+    errors = [describe_error(c, a, b) for c, a, b in failures]  # never None: a perfect scratchpad ends right
     in_lists = [e for e in errors if e["field"].startswith("operand") and e["line"] <= 3]
     at_critical = {lines: sum(e["offset"] in data.critical_positions(a, b, n, lines)
                               for e, (c, a, b) in zip(errors, failures)) for lines in (3, None)}
@@ -246,7 +440,7 @@ def cmd_errors(args, device, dtype):
         for kind, count in Counter(e["kind"] for e in errors).most_common(args.top):
             print(f"| {kind} | {count} |")
     for c, a, b in failures[:args.show]:
-        print(f"\nclaims {a}+{b}={data.parse_answer(c)}, truth {a + b}; first error: {first_error(c, a, b)}")
+        print(f"\nclaims {a}+{b}={data.parse_answer(c)}, truth {a + b}; first error: {describe_error(c, a, b)}")
 
 
 def find_runs(paths):
@@ -264,20 +458,50 @@ def plot_curves(groups, path, title):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for (label, _, members), color in zip(groups, plt.cm.viridis([i / max(1, len(groups) - 1) for i in range(len(groups))])):
         episodes = [r["episode"] for r in members[0]["rows"]]
-        for ax, key in zip(axes, ("acc_plus", "critical_p")):
-            columns = [[run["rows"][i][key] for run in members if len(run["rows"]) > i] for i in range(len(episodes))]
+        for ax, key in zip(axes, ("acc_plus", "critical_p", "critical_p_all")):
+            columns = [[run["rows"][i].get(key, float("nan")) for run in members if len(run["rows"]) > i]
+                       for i in range(len(episodes))]
             stats = [mean_ci(c) for c in columns]
             mean = [m for m, _ in stats]
             ax.plot(episodes, mean, color=color, label=f"{label} ({len(members)} seeds)")
             ax.fill_between(episodes, [m - h for m, h in stats], [m + h for m, h in stats], color=color, alpha=0.2)
     axes[0].set(xlabel="episodes", ylabel="held-out N+k greedy accuracy (%)", title=title)
-    axes[1].set(xlabel="episodes", ylabel="p(correct critical token), lines 1-3", title="critical tokens")
+    axes[1].set(xlabel="episodes", ylabel="p(correct ',' at the n+1 comma)", title="critical tokens, lines 1-3 (paper)")
+    axes[2].set(xlabel="episodes", ylabel="p(correct ',' at the n+1 comma)", title="critical tokens, every line")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def plot_alpha(groups, table, path):
+    """Fig. 6: final N+k accuracy and area under the curve against alpha (mean and 95% interval over
+    seeds), one line per combination of the other settings. False if fewer than 3 alphas were run."""
+    series = {}
+    for (label, settings, _), row in zip(groups, table):
+        rest = ", ".join(part for part in label.split(", ") if not part.startswith("alpha=")) or "all runs"
+        series.setdefault(rest, []).append((settings.get("alpha", 0.0), row))
+    if max(len(points) for points in series.values()) < 3:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for rest, points in series.items():
+        points.sort(key=lambda p: p[0])
+        for ax, key in zip(axes, ("final", "auc")):
+            ax.errorbar([a for a, _ in points], [r[key] for _, r in points], yerr=[r[key + "_ci"] for _, r in points],
+                        marker="o", capsize=3, label=f"{rest} (seeds: {', '.join(str(r['seeds']) for _, r in points)})")
+    for ax, what in zip(axes, ("final", "area under the curve of")):
+        ax.set_xscale("symlog", linthresh=1)  # alpha = 0 (the standard penalty) stays on the axis
+        ax.axhline(points[0][1]["start"], color="grey", linestyle=":", label="before RL")
+        ax.set(xlabel="alpha (0 = standard KL)", ylabel=f"{what} N+k greedy accuracy (%)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return True
 
 
 def save_figure(fig, path):
@@ -305,6 +529,66 @@ def cmd_curves(args):
     write_text(os.path.join(args.results, args.name + ".md"),
                f"`python analyze.py curves {' '.join(args.runs)} --name {args.name}`\n\n" + text)
     plot_curves(groups, os.path.join(args.results, args.name + ".png"), args.name)
+    plot_alpha(groups, table, os.path.join(args.results, args.name + "_alpha.png"))
+
+
+# -----------------------------------------------------------------------------
+# the whole study in one command
+
+# what each budget runs; the small one takes about an hour on a 2-core CPU (README: "The whole study")
+BUDGETS = {
+    "small": {"n": 200, "probe_n": 50, "episodes": 1024, "eval_every": 256, "seeds": 3,
+              "alphas": [0, 3, 10, 100, 1000, 10000], "alpha_seeds": 1, "pretraining_seeds": 1},
+    "full": {"n": 1000, "probe_n": 50, "episodes": 2048, "eval_every": 512, "seeds": 5,
+             "alphas": [0, 3, 10, 30, 100, 300, 1000, 10000], "alpha_seeds": 3, "pretraining_seeds": 3},
+}
+BEST_ALPHA = 100  # the prioritized setting of Fig. 4 (results/rl_sweep.md)
+CHECKPOINTS = [f"checkpoints/add{n}.pt" for n in (3, 5, 7)]
+
+
+def run_rl(out, name, budget, flags):
+    """One rl.py run (logs only, no model), skipped if a finished one is already there."""
+    rows = (read_run(os.path.join(out, name)) or {}).get("rows", [])
+    if rows and rows[-1]["episode"] >= budget["episodes"]:
+        print(f"have {out}/{name}", file=sys.stderr)
+        return os.path.join(out, name)
+    command = [sys.executable, "rl.py", "--episodes", str(budget["episodes"]), "--eval-every",
+               str(budget["eval_every"]), "--out", out, "--name", name, "--no-save", *budget.get("rl_flags", []), *flags]
+    print("$ " + " ".join(command[1:]), file=sys.stderr)
+    if subprocess.run(command).returncode != 0:
+        sys.exit(f"error: the run {out}/{name} failed (its command is printed above)")
+    return os.path.join(out, name)
+
+
+def cmd_study(args):
+    """Every table and figure: accuracy (Tables 4-5), the probe (Table 1, Fig. 5), standard against
+    prioritized KL (Fig. 4), the alpha sweep (Fig. 6) and RL on N+2 after more pre-training (Fig. 3)."""
+    budget, out, results = BUDGETS[args.budget], os.path.join(args.runs, f"study_{args.budget}"), args.results
+    missing = [c for c in CHECKPOINTS if not os.path.exists(c)]
+    if missing:
+        sys.exit(f"error: missing {', '.join(missing)}: the study needs the shipped checkpoints (see checkpoints/README.md)")
+    common = ["--device", args.device]
+    base = [sys.executable, "analyze.py"]
+    for step in (["accuracy", "--ckpt", *CHECKPOINTS, "--n", str(budget["n"])],
+                 ["probe", "--ckpt", *CHECKPOINTS, "--n", str(budget["probe_n"])]):
+        print("$ analyze.py " + " ".join(step), file=sys.stderr)
+        if subprocess.run([*base, *step, *common, "--results", results], stdout=subprocess.DEVNULL).returncode:
+            sys.exit(f"error: analyze.py {step[0]} failed")
+    # Fig. 6 and Fig. 4 share their runs: every alpha for alpha_seeds seeds, alpha 0 and BEST_ALPHA for more
+    sweep, fig4 = [], []
+    for seed in range(budget["seeds"]):
+        for alpha in budget["alphas"]:
+            if seed < budget["alpha_seeds"] or alpha in (0, BEST_ALPHA):
+                run = run_rl(os.path.join(out, "alpha"), f"alpha{alpha}_seed{seed}", budget,
+                             ["--alpha", str(alpha), "--seed", str(seed), *common])
+                sweep.append(run)
+                if alpha in (0, BEST_ALPHA):
+                    fig4.append(run)
+    fig3 = [run_rl(os.path.join(out, "pretraining"), f"{os.path.splitext(os.path.basename(ckpt))[0]}_seed{seed}",
+                   budget, ["--ckpt", ckpt, "--digits-plus", "2", "--alpha", "0", "--seed", str(seed), *common])
+            for seed in range(budget["pretraining_seeds"]) for ckpt in CHECKPOINTS]
+    for runs, name in ((fig4, "fig4_standard_vs_prioritized"), (sweep, "fig6_alpha"), (fig3, "fig3_pretraining")):
+        cmd_curves(argparse.Namespace(runs=runs, name=f"{name}_{args.budget}", results=results))
 
 
 def write_csv(path, rows):
@@ -338,12 +622,23 @@ def get_args(argv=None):
     err.add_argument("--digits", type=int, default=None, help="K for the K+K problems (default N+1)")
     err.add_argument("--top", type=int, default=12, help="rows per table")
     err.add_argument("--show", type=int, default=3, help="failed examples to print")
+    pro = sub.add_parser("probe", help="find the critical tokens; Table 1 (Delta J) and Fig. 5")
+    pro.add_argument("--ckpt", nargs="+", default=[f"checkpoints/add{n}.pt" for n in (3, 5, 7)],
+                     help="checkpoints to probe (default add3, add5, add7)")
+    pro.add_argument("--drop", type=float, default=0.05, help="low certainty: Delta J below -drop (default 0.05)")
+    pro.add_argument("--controls", type=int, default=4, help="random certain tokens tested per problem (default 4)")
+    pro.add_argument("--top", type=int, default=12, help="rows per table")
     cur = sub.add_parser("curves", help="learning curves of rl.py runs, mean and 95%% interval over seeds")
     cur.add_argument("runs", nargs="+", help="run folders, or folders holding them (runs/sweep)")
     cur.add_argument("--name", default="curves", help="results/<name>.md and results/<name>.png")
     cur.add_argument("--results", default="results", help="folder for the table and the figure")
-    for s in (acc, err):
-        s.add_argument("--n", type=int, default=1000, help="problems per set (default 1000)")
+    stu = sub.add_parser("study", help="every table and figure, runs included (small: about 1 h on 2 CPU cores)")
+    stu.add_argument("--budget", default="small", choices=sorted(BUDGETS), help="small (default) or full")
+    stu.add_argument("--runs", default="runs", help="folder for the run logs (runs/study_<budget>/)")
+    stu.add_argument("--results", default="results", help="folder for the tables and figures")
+    stu.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    for s, size in ((acc, 1000), (err, 1000), (pro, 50)):
+        s.add_argument("--n", type=int, default=size, help=f"problems per set (default {size})")
         s.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
         s.add_argument("--results", default="results", help="folder for CSV files")
     args = p.parse_args(argv)
@@ -353,17 +648,19 @@ def get_args(argv=None):
         p.error("--extra must be at least 0")
     if getattr(args, "digits", None) is not None and args.digits < 1:
         p.error("--digits must be at least 1")
+    if getattr(args, "drop", 0.5) <= 0 or getattr(args, "controls", 0) < 0:
+        p.error("--drop must be positive and --controls at least 0")
     return args
 
 
 def main(argv=None):
     args = get_args(argv)
-    if args.command == "curves":  # reads run logs only: no model, no device
-        return cmd_curves(args)
+    if args.command in ("curves", "study"):  # read run logs, or start other scripts: no model here
+        return {"curves": cmd_curves, "study": cmd_study}[args.command](args)
     device = pick_device(args.device)
     dtype = autocast_dtype("auto", device)
     torch.manual_seed(0)
-    {"accuracy": cmd_accuracy, "errors": cmd_errors}[args.command](args, device, dtype)
+    {"accuracy": cmd_accuracy, "errors": cmd_errors, "probe": cmd_probe}[args.command](args, device, dtype)
 
 
 if __name__ == "__main__":

@@ -85,6 +85,16 @@ def reward(completion: str, a: int, b: int) -> float:
     return float(parse_answer(completion) == a + b)
 
 
+def first_error(completion: str, a: int, b: int) -> int | None:
+    """Offset of the first character where `completion` leaves the correct scratchpad, or None if it
+    writes the whole correct text. A completion that stops early errs where it stopped."""
+    target = scratchpad(a, b)
+    for i, (got, want) in enumerate(zip(completion, target)):
+        if got != want:
+            return i
+    return None if len(completion) >= len(target) else len(completion)
+
+
 # -----------------------------------------------------------------------------
 # tokens: one character = one token
 
@@ -195,9 +205,10 @@ def make_batch(problems, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
     return x.to(device), y.to(device)
 
 
-def prompt_batch(problems, device="cpu") -> torch.Tensor:
-    """Left-padded prompts, shape (B, T), ready for `GPT.generate`."""
-    rows = [encode(prompt(a, b)) for a, b in problems]
+def prompt_batch(problems, device="cpu", prefixes=None) -> torch.Tensor:
+    """Left-padded prompts, shape (B, T), ready for `GPT.generate`; `prefixes` (one string per problem)
+    are appended to the prompts, to continue a completion from a chosen point."""
+    rows = [encode(prompt(a, b) + (prefixes[i] if prefixes else "")) for i, (a, b) in enumerate(problems)]
     width = max(len(r) for r in rows)
     x = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
     for i, r in enumerate(rows):

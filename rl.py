@@ -168,6 +168,27 @@ def critical_probabilities(model, problems, n, temperature, lines=(3, None)):
     return means
 
 
+@torch.no_grad()
+def penalty_profile(reference, problems, args, device):
+    """Where the prioritized penalty lets go, on the reference's own greedy completions: the mean weight
+    J_ref^alpha at the first wrong character of each failed completion (the state that decided the
+    error) and at every character before it or in a correct completion. Returns (decisive, elsewhere)."""
+    completions = data.complete(reference, problems, device=device)
+    x, _ = data.make_batch(problems, device)
+    logits, _ = reference(x)
+    weight = certainty(logits, args.certainty, args.certainty_temperature) ** args.alpha
+    decisive, elsewhere = [], []
+    for i, ((a, b), text) in enumerate(zip(problems, completions)):
+        start = len(data.prompt(a, b)) - 1  # x[i, start + c] predicts completion character c
+        wrong = data.first_error(text, a, b)
+        right = len(data.scratchpad(a, b)) if wrong is None else wrong
+        elsewhere += weight[i, start:start + right].tolist()
+        if wrong is not None:
+            decisive.append(weight[i, start + wrong].item())
+    mean = lambda v: sum(v) / len(v) if v else None  # None: no such state (no failure, or no right character)
+    return mean(decisive), mean(elsewhere)
+
+
 def critical_probability(model, problems, n, temperature, lines=3):
     """critical_probabilities for one choice of lines."""
     return critical_probabilities(model, problems, n, temperature, (lines,))[0]
@@ -196,7 +217,7 @@ def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default="checkpoints/add7.pt", help="pre-trained model: start and frozen reference")
     p.add_argument("--digits-plus", type=int, default=1, help="k: train on the 'N+k' distribution (default 1)")
-    p.add_argument("--episodes", type=int, default=4096, help="completions sampled in all (default 4096)")
+    p.add_argument("--episodes", type=int, default=2048, help="completions sampled in all (default 2048)")
     p.add_argument("--batch-size", type=int, default=16, help="problems per iteration (default 16)")
     p.add_argument("--group-size", type=int, default=4, help="completions per problem (default 4)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the policy")
@@ -206,16 +227,19 @@ def get_args(argv=None):
     p.add_argument("--clip", type=float, default=0.2, help="PPO ratio clip")
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
     p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0: off)")
-    p.add_argument("--kl-coef", type=float, default=1.0, help="weight of the KL penalty (0: none)")
+    p.add_argument("--kl-coef", type=float, default=10.0,
+                   help="weight of the KL penalty (0: none; default 10, where the standard penalty holds RL back)")
     p.add_argument("--alpha", type=float, default=3.0, help="exponent of the certainty weight (0: standard KL)")
     p.add_argument("--kl-estimator", default="k2", choices=["k1", "k2", "k3", "full"], help="per-state KL")
     p.add_argument("--certainty", default="entropy", choices=["entropy", "maxprob"], help="Eq. 2, or the official variant")
     p.add_argument("--certainty-temperature", type=float, default=1.0, help="reference temperature for the certainty")
-    p.add_argument("--eval-every", type=int, default=1024, help="episodes between evaluations")
+    p.add_argument("--eval-every", type=int, default=512, help="episodes between evaluations (default 512)")
     p.add_argument("--eval-size", type=int, default=200, help="held-out problems per evaluation set")
     p.add_argument("--seed", type=int, default=0, help="seeds random, numpy and torch")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
     p.add_argument("--out", default="runs", help="folder for runs/<name>/")
+    p.add_argument("--save", action=argparse.BooleanOptionalAction, default=True,
+                   help="write runs/<name>/model.pt at the end (--no-save: only the logs, for sweeps)")
     p.add_argument("--name", default=None, help="run name (default alpha<a>_kl<c>_seed<s>_<time>)")
     args = p.parse_args(argv)
     checks = [(args.digits_plus >= 1, "--digits-plus must be at least 1"),
@@ -272,9 +296,9 @@ def main(argv=None):
     t0 = time.time()
     window = {"reward": [], "kl": [], "kl_weighted": [], "policy_loss": [], "kl_weight": []}
 
-    def log(episode):
+    def log(episode, **extra):
         policy.eval()
-        row = {"episode": episode, **evaluate(policy, sets, args, n, device, dtype)}
+        row = {"episode": episode, **evaluate(policy, sets, args, n, device, dtype), **extra}
         policy.train()
         row.update({k: (sum(v) / len(v) if v else None) for k, v in window.items()})
         row["minutes"] = round((time.time() - t0) / 60, 2)
@@ -288,7 +312,13 @@ def main(argv=None):
                                                            if row["reward"] is not None else ""))
         return row
 
-    first = log(0)
+    # how much of the penalty alpha removes where it matters (README: "Which alpha?")
+    with mixed_precision(device, dtype):
+        decisive, elsewhere = penalty_profile(reference, sets["plus"], args, device)
+    show = lambda v: "n/a" if v is None else f"{v:.3f}"
+    tqdm.write(f"KL weight J_ref^alpha (alpha {args.alpha:g}): {show(decisive)} at the states where the pre-trained "
+               f"model makes its first error, {show(elsewhere)} on average elsewhere")
+    first = log(0, weight_decisive=decisive, weight_elsewhere=elsewhere)
     last, episode = first, 0
     bar = tqdm(range(iterations), desc="rl", dynamic_ncols=True)
     for it in bar:
@@ -331,8 +361,9 @@ def main(argv=None):
         bar.set_postfix(reward=f"{rewards.mean().item():.2f}", kl=f"{stats['kl']:.4f}")
         if episode // args.eval_every > (episode - len(problems)) // args.eval_every or it == iterations - 1:
             last = log(episode)
-    save_checkpoint(os.path.join(run_dir, "model.pt"), policy, rl_args=vars(args), args=meta.get("args", {}),
-                    episodes=episode)
+    if args.save:
+        save_checkpoint(os.path.join(run_dir, "model.pt"), policy, rl_args=vars(args), args=meta.get("args", {}),
+                        episodes=episode)
     print(f"done: N+{args.digits_plus} ({n + args.digits_plus} digits) greedy accuracy "
           f"{first['acc_plus']:.1f}% -> {last['acc_plus']:.1f}% | "
           f"comfort zone {first['acc_comfort']:.1f}% -> {last['acc_comfort']:.1f}% | "

@@ -1,3 +1,4 @@
+import math
 import os
 import subprocess
 import sys
@@ -6,41 +7,44 @@ import pytest
 
 import analyze
 import data
+import torch
+
+from model import GPT, GPTConfig, save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_first_error_is_none_for_the_exact_scratchpad():
-    assert analyze.first_error(data.scratchpad(12345678, 87654321), 12345678, 87654321) is None
+def test_describe_error_is_none_for_the_exact_scratchpad():
+    assert analyze.describe_error(data.scratchpad(12345678, 87654321), 12345678, 87654321) is None
 
 
-def test_first_error_finds_an_early_closed_operand_list():
+def test_describe_error_finds_an_early_closed_operand_list():
     a, b = 12345678, 87654321
     truth = data.scratchpad(a, b)
     wrong = truth.replace("[1,2,3,4,5,6,7,8]", "[1,2,3,4,5,6,7]", 1)
-    e = analyze.first_error(wrong, a, b)
+    e = analyze.describe_error(wrong, a, b)
     assert e["line"] == 1 and e["field"] == "operand 1" and e["index"] == 7
     assert e["expected"] == "," and e["wrote"] == "]"
     assert e["kind"] == "closed the list too early (']' for ',')"
 
 
-def test_first_error_finds_a_skipped_digit_on_line_two_of_the_second_operand():
+def test_describe_error_finds_a_skipped_digit_on_line_two_of_the_second_operand():
     a, b = 12345678, 87654321
     truth = data.scratchpad(a, b)
     line2 = truth.splitlines()[3]
     assert line2.startswith("[1,2,3,4,5,6,7] + [8,7,6,5,4,3,2]")
     wrong = truth.replace(line2, line2.replace("[8,7,6,5,4,3,2]", "[8,7,6,4,3,2]"))
-    e = analyze.first_error(wrong, a, b)
+    e = analyze.describe_error(wrong, a, b)
     assert (e["line"], e["field"], e["index"], e["kind"]) == (2, "operand 2", 3, "skipped a digit")
 
 
-def test_first_error_in_a_sum_and_in_a_truncated_text():
+def test_describe_error_in_a_sum_and_in_a_truncated_text():
     truth = data.scratchpad(19, 3)
-    assert analyze.first_error(truth.replace("9+3+0=12", "9+3+0=11"), 19, 3)["field"] == "digit sum"
-    assert analyze.first_error(truth.replace("9+3+0=12", "9+4+0=13"), 19, 3)["field"] == "sum operands"
-    assert analyze.first_error(truth.replace("C->1\n", "C->0\n"), 19, 3)["field"] == "new carry"
-    assert analyze.first_error(truth.replace("A=[2] , C=1", "A=[2] , C=0"), 19, 3)["field"] == "carry"
-    assert analyze.first_error(truth[:20], 19, 3)["wrote"] == "(end)"
+    assert analyze.describe_error(truth.replace("9+3+0=12", "9+3+0=11"), 19, 3)["field"] == "digit sum"
+    assert analyze.describe_error(truth.replace("9+3+0=12", "9+4+0=13"), 19, 3)["field"] == "sum operands"
+    assert analyze.describe_error(truth.replace("C->1\n", "C->0\n"), 19, 3)["field"] == "new carry"
+    assert analyze.describe_error(truth.replace("A=[2] , C=1", "A=[2] , C=0"), 19, 3)["field"] == "carry"
+    assert analyze.describe_error(truth[:20], 19, 3)["wrote"] == "(end)"
 
 
 def test_wilson_interval():
@@ -107,3 +111,91 @@ def test_curves_without_runs_is_a_one_line_error(tmp_path):
     out = subprocess.run([sys.executable, "analyze.py", "curves", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 1 and out.stderr.strip().startswith("error: no rl.py runs")
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+class Scripted(torch.nn.Module):
+    """A model that writes the correct scratchpad with certainty, except at one offset where it hesitates
+    between the right character and `alternative`; once its text has gone wrong it ends with a wrong answer."""
+
+    def __init__(self, offset, alternative):
+        super().__init__()
+        self.offset, self.alternative = offset, alternative
+        self.config = GPTConfig(block_size=1024, n_layer=1, n_head=1, n_embd=8)
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    @staticmethod
+    def _problem(text):
+        a, b = text.split("\n")[1].split("+")
+        return int(a), int(b)
+
+    def forward(self, idx, targets=None):
+        logits = torch.full((*idx.shape, len(data.VOCAB)), -1e4)
+        for i, row in enumerate(idx.tolist()):
+            a, b = self._problem(data.decode(row))
+            full = data.prompt(a, b) + data.scratchpad(a, b)
+            for t in range(min(len(row), len(full) - 1)):
+                logits[i, t, data.STOI[full[t + 1]]] = 0.0
+            hesitate = len(data.prompt(a, b)) - 1 + self.offset
+            logits[i, hesitate, data.STOI[self.alternative]] = 0.0
+        return logits, None
+
+    def generate(self, idx, max_new_tokens, temperature=0.0, generator=None):
+        rows = []
+        for row in idx.tolist():
+            text = data.decode(row)
+            a, b = self._problem(text)
+            done, truth = text[len(data.prompt(a, b)):], data.scratchpad(a, b)
+            rest = truth[len(done):] if truth.startswith(done) else "\n</scratch>\n0\n"
+            rows.append(data.encode(rest[:max_new_tokens]))
+        width = max(len(r) for r in rows)
+        new = torch.tensor([r + [data.PAD_ID] * (width - len(r)) for r in rows])
+        return torch.cat([idx, new], 1)
+
+
+def test_probe_finds_the_one_hesitant_decisive_token():
+    problems = [(1234, 5678), (4321, 8765)]
+    offset = data.critical_positions(1234, 5678, 3)[0]  # the n+1 comma of line 1, operand 1, in both
+    model = Scripted(offset, "]")
+    tested, deltas = analyze.probe(model, 3, problems, "cpu", None, controls=3)
+    critical = [r for r in tested if r["critical"]]
+    assert [(r["problem"], r["t"]) for r in critical] == [(p, offset) for p in problems]
+    hit = critical[0]
+    assert hit["wrote"] == "]" and hit["paper_place"] and (hit["line"], hit["field"], hit["index"]) == (1, "operand 1", 3)
+    # two equally likely characters: J = 1 - log 2 / log |V|, against about 1 on every other token
+    assert hit["J"] == pytest.approx(1 - math.log(2) / math.log(len(data.VOCAB)), abs=1e-3)
+    controls = [r for r in tested if not r["low"]]
+    assert len(controls) == 6 and all(r["wrong_fails"] and r["right_succeeds"] and not r["critical"] for r in controls)
+    table = analyze.delta_table(tested, deltas)
+    assert table["n_critical"] == 2 and table["critical"][0] == pytest.approx(hit["delta"], abs=1e-3)
+    assert table["critical"][0] < -0.15 and abs(table["other"][0]) < 0.01
+
+
+def test_probe_subcommand_writes_table_and_figure(tiny_checkpoint, tmp_path):
+    r = subprocess.run([sys.executable, "analyze.py", "probe", "--ckpt", tiny_checkpoint, "--n", "3", "--controls",
+                        "2", "--results", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Table 1" in r.stdout and (tmp_path / "probe.md").exists()
+
+
+def test_study_runs_every_step_and_resumes(tmp_path, monkeypatch, capsys):
+    torch.manual_seed(0)
+    ckpt = str(tmp_path / "add2.pt")
+    save_checkpoint(ckpt, GPT(GPTConfig(block_size=512, n_layer=1, n_head=2, n_embd=16)), args={"digits": 2})
+    monkeypatch.setattr(analyze, "CHECKPOINTS", [ckpt])
+    monkeypatch.setattr(analyze, "BUDGETS", {"small": {
+        "n": 4, "probe_n": 2, "episodes": 4, "eval_every": 4, "seeds": 2, "alphas": [0, 100], "alpha_seeds": 1,
+        "pretraining_seeds": 1, "rl_flags": ["--batch-size", "2", "--group-size", "2", "--eval-size", "4"]}})
+    args = analyze.argparse.Namespace(budget="small", runs=str(tmp_path / "runs"), results=str(tmp_path / "res"),
+                                      device="cpu")
+    analyze.cmd_study(args)
+    res = tmp_path / "res"
+    for name in ("accuracy.md", "probe.md", "fig4_standard_vs_prioritized_small.md", "fig6_alpha_small.md",
+                 "fig3_pretraining_small.png"):
+        assert (res / name).exists(), name
+    assert "| alpha=100.0 | 2 |" in (res / "fig4_standard_vs_prioritized_small.md").read_text()  # 2 seeds
+    runs = sorted(os.listdir(tmp_path / "runs" / "study_small" / "alpha"))
+    assert runs == ["alpha0_seed0", "alpha0_seed1", "alpha100_seed0", "alpha100_seed1"]
+    assert not (tmp_path / "runs" / "study_small" / "alpha" / "alpha0_seed0" / "model.pt").exists()  # logs only
+    capsys.readouterr()
+    analyze.cmd_study(args)  # everything is there: no run again
+    assert "$ rl.py" not in capsys.readouterr().err

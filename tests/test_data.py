@@ -174,3 +174,12 @@ def test_prompt_batch_is_left_padded():
     assert data.decode(x[0].tolist()) == data.prompt(1234, 567)
     assert data.decode(x[1].tolist()) == data.prompt(5, 7)
     assert x[1, 0] == data.PAD_ID and x[1, -1] != data.PAD_ID
+
+
+def test_first_error_finds_where_a_completion_leaves_the_scratchpad():
+    right = data.scratchpad(57, 68)
+    assert data.first_error(right, 57, 68) is None
+    assert data.first_error(right + "junk", 57, 68) is None  # what follows the answer does not count
+    i = right.index("A->")
+    assert data.first_error(right[:i] + "B" + right[i + 1:], 57, 68) == i
+    assert data.first_error(right[:10], 57, 68) == 10  # stopped early

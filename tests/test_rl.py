@@ -162,6 +162,7 @@ def test_smoke_run_writes_metrics_and_checkpoint(tiny_checkpoint, tmp_path):
     assert "done: N+1 (3 digits) greedy accuracy" in r.stdout
     rows = [json.loads(line) for line in open(tmp_path / "smoke" / "metrics.jsonl")]
     assert [row["episode"] for row in rows] == [0, 4, 8]
+    assert "weight_decisive" in rows[0] and "KL weight J_ref^alpha (alpha 3)" in r.stdout
     for key in ("acc_plus", "acc_comfort", "acc_plus_sampled", "kl", "reward", "critical_p"):
         assert key in rows[-1]
     assert json.load(open(tmp_path / "smoke" / "config.json"))["alpha"] == 3.0
@@ -205,3 +206,25 @@ def test_a_tiny_model_learns_a_trivial_reward():
         loss.backward()
         optimizer.step()
     assert p_seven() > 0.5 > before
+
+
+def test_penalty_profile_separates_the_decisive_state(monkeypatch):
+    """A reference that is sure of every character but one: the weight is 0 at that state, 1 elsewhere."""
+    a, b = 1234, 5678
+    text = data.scratchpad(a, b)
+    wrong = text.index("A->")  # the reference writes a wrong character here
+    start = len(data.prompt(a, b)) - 1
+
+    class Reference(GPT):
+        def forward(self, idx, targets=None, offset=None):
+            logits = torch.full((*idx.shape, V), -1e4)
+            logits[..., 0] = 0.0
+            logits[:, start + wrong] = 0.0  # uniform: no certainty at the decisive state
+            return logits, None
+    reference = Reference(GPTConfig(block_size=256, n_layer=1, n_head=1, n_embd=8))
+    monkeypatch.setattr(data, "complete", lambda *args, **kwargs: [text[:wrong] + "B"])
+    args = rl.get_args(["--alpha", "3"])
+    decisive, elsewhere = rl.penalty_profile(reference, [(a, b)], args, "cpu")
+    assert decisive == pytest.approx(0.0, abs=1e-6) and elsewhere == pytest.approx(1.0, abs=1e-4)
+    args.alpha = 0.0  # the standard penalty weighs every state alike
+    assert rl.penalty_profile(reference, [(a, b)], args, "cpu") == pytest.approx((1.0, 1.0))
