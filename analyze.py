@@ -173,12 +173,12 @@ def probe(model, n, problems, device, dtype, drop=0.05, controls=4, seed=0):
           fail, while forcing the right one gets past it: the continuation succeeds, or its first error
           is at a later low-certainty token (a weak model meets several critical tokens in one text).
     Every low-certainty token is tested, plus `controls` random other tokens per problem to show how
-    the rest behaves. Returns one dict per tested token, and the Delta J of every token, by problem."""
+    the rest behaves. Returns one dict per tested token, and {problem: J at every character}."""
     rng = torch.Generator().manual_seed(seed)
-    tested, deltas = [], []
+    tested, certainty = [], {}
     for (a, b), (J, wrong) in zip(problems, scratchpad_certainty(model, problems, device, dtype)):
-        delta = J - (J.sum() - J) / (len(J) - 1)
-        deltas.append(delta.tolist())
+        certainty[(a, b)] = J.tolist()
+        delta = delta_j(J)
         end = data.scratchpad(a, b).index("</scratch>")  # the answer line only copies A: not probed
         low = [t for t in range(end) if delta[t] < -drop]
         others = [t for t in range(end) if delta[t] >= -drop]
@@ -192,25 +192,29 @@ def probe(model, n, problems, device, dtype, drop=0.05, controls=4, seed=0):
     probs = [row["problem"] for row in tested]
     right = continue_greedy(model, probs, [s[:r["t"] + 1] for s, r in zip(truths, tested)], device, dtype)
     wrong = continue_greedy(model, probs, [s[:r["t"]] + r["wrote"] for s, r in zip(truths, tested)], device, dtype)
-    delta_of = dict(zip(list(dict.fromkeys(probs)), deltas))
     for row, with_right, with_wrong in zip(tested, right, wrong):
         later = data.first_error(with_right, *row["problem"])  # None: the continuation is all correct
         row["right_succeeds"] = bool(data.reward(with_right, *row["problem"]))
-        row["right_passes"] = row["right_succeeds"] or (later is not None and later < len(delta_of[row["problem"]])
-                                                        and delta_of[row["problem"]][later] < -drop)
+        delta = delta_j(torch.tensor(certainty[row["problem"]]))
+        row["right_passes"] = row["right_succeeds"] or (later is not None and later < len(delta)
+                                                        and delta[later] < -drop)
         row["wrong_fails"] = not data.reward(with_wrong, *row["problem"])
         row["critical"] = row["low"] and row["right_passes"] and row["wrong_fails"]
-    return tested, deltas
+    return tested, certainty
 
 
-def delta_table(tested, deltas):
+def delta_j(J):
+    """Delta J: each token's certainty minus the mean certainty of the other tokens of the same text."""
+    return J - (J.sum() - J) / (len(J) - 1)
+
+
+def delta_table(tested, certainty):
     """Table 1: Delta J of the critical tokens against every other token of the probed texts."""
     critical = {(r["problem"], r["t"]) for r in tested if r["critical"]}
-    problems = list(dict.fromkeys(r["problem"] for r in tested))
     crit, rest = [], []
-    for (a, b), delta in zip(problems, deltas):
-        for t, d in enumerate(delta):
-            (crit if ((a, b), t) in critical else rest).append(d)
+    for problem, J in certainty.items():
+        for t, d in enumerate(delta_j(torch.tensor(J)).tolist()):
+            (crit if (problem, t) in critical else rest).append(d)
     stats = lambda v: (sum(v) / len(v), (sum((x - sum(v) / len(v)) ** 2 for x in v) / max(1, len(v) - 1)) ** 0.5) \
         if v else (float("nan"), float("nan"))
     return {"critical": stats(crit), "n_critical": len(crit), "other": stats(rest), "n_other": len(rest)}
@@ -238,15 +242,20 @@ def plot_certainty(text, J, low, path, title):
     for ch, j in zip(text, J):
         grid[row, col] = j
         row, col = (row + 1, 0) if ch == "\n" else (row, col + 1)
-    fig, ax = plt.subplots(figsize=(0.11 * width + 1.5, 0.28 * len(lines) + 0.8))
+    fig, ax = plt.subplots(figsize=(0.085 * width + 1.5, 0.25 * len(lines) + 0.8))
     image = ax.imshow(grid.numpy(), cmap="Reds_r", vmin=low, vmax=1.0, aspect="auto", interpolation="nearest")
     for r, line in enumerate(lines):
         for c, ch in enumerate(line):
-            ax.text(c, r, ch, ha="center", va="center", family="monospace", fontsize=7)
+            dark = grid[r, c] < (low + 1) / 2
+            ax.text(c, r, ch, ha="center", va="center", family="monospace", fontsize=7,
+                    color="white" if dark else "black")
     ax.set_xticks([]), ax.set_yticks([])
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01, label="certainty J")
     save_figure(fig, path)
+
+
+ALPHAS = [0, 1, 3, 10, 30, 100, 300, 1000, 10000]
 
 
 def cmd_probe(args, device, dtype):
@@ -260,7 +269,7 @@ def cmd_probe(args, device, dtype):
         problems = data.eval_set("identical", n + 1, args.n)
         completions = solve(model, problems, device, dtype)
         accuracy = 100 * sum(data.reward(c, a, b) for c, (a, b) in zip(completions, problems)) / len(problems)
-        tested, deltas = probe(model, n, problems, device, dtype, drop=args.drop, controls=args.controls)
+        tested, certainty = probe(model, n, problems, device, dtype, drop=args.drop, controls=args.controls)
         low, control = [r for r in tested if r["low"]], [r for r in tested if not r["low"]]
         critical = [r for r in low if r["critical"]]
         share = lambda rows, key: f"{sum(r[key] for r in rows)}/{len(rows)}"
@@ -284,8 +293,20 @@ def cmd_probe(args, device, dtype):
             report.append(f"| {line} | {field} | {'' if index is None else index} | {right!r} -> {wrote!r} | "
                           f"{len(rows)} | {sum(r['delta'] for r in rows) / len(rows):+.3f} | "
                           f"{'yes' if rows[0]['paper_place'] else ''} |")
+        # which alpha does what: the penalty's weight where this model decides its errors, and elsewhere
+        with mixed_precision(device, dtype):
+            decisive, elsewhere = rl.certainty_at_errors(model, data.eval_set("rl", 1, args.alpha_n, n=n),
+                                                         device=device)
+        report += ["", f"Which alpha does what: the weight J^alpha of the KL term on {args.alpha_n} held-out "
+                   f"'N+1' problems (rl.py's training distribution), at the first wrong character of the "
+                   f"{len(decisive)} failed greedy generations and on average over the {len(elsewhere)} "
+                   f"characters written right:", "",
+                   "| alpha | " + " | ".join(f"{a:g}" for a in ALPHAS) + " |", "|---" * (len(ALPHAS) + 1) + "|"]
+        for name, values in (("at the first error", decisive), ("elsewhere", elsewhere)):
+            report.append(f"| {name} | " + " | ".join("n/a" if not values else f"{rl.mean_weight(values, a):.3f}"
+                                                      for a in ALPHAS) + " |")
         report.append("")
-        d = delta_table(tested, deltas)
+        d = delta_table(tested, certainty)
         table.append(f"| {path} | {n} | {d['critical'][0]:+.3f} +- {d['critical'][1]:.3f} | {d['n_critical']} | "
                      f"{d['other'][0]:+.4f} +- {d['other'][1]:.4f} | {d['n_other']} |")
         # Fig. 5: the first problem with a critical token, as the model writes it from its prompt
@@ -628,6 +649,7 @@ def get_args(argv=None):
     pro.add_argument("--drop", type=float, default=0.05, help="low certainty: Delta J below -drop (default 0.05)")
     pro.add_argument("--controls", type=int, default=4, help="random certain tokens tested per problem (default 4)")
     pro.add_argument("--top", type=int, default=12, help="rows per table")
+    pro.add_argument("--alpha-n", type=int, default=200, help="problems for the table of weights J^alpha (default 200)")
     cur = sub.add_parser("curves", help="learning curves of rl.py runs, mean and 95%% interval over seeds")
     cur.add_argument("runs", nargs="+", help="run folders, or folders holding them (runs/sweep)")
     cur.add_argument("--name", default="curves", help="results/<name>.md and results/<name>.png")
@@ -648,8 +670,8 @@ def get_args(argv=None):
         p.error("--extra must be at least 0")
     if getattr(args, "digits", None) is not None and args.digits < 1:
         p.error("--digits must be at least 1")
-    if getattr(args, "drop", 0.5) <= 0 or getattr(args, "controls", 0) < 0:
-        p.error("--drop must be positive and --controls at least 0")
+    if getattr(args, "drop", 0.5) <= 0 or getattr(args, "controls", 0) < 0 or getattr(args, "alpha_n", 1) < 1:
+        p.error("--drop must be positive, --controls at least 0 and --alpha-n at least 1")
     return args
 
 

@@ -169,24 +169,28 @@ def critical_probabilities(model, problems, n, temperature, lines=(3, None)):
 
 
 @torch.no_grad()
-def penalty_profile(reference, problems, args, device):
-    """Where the prioritized penalty lets go, on the reference's own greedy completions: the mean weight
-    J_ref^alpha at the first wrong character of each failed completion (the state that decided the
-    error) and at every character before it or in a correct completion. Returns (decisive, elsewhere)."""
+def certainty_at_errors(reference, problems, kind="entropy", temperature=1.0, device="cpu"):
+    """The reference's certainty J on its own greedy completions: at the first wrong character of each
+    failed completion (the state that decided the error), and at every character before it or in a
+    correct completion. Two lists; `mean_weight` turns them into the weight J^alpha the penalty uses."""
     completions = data.complete(reference, problems, device=device)
     x, _ = data.make_batch(problems, device)
     logits, _ = reference(x)
-    weight = certainty(logits, args.certainty, args.certainty_temperature) ** args.alpha
+    J = certainty(logits, kind, temperature)
     decisive, elsewhere = [], []
     for i, ((a, b), text) in enumerate(zip(problems, completions)):
         start = len(data.prompt(a, b)) - 1  # x[i, start + c] predicts completion character c
         wrong = data.first_error(text, a, b)
         right = len(data.scratchpad(a, b)) if wrong is None else wrong
-        elsewhere += weight[i, start:start + right].tolist()
+        elsewhere += J[i, start:start + right].tolist()
         if wrong is not None:
-            decisive.append(weight[i, start + wrong].item())
-    mean = lambda v: sum(v) / len(v) if v else None  # None: no such state (no failure, or no right character)
-    return mean(decisive), mean(elsewhere)
+            decisive.append(J[i, start + wrong].item())
+    return decisive, elsewhere
+
+
+def mean_weight(certainties, alpha):
+    """Mean of J^alpha, None for an empty list."""
+    return sum(j ** alpha for j in certainties) / len(certainties) if certainties else None
 
 
 def critical_probability(model, problems, n, temperature, lines=3):
@@ -314,7 +318,8 @@ def main(argv=None):
 
     # how much of the penalty alpha removes where it matters (README: "Which alpha?")
     with mixed_precision(device, dtype):
-        decisive, elsewhere = penalty_profile(reference, sets["plus"], args, device)
+        at_errors = certainty_at_errors(reference, sets["plus"], args.certainty, args.certainty_temperature, device)
+    decisive, elsewhere = (mean_weight(j, args.alpha) for j in at_errors)
     show = lambda v: "n/a" if v is None else f"{v:.3f}"
     tqdm.write(f"KL weight J_ref^alpha (alpha {args.alpha:g}): {show(decisive)} at the states where the pre-trained "
                f"model makes its first error, {show(elsewhere)} on average elsewhere")

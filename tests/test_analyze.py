@@ -156,7 +156,7 @@ def test_probe_finds_the_one_hesitant_decisive_token():
     problems = [(1234, 5678), (4321, 8765)]
     offset = data.critical_positions(1234, 5678, 3)[0]  # the n+1 comma of line 1, operand 1, in both
     model = Scripted(offset, "]")
-    tested, deltas = analyze.probe(model, 3, problems, "cpu", None, controls=3)
+    tested, certainty = analyze.probe(model, 3, problems, "cpu", None, controls=3)
     critical = [r for r in tested if r["critical"]]
     assert [(r["problem"], r["t"]) for r in critical] == [(p, offset) for p in problems]
     hit = critical[0]
@@ -165,7 +165,7 @@ def test_probe_finds_the_one_hesitant_decisive_token():
     assert hit["J"] == pytest.approx(1 - math.log(2) / math.log(len(data.VOCAB)), abs=1e-3)
     controls = [r for r in tested if not r["low"]]
     assert len(controls) == 6 and all(r["wrong_fails"] and r["right_succeeds"] and not r["critical"] for r in controls)
-    table = analyze.delta_table(tested, deltas)
+    table = analyze.delta_table(tested, certainty)
     assert table["n_critical"] == 2 and table["critical"][0] == pytest.approx(hit["delta"], abs=1e-3)
     assert table["critical"][0] < -0.15 and abs(table["other"][0]) < 0.01
 

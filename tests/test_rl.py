@@ -208,8 +208,8 @@ def test_a_tiny_model_learns_a_trivial_reward():
     assert p_seven() > 0.5 > before
 
 
-def test_penalty_profile_separates_the_decisive_state(monkeypatch):
-    """A reference that is sure of every character but one: the weight is 0 at that state, 1 elsewhere."""
+def test_certainty_at_errors_separates_the_decisive_state(monkeypatch):
+    """A reference that is sure of every character but one: J^alpha is 0 at that state, 1 elsewhere."""
     a, b = 1234, 5678
     text = data.scratchpad(a, b)
     wrong = text.index("A->")  # the reference writes a wrong character here
@@ -223,8 +223,8 @@ def test_penalty_profile_separates_the_decisive_state(monkeypatch):
             return logits, None
     reference = Reference(GPTConfig(block_size=256, n_layer=1, n_head=1, n_embd=8))
     monkeypatch.setattr(data, "complete", lambda *args, **kwargs: [text[:wrong] + "B"])
-    args = rl.get_args(["--alpha", "3"])
-    decisive, elsewhere = rl.penalty_profile(reference, [(a, b)], args, "cpu")
-    assert decisive == pytest.approx(0.0, abs=1e-6) and elsewhere == pytest.approx(1.0, abs=1e-4)
-    args.alpha = 0.0  # the standard penalty weighs every state alike
-    assert rl.penalty_profile(reference, [(a, b)], args, "cpu") == pytest.approx((1.0, 1.0))
+    decisive, elsewhere = rl.certainty_at_errors(reference, [(a, b)])
+    assert len(decisive) == 1 and len(elsewhere) == wrong
+    assert rl.mean_weight(decisive, 3) == pytest.approx(0.0, abs=1e-6)
+    assert rl.mean_weight(elsewhere, 3) == pytest.approx(1.0, abs=1e-4)
+    assert rl.mean_weight(decisive, 0) == 1.0 and rl.mean_weight([], 3) is None  # alpha 0: standard penalty
