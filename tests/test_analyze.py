@@ -184,15 +184,15 @@ def test_study_runs_every_step_and_resumes(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(analyze, "CHECKPOINTS", [ckpt])
     monkeypatch.setattr(analyze, "BUDGETS", {"small": {
         "n": 4, "probe_n": 2, "episodes": 4, "eval_every": 4, "seeds": 2, "alphas": [0, 100], "alpha_seeds": 1,
-        "pretraining_seeds": 1, "rl_flags": ["--batch-size", "2", "--group-size", "2", "--eval-size", "4"]}})
+        "pretraining_seeds": 1, "pretraining_plus": 2, "rl_flags": ["--batch-size", "2", "--group-size", "2", "--eval-size", "4"]}})
     args = analyze.argparse.Namespace(budget="small", runs=str(tmp_path / "runs"), results=str(tmp_path / "res"),
                                       device="cpu")
     analyze.cmd_study(args)
-    res = tmp_path / "res"
-    for name in ("accuracy.md", "probe.md", "fig4_standard_vs_prioritized_small.md", "fig6_alpha_small.md",
-                 "fig3_pretraining_small.png"):
+    res = tmp_path / "res" / "study_small"
+    for name in ("accuracy.md", "probe.md", "fig4_standard_vs_prioritized.md", "fig6_alpha.md",
+                 "fig3_pretraining.png"):
         assert (res / name).exists(), name
-    assert "| alpha=100.0 | 2 |" in (res / "fig4_standard_vs_prioritized_small.md").read_text()  # 2 seeds
+    assert "| alpha=100.0 | 2 |" in (res / "fig4_standard_vs_prioritized.md").read_text()  # 2 seeds
     runs = sorted(os.listdir(tmp_path / "runs" / "study_small" / "alpha"))
     assert runs == ["alpha0_seed0", "alpha0_seed1", "alpha100_seed0", "alpha100_seed1"]
     assert not (tmp_path / "runs" / "study_small" / "alpha" / "alpha0_seed0" / "model.pt").exists()  # logs only
