@@ -1,5 +1,5 @@
 """
-Look inside the models: accuracy tables and where generations go wrong.
+Look inside the models, and make every table and figure of the paper.
 
     python analyze.py accuracy --ckpt checkpoints/add7.pt [--n 1000]
         greedy exact-match accuracy on held-out 'identical' (K+K) and 'varying' (K+M, M <= K)
@@ -7,9 +7,16 @@ Look inside the models: accuracy tables and where generations go wrong.
     python analyze.py errors --ckpt checkpoints/add7.pt [--digits 8] [--n 1000]
         for each failed K+K generation, the first character that differs from the correct scratchpad:
         which line, which field (operand list, A, carry, sum) and what was written instead
+    python analyze.py probe [--ckpt checkpoints/add3.pt checkpoints/add5.pt checkpoints/add7.pt] [--n 50]
+        finds the critical tokens with no hand-coded positions (low certainty, and forcing a wrong
+        character there makes the answer fail), Table 1 (Delta J), Fig. 5 (a generation coloured by J),
+        and the weight J^alpha of the penalty at the decisive states for a range of alphas
     python analyze.py curves runs/sweep [--name curves]
         learning curves of rl.py runs: runs that differ only in the seed are grouped; final N+k accuracy
-        and area under the curve, mean and 95% t-interval over seeds (results/<name>.md and .png)
+        and area under the curve, mean and 95% t-interval over seeds (results/<name>.md and .png; with
+        three or more alphas also <name>_alpha.png, Fig. 6)
+    python analyze.py study [--budget small|full]
+        all of the above, rl.py runs included: Fig. 4, Fig. 6, Fig. 3 in results/study_<budget>/
 """
 import argparse
 import csv
@@ -317,8 +324,9 @@ def cmd_probe(args, device, dtype):
                 ids = torch.tensor([data.encode(data.prompt(a, b) + text)], device=device)
                 J = rl.certainty(model(ids)[0][0, len(data.prompt(a, b)) - 1:]).cpu().tolist()
             low_j = min(J)
-            print(f"\n{path}: {a}+{b}, coloured by certainty J (red = {low_j:.2f}, white = 1), "
-                  f"{'right' if data.reward(text, a, b) else 'wrong'} answer\n{ansi_certainty(text, J, low_j)}")
+            if sys.stdout.isatty():  # colours only for a terminal, not for a file or a pipe
+                print(f"\n{path}: {a}+{b}, coloured by certainty J (red = {low_j:.2f}, white = 1), "
+                      f"{'right' if data.reward(text, a, b) else 'wrong'} answer\n{ansi_certainty(text, J, low_j)}")
             stem = os.path.splitext(os.path.basename(path))[0]
             plot_certainty(text, J, low_j, os.path.join(args.results, f"certainty_{stem}.png"),
                            f"{stem}: {a}+{b}, each character coloured by the certainty J of the model writing it")

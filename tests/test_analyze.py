@@ -1,4 +1,5 @@
 import math
+import re
 import os
 import subprocess
 import sys
@@ -199,3 +200,11 @@ def test_study_runs_every_step_and_resumes(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     analyze.cmd_study(args)  # everything is there: no run again
     assert "$ rl.py" not in capsys.readouterr().err
+
+
+def test_ansi_rendering_keeps_every_character_and_marks_the_unsure_one():
+    out = analyze.ansi_certainty("[1,2]\n", [1.0, 1.0, 0.5, 1.0, 1.0, 1.0], low=0.5)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", out)
+    assert plain == "[1,2]\u21b5\n"
+    black = "\x1b[38;2;0;0;0m"
+    assert f"48;2;255;80;80m{black}," in out and f"48;2;255;255;255m{black}[" in out  # red at J = low, white at 1
