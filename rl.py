@@ -1,12 +1,15 @@
 """
 RL fine-tuning of the pre-trained adder on longer numbers, with the prioritized KL penalty.
 
-    python rl.py --alpha 3                 # prioritized KL, the paper's idea
+    python rl.py --alpha 3                 # prioritized KL, the paper's idea (mild for our model)
+    python rl.py --alpha 100               # prioritized KL in the range where it works for add7.pt
     python rl.py --alpha 0                 # the standard KL penalty
     python rl.py --kl-coef 0               # no penalty at all
 
 The paper's contribution is `rl_loss` below: the usual KL penalty to the frozen pre-trained model, but
 each state's term weighted by the reference's certainty to the power alpha (Eq. 1 and Eq. 2).
+Before training the script prints that weight where the pre-trained model makes its errors and
+elsewhere, so you can see what your alpha does (README: "Which alpha?").
 
 The algorithm, and how it simplifies the paper's A2C:
   - one iteration = `--batch-size` problems from the 'N+k' distribution, `--group-size` completions
