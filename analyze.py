@@ -405,6 +405,7 @@ def summarize(groups):
                              ("auc", [area_under_curve(r["rows"]) for r in members]),
                              ("comfort", [r["rows"][-1]["acc_comfort"] for r in members]),
                              ("critical_p", [r["rows"][-1].get("critical_p", float("nan")) for r in members]),
+                             ("critical_p_all", [r["rows"][-1].get("critical_p_all", float("nan")) for r in members]),
                              ("kl", [r["rows"][-1].get("kl") or 0.0 for r in members])):
             row[name], row[name + "_ci"] = mean_ci(values)
         row["start"] = members[0]["rows"][0]["acc_plus"]
@@ -548,11 +549,12 @@ def cmd_curves(args):
     groups = group_runs(runs)
     table = summarize(groups)
     lines = ["| runs | seeds | episodes | N+k accuracy: start | final (95% CI) | area under curve (95% CI) | "
-             "comfort zone final | critical p final | KL/token final |", "|---|---|---|---|---|---|---|---|---|"]
+             "comfort zone final | critical p final, lines 1-3 / every line | KL/token final |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in table:
         lines.append(f"| {r['group']} | {r['seeds']} | {r['episodes']} | {r['start']:.1f} | {r['final']:.1f} +- "
                      f"{r['final_ci']:.1f} | {r['auc']:.1f} +- {r['auc_ci']:.1f} | {r['comfort']:.1f} | "
-                     f"{r['critical_p']:.3f} | {r['kl']:.4f} |")
+                     f"{r['critical_p']:.3f} / {r['critical_p_all']:.3f} | {r['kl']:.4f} |")
     text = "\n".join(lines) + "\n"
     print(text, end="")
     write_text(os.path.join(args.results, args.name + ".md"),
