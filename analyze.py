@@ -14,7 +14,7 @@ Look inside the models, and make every table and figure of the paper.
     python analyze.py curves runs/sweep [--name curves]
         learning curves of rl.py runs: runs that differ only in the seed are grouped; final N+k accuracy
         and area under the curve, mean and 95% t-interval over seeds (results/<name>.md and .png; with
-        three or more alphas also <name>_alpha.png, Fig. 6)
+        three or more alphas also <name>_vs_alpha.png, Fig. 6)
     python analyze.py study [--budget small|full]
         all of the above, rl.py runs included: Fig. 4, Fig. 6, Fig. 3 in results/study_<budget>/
 """
@@ -561,7 +561,7 @@ def cmd_curves(args):
                (f"`python analyze.py curves {' '.join(args.runs)} --name {args.name}`" if len(args.runs) <= 4 else
                 f"{len(args.runs)} runs in {os.path.commonpath(args.runs)}/ (`python analyze.py study`)") + "\n\n" + text)
     plot_curves(groups, os.path.join(args.results, args.name + ".png"), args.name)
-    plot_alpha(groups, table, os.path.join(args.results, args.name + "_alpha.png"))
+    plot_alpha(groups, table, os.path.join(args.results, args.name + "_vs_alpha.png"))
 
 
 # -----------------------------------------------------------------------------
@@ -623,7 +623,7 @@ def cmd_study(args):
     fig3 = [run_rl(os.path.join(out, "pretraining"), f"{os.path.splitext(os.path.basename(ckpt))[0]}_seed{seed}",
                    budget, ["--ckpt", ckpt, "--digits-plus", str(budget["pretraining_plus"]), "--alpha", "0", "--seed", str(seed), *common])
             for seed in range(budget["pretraining_seeds"]) for ckpt in CHECKPOINTS]
-    for runs, name in ((fig4, "fig4_standard_vs_prioritized"), (sweep, "fig6_alpha"), (fig3, "fig3_pretraining")):
+    for runs, name in ((fig4, "fig4"), (sweep, "fig6"), (fig3, "fig3")):
         cmd_curves(argparse.Namespace(runs=runs, name=name, results=results))
 
 
@@ -671,7 +671,7 @@ def get_args(argv=None):
     cur.add_argument("--results", default="results", help="folder for the table and the figure")
     stu = sub.add_parser("study", help="every table and figure, runs included (small: about 1 h on 2 CPU cores)")
     stu.add_argument("--budget", default="small", choices=sorted(BUDGETS), help="small (default) or full")
-    stu.add_argument("--runs", default="runs", help="folder for the run logs (runs/study_<budget>/)")
+    stu.add_argument("--runs", default="results", help="run logs go to <runs>/study_<budget>/ (small: commit them)")
     stu.add_argument("--results", default="results", help="tables and figures go to <results>/study_<budget>/")
     stu.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
     for s, size in ((acc, 1000), (err, 1000), (pro, 50)):

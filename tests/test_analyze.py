@@ -190,10 +190,9 @@ def test_study_runs_every_step_and_resumes(tmp_path, monkeypatch, capsys):
                                       device="cpu")
     analyze.cmd_study(args)
     res = tmp_path / "res" / "study_small"
-    for name in ("accuracy.md", "probe.md", "fig4_standard_vs_prioritized.md", "fig6_alpha.md",
-                 "fig3_pretraining.png"):
+    for name in ("accuracy.md", "probe.md", "fig4.md", "fig6.md", "fig3.png"):
         assert (res / name).exists(), name
-    assert "| alpha=100.0 | 2 |" in (res / "fig4_standard_vs_prioritized.md").read_text()  # 2 seeds
+    assert "| alpha=100.0 | 2 |" in (res / "fig4.md").read_text()  # 2 seeds
     runs = sorted(os.listdir(tmp_path / "runs" / "study_small" / "alpha"))
     assert runs == ["alpha0_seed0", "alpha0_seed1", "alpha100_seed0", "alpha100_seed1"]
     assert not (tmp_path / "runs" / "study_small" / "alpha" / "alpha0_seed0" / "model.pt").exists()  # logs only
