@@ -135,22 +135,17 @@ def _kind(field, expected, wrote, line, col):
 # the critical-token probe (paper section 6, Table 1, Fig. 5)
 
 
-@torch.no_grad()
 def scratchpad_certainty(model, problems, device, dtype):
     """For each problem, the model's certainty J (Eq. 2) at every character of the correct scratchpad,
     teacher-forced (the same states as its own generation up to its first error), and the character it
     would most likely write there instead of the right one. Returns a list of (J, wrong) pairs."""
     with mixed_precision(device, dtype):
-        x, _ = data.make_batch(problems, device)
-        logits, _ = model(x)
-    logits = logits.float()
+        logits = rl.completion_logits(model, problems)
     out = []
-    for i, (a, b) in enumerate(problems):
-        start, truth = len(data.prompt(a, b)) - 1, data.encode(data.scratchpad(a, b))
-        rows = logits[i, start:start + len(truth)].clone()
+    for (a, b), rows in zip(problems, logits):
         J = rl.certainty(rows).cpu()
-        rows[torch.arange(len(truth)), torch.tensor(truth, device=rows.device)] = float("-inf")
-        rows[:, data.PAD_ID] = float("-inf")
+        rows[torch.arange(len(rows)), torch.tensor(data.encode(data.scratchpad(a, b)), device=rows.device)] = float("-inf")
+        rows[:, data.PAD_ID] = float("-inf")  # the right character and padding are not alternatives
         out.append((J, [data.VOCAB[t] for t in rows.argmax(-1).tolist()]))
     return out
 
@@ -182,19 +177,20 @@ def probe(model, n, problems, device, dtype, drop=0.05, controls=4, seed=0):
     Every low-certainty token is tested, plus `controls` random other tokens per problem to show how
     the rest behaves. Returns one dict per tested token, and {problem: J at every character}."""
     rng = torch.Generator().manual_seed(seed)
-    tested, certainty = [], {}
+    tested, certainty, low_of = [], {}, {}
     for (a, b), (J, wrong) in zip(problems, scratchpad_certainty(model, problems, device, dtype)):
         certainty[(a, b)] = J.tolist()
         delta = delta_j(J)
+        low_of[(a, b)] = {t for t in range(len(J)) if delta[t] < -drop}
         end = data.scratchpad(a, b).index("</scratch>")  # the answer line only copies A: not probed
-        low = [t for t in range(end) if delta[t] < -drop]
-        others = [t for t in range(end) if delta[t] >= -drop]
+        low = [t for t in range(end) if t in low_of[(a, b)]]
+        others = [t for t in range(end) if t not in low_of[(a, b)]]
         pick = torch.randperm(len(others), generator=rng)[:controls].tolist()
+        paper, any_line = set(data.critical_positions(a, b, n, lines=3)), set(data.critical_positions(a, b, n, lines=None))
         for t in low + [others[k] for k in pick]:
             tested.append({"problem": (a, b), "t": t, "J": J[t].item(), "delta": delta[t].item(),
-                           "low": t in low, "wrote": wrong[t], **locate(a, b, t)[0],
-                           "paper_place": t in data.critical_positions(a, b, n, lines=3),
-                           "any_line_place": t in data.critical_positions(a, b, n, lines=None)})
+                           "low": t in low_of[(a, b)], "wrote": wrong[t], **locate(a, b, t)[0],
+                           "paper_place": t in paper, "any_line_place": t in any_line})
     truths = [data.scratchpad(*row["problem"]) for row in tested]
     probs = [row["problem"] for row in tested]
     right = continue_greedy(model, probs, [s[:r["t"] + 1] for s, r in zip(truths, tested)], device, dtype)
@@ -202,9 +198,7 @@ def probe(model, n, problems, device, dtype, drop=0.05, controls=4, seed=0):
     for row, with_right, with_wrong in zip(tested, right, wrong):
         later = data.first_error(with_right, *row["problem"])  # None: the continuation is all correct
         row["right_succeeds"] = bool(data.reward(with_right, *row["problem"]))
-        delta = delta_j(torch.tensor(certainty[row["problem"]]))
-        row["right_passes"] = row["right_succeeds"] or (later is not None and later < len(delta)
-                                                        and delta[later] < -drop)
+        row["right_passes"] = row["right_succeeds"] or later in low_of[row["problem"]]
         row["wrong_fails"] = not data.reward(with_wrong, *row["problem"])
         row["critical"] = row["low"] and row["right_passes"] and row["wrong_fails"]
     return tested, certainty
@@ -222,7 +216,7 @@ def delta_table(tested, certainty):
     for problem, J in certainty.items():
         for t, d in enumerate(delta_j(torch.tensor(J)).tolist()):
             (crit if (problem, t) in critical else rest).append(d)
-    stats = lambda v: (sum(v) / len(v), (sum((x - sum(v) / len(v)) ** 2 for x in v) / max(1, len(v) - 1)) ** 0.5) \
+    stats = lambda v: (torch.tensor(v).mean().item(), torch.tensor(v).std().item() if len(v) > 1 else 0.0) \
         if v else (float("nan"), float("nan"))
     return {"critical": stats(crit), "n_critical": len(crit), "other": stats(rest), "n_other": len(rest)}
 
@@ -320,9 +314,8 @@ def cmd_probe(args, device, dtype):
         if critical:
             a, b = critical[0]["problem"]
             text = completions[problems.index((a, b))]
-            with torch.no_grad(), mixed_precision(device, dtype):
-                ids = torch.tensor([data.encode(data.prompt(a, b) + text)], device=device)
-                J = rl.certainty(model(ids)[0][0, len(data.prompt(a, b)) - 1:]).cpu().tolist()
+            with mixed_precision(device, dtype):
+                J = rl.certainty(rl.completion_logits(model, [(a, b)], [text])[0]).cpu().tolist()
             low_j = min(J)
             if sys.stdout.isatty():  # colours only for a terminal, not for a file or a pipe
                 print(f"\n{path}: {a}+{b}, coloured by certainty J (red = {low_j:.2f}, white = 1), "

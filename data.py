@@ -188,13 +188,15 @@ def eval_set(kind: str, k: int, size: int, seed: int = 1234, n: int | None = Non
 # -----------------------------------------------------------------------------
 # batches
 
-def make_batch(problems, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def make_batch(problems, device="cpu", completions=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded inputs x and targets y for next-token prediction, shape (B, T).
 
     y[i, t] is the token after x[i, t], or -1 (ignored by the loss) where that token belongs to the
     prompt or is padding: the model is trained to write the scratchpad, never to predict the question.
+    `completions` (one string per problem) replace the correct scratchpads, to read a model's own text.
     """
-    rows = [(encode(prompt(a, b)), encode(scratchpad(a, b))) for a, b in problems]
+    texts = completions or [scratchpad(a, b) for a, b in problems]
+    rows = [(encode(prompt(a, b)), encode(text)) for (a, b), text in zip(problems, texts)]
     width = max(len(p) + len(c) for p, c in rows) - 1
     x = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
     y = torch.full((len(rows), width), -1, dtype=torch.long)

@@ -155,39 +155,41 @@ def rollout(policy, problems, args, device, generator):
 
 
 @torch.no_grad()
+def completion_logits(model, problems, completions=None):
+    """Teacher-forced logits (float) over each completion, by default the correct scratchpad: one
+    (len(completion), V) tensor per problem, row c being the model's distribution for character c."""
+    x, _ = data.make_batch(problems, next(model.parameters()).device, completions)
+    logits, _ = model(x)
+    texts = completions or [data.scratchpad(a, b) for a, b in problems]
+    return [logits[i, len(data.prompt(a, b)) - 1:][:len(text)].float()  # x[t] predicts the character after it
+            for i, ((a, b), text) in enumerate(zip(problems, texts))]
+
+
 def critical_probabilities(model, problems, n, temperature, lines=(3, None)):
     """Mean probability (at the sampling temperature) of the correct ',' at the critical positions, with
     the correct text teacher-forced before it, i.e. while the copy is right (data.critical_positions);
     one value per entry of `lines`, all from one forward pass. 3 tracks the paper's positions (lines
     1-3); None every line, which matters here because our 7-digit model mostly fails on lines 5-6."""
-    x, _ = data.make_batch(problems, next(model.parameters()).device)
-    logits, _ = model(x)
-    comma = F.softmax(logits.float() / temperature, dim=-1)[..., data.STOI[","]]
+    comma = [F.softmax(rows / temperature, dim=-1)[:, data.STOI[","]] for rows in completion_logits(model, problems)]
     means = []
     for limit in lines:
-        values = [comma[i, len(data.prompt(a, b)) - 1 + c].item()  # x[t] predicts completion char t - start
-                  for i, (a, b) in enumerate(problems) for c in data.critical_positions(a, b, n, lines=limit)]
+        values = [p[c].item() for p, (a, b) in zip(comma, problems) for c in data.critical_positions(a, b, n, lines=limit)]
         means.append(sum(values) / max(1, len(values)))
     return means
 
 
-@torch.no_grad()
 def certainty_at_errors(reference, problems, kind="entropy", temperature=1.0, device="cpu"):
     """The reference's certainty J on its own greedy completions: at the first wrong character of each
     failed completion (the state that decided the error), and at every character before it or in a
     correct completion. Two lists; `mean_weight` turns them into the weight J^alpha the penalty uses."""
     completions = data.complete(reference, problems, device=device)
-    x, _ = data.make_batch(problems, device)
-    logits, _ = reference(x)
-    J = certainty(logits, kind, temperature)
     decisive, elsewhere = [], []
-    for i, ((a, b), text) in enumerate(zip(problems, completions)):
-        start = len(data.prompt(a, b)) - 1  # x[i, start + c] predicts completion character c
+    for (a, b), text, rows in zip(problems, completions, completion_logits(reference, problems)):
+        J = certainty(rows, kind, temperature)  # on the correct scratchpad: the same states up to the error
         wrong = data.first_error(text, a, b)
-        right = len(data.scratchpad(a, b)) if wrong is None else wrong
-        elsewhere += J[i, start:start + right].tolist()
+        elsewhere += J[:wrong].tolist()  # wrong is None: the whole text
         if wrong is not None:
-            decisive.append(J[i, start + wrong].item())
+            decisive.append(J[wrong].item())
     return decisive, elsewhere
 
 
