@@ -15,8 +15,9 @@ Look inside the models, and make every table and figure of the paper.
         learning curves of rl.py runs: runs that differ only in the seed are grouped; final N+k accuracy
         and area under the curve, mean and 95% t-interval over seeds (results/<name>.md and .png; with
         three or more alphas also <name>_vs_alpha.png, Fig. 6)
-    python analyze.py study [--budget small|full]
-        all of the above, rl.py runs included: Fig. 4, Fig. 6, Fig. 3 in results/study_<budget>/
+    python analyze.py study [--budget small|full] [--jobs 2]
+        all of the above, rl.py runs included: Fig. 4, Fig. 6, Fig. 3 in results/study_<budget>/;
+        --jobs N runs N rl.py runs at once, each with 1/N of the CPU threads
 """
 import argparse
 import csv
@@ -27,13 +28,14 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 import data
 import rl
 from model import CheckpointError, load_checkpoint
-from pretrain import autocast_dtype, mixed_precision, pick_device
+from pretrain import autocast_dtype, mixed_precision, pick_device, set_threads
 
 
 def wilson_interval(successes, n, z=1.96):
@@ -574,18 +576,44 @@ BEST_ALPHA = 100  # the prioritized setting of Fig. 4 (results/rl_sweep.md)
 CHECKPOINTS = [f"checkpoints/add{n}.pt" for n in (3, 5, 7)]
 
 
-def run_rl(out, name, budget, flags):
-    """One rl.py run (logs only, no model), skipped if a finished one is already there."""
-    rows = (read_run(os.path.join(out, name)) or {}).get("rows", [])
-    if rows and rows[-1]["episode"] >= budget["episodes"]:
-        print(f"have {out}/{name}", file=sys.stderr)
-        return os.path.join(out, name)
-    command = [sys.executable, "rl.py", "--episodes", str(budget["episodes"]), "--eval-every",
-               str(budget["eval_every"]), "--out", out, "--name", name, "--no-save", *budget.get("rl_flags", []), *flags]
-    print("$ " + " ".join(command[1:]), file=sys.stderr)
-    if subprocess.run(command).returncode != 0:
-        sys.exit(f"error: the run {out}/{name} failed (its command is printed above)")
-    return os.path.join(out, name)
+def finished(run_dir, episodes):
+    rows = (read_run(run_dir) or {}).get("rows", [])
+    return bool(rows) and rows[-1]["episode"] >= episodes
+
+
+def run_rl(runs, budget, jobs):
+    """Start the rl.py runs (out, name, flags) that have not finished yet, `jobs` at a time, each with its
+    share of the CPU threads (on a GPU they share the GPU). Logs only, no model files. With jobs > 1 a
+    run's output is kept and its summary line printed when it ends."""
+    todo = []
+    for out, name, flags in runs:
+        if finished(os.path.join(out, name), budget["episodes"]):
+            print(f"have {out}/{name}", file=sys.stderr)
+        else:
+            todo.append((out, name, flags))
+    threads = max(1, torch.get_num_threads() // jobs)
+
+    def launch(run):
+        out, name, flags = run
+        command = [sys.executable, "rl.py", "--episodes", str(budget["episodes"]), "--eval-every",
+                   str(budget["eval_every"]), "--out", out, "--name", name, "--no-save", "--threads", str(threads),
+                   *budget.get("rl_flags", []), *flags]
+        print("$ " + " ".join(command[1:]), file=sys.stderr)
+        if jobs == 1:  # the run's own progress bar
+            return run, subprocess.run(command).returncode, ""
+        done = subprocess.run(command, capture_output=True, text=True)
+        summary = [line for line in done.stdout.splitlines() if line.startswith("done:")]
+        print(f"{out}/{name}: " + (summary[-1] if summary else "failed"), file=sys.stderr)
+        return run, done.returncode, done.stderr
+
+    failed = []
+    with ThreadPoolExecutor(jobs) as pool:
+        for (out, name, _), code, stderr in pool.map(launch, todo):
+            if code != 0:
+                failed.append(f"{out}/{name}")
+                print(stderr[-2000:], file=sys.stderr)
+    if failed:
+        sys.exit(f"error: {len(failed)} rl.py run(s) failed: {', '.join(failed)} (commands printed above)")
 
 
 def cmd_study(args):
@@ -604,20 +632,22 @@ def cmd_study(args):
         if subprocess.run([*base, *step, *common, "--results", results], stdout=subprocess.DEVNULL).returncode:
             sys.exit(f"error: analyze.py {step[0]} failed")
     # Fig. 6 and Fig. 4 share their runs: every alpha for alpha_seeds seeds, alpha 0 and BEST_ALPHA for more
-    sweep, fig4 = [], []
+    sweep, fig4, fig3 = [], [], []
     for seed in range(budget["seeds"]):
         for alpha in budget["alphas"]:
             if seed < budget["alpha_seeds"] or alpha in (0, BEST_ALPHA):
-                run = run_rl(os.path.join(out, "alpha"), f"alpha{alpha}_seed{seed}", budget,
-                             ["--alpha", str(alpha), "--seed", str(seed), *common])
-                sweep.append(run)
+                sweep.append((os.path.join(out, "alpha"), f"alpha{alpha}_seed{seed}",
+                              ["--alpha", str(alpha), "--seed", str(seed), *common]))
                 if alpha in (0, BEST_ALPHA):
-                    fig4.append(run)
-    fig3 = [run_rl(os.path.join(out, "pretraining"), f"{os.path.splitext(os.path.basename(ckpt))[0]}_seed{seed}",
-                   budget, ["--ckpt", ckpt, "--digits-plus", str(budget["pretraining_plus"]), "--alpha", "0", "--seed", str(seed), *common])
-            for seed in range(budget["pretraining_seeds"]) for ckpt in CHECKPOINTS]
+                    fig4.append(sweep[-1])
+    for seed in range(budget["pretraining_seeds"]):
+        for ckpt in CHECKPOINTS:
+            fig3.append((os.path.join(out, "pretraining"), f"{os.path.splitext(os.path.basename(ckpt))[0]}_seed{seed}",
+                         ["--ckpt", ckpt, "--digits-plus", str(budget["pretraining_plus"]), "--alpha", "0",
+                          "--seed", str(seed), *common]))
+    run_rl(sweep + fig3, budget, args.jobs)
     for runs, name in ((fig4, "fig4"), (sweep, "fig6"), (fig3, "fig3")):
-        cmd_curves(argparse.Namespace(runs=runs, name=name, results=results))
+        cmd_curves(argparse.Namespace(runs=[os.path.join(o, n) for o, n, _ in runs], name=name, results=results))
 
 
 def write_csv(path, rows):
@@ -667,10 +697,14 @@ def get_args(argv=None):
     stu.add_argument("--runs", default="results", help="run logs go to <runs>/study_<budget>/ (small: commit them)")
     stu.add_argument("--results", default="results", help="tables and figures go to <results>/study_<budget>/")
     stu.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    stu.add_argument("--jobs", type=int, default=1, help="rl.py runs at once, each with its share of the CPU "
+                     "threads or of the GPU (default 1)")
     for s, size in ((acc, 1000), (err, 1000), (pro, 50)):
         s.add_argument("--n", type=int, default=size, help=f"problems per set (default {size})")
         s.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
         s.add_argument("--results", default="results", help="folder for CSV files")
+    for s in (acc, err, pro, stu):
+        s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     args = p.parse_args(argv)
     if getattr(args, "n", 1) < 1:
         p.error("--n must be at least 1")
@@ -678,6 +712,9 @@ def get_args(argv=None):
         p.error("--extra must be at least 0")
     if getattr(args, "digits", None) is not None and args.digits < 1:
         p.error("--digits must be at least 1")
+    threads = getattr(args, "threads", None)
+    if getattr(args, "jobs", 1) < 1 or (threads is not None and threads < 1):
+        p.error("--jobs and --threads must be at least 1")
     if getattr(args, "drop", 0.5) <= 0 or getattr(args, "controls", 0) < 0 or getattr(args, "alpha_n", 1) < 1:
         p.error("--drop must be positive, --controls at least 0 and --alpha-n at least 1")
     return args
@@ -685,6 +722,7 @@ def get_args(argv=None):
 
 def main(argv=None):
     args = get_args(argv)
+    set_threads(getattr(args, "threads", None))
     if args.command in ("curves", "study"):  # read run logs, or start other scripts: no model here
         return {"curves": cmd_curves, "study": cmd_study}[args.command](args)
     device = pick_device(args.device)

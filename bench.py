@@ -1,10 +1,18 @@
 """
-How fast is generation with the KV cache, against recomputing the whole prefix for every new token
-(how the official implementation generates)? Same model, same batch, same length, one run.
-Also: training throughput of the teacher-forced forward + backward pass that RL and pre-training use.
+How fast is generation, and how far is it from what the machine's arithmetic allows?
 
-    python bench.py                         # checkpoints/add7.pt on (N+1)-digit problems
-    python bench.py --batch-size 64 --device cuda
+    python bench.py                         # checkpoints/add7.pt, 64 rows of (N+1)-digit problems
+    python bench.py --batch-size 16 --device cuda
+
+Lines (scripts read them):
+  generation, KV cache:           GPT.generate's fast loop, the one rollouts and evaluation use
+  generation, KV cache, plain:    the plain reference loop it is tested against
+  generation, full recompute:     the whole prefix through the model for every new token (how the
+                                  official implementation generates); timed at every K-th step and
+                                  scaled by K (--recompute-every 1: every step)
+  training, forward + backward:   the teacher-forced pass that RL and pre-training use
+  arithmetic: ... GFLOP/s against a matmul peak measured in the same run
+  kv-cache speedup:               full recompute time / KV-cache time
 """
 import argparse
 import sys
@@ -14,16 +22,7 @@ import torch
 
 import data
 from model import CheckpointError, load_checkpoint
-from pretrain import autocast_dtype, mixed_precision, pick_device
-
-
-@torch.no_grad()
-def generate_by_recomputing(model, idx, steps):
-    """Greedy decoding that runs the full sequence through the model for every new token."""
-    for _ in range(steps):
-        logits, _ = model(idx)
-        idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], 1)
-    return idx
+from pretrain import autocast_dtype, mixed_precision, pick_device, set_threads
 
 
 def timed(fn, device):
@@ -36,15 +35,56 @@ def timed(fn, device):
     return out, time.perf_counter() - start
 
 
+@torch.no_grad()
+def time_recompute(model, sequences, prompt_width, every, device):
+    """Seconds that greedy decoding by full recompute would take to write sequences[:, prompt_width:],
+    from full forward passes over the prefix at every `every`-th new token, and the rows where those
+    passes pick the token that is there (padding after a row's end matches anything)."""
+    new = sequences.size(1) - prompt_width
+    seconds, agree = 0.0, torch.ones(sequences.size(0), dtype=torch.bool, device=sequences.device)
+    for step in range(0, new, every):
+        prefix = sequences[:, :prompt_width + step]
+        logits, t = timed(lambda: model(prefix)[0][:, -1], device)
+        seconds += t * min(every, new - step)
+        written = sequences[:, prompt_width + step]
+        agree &= (logits.argmax(-1) == written) | (written == data.PAD_ID)
+    return seconds, agree
+
+
+def forward_flops(model, lengths):
+    """Multiply-adds x 2 of a forward pass that produces one token at each context length in `lengths`:
+    the weight matrices (2 per parameter) plus attention over the context (4 * width per key)."""
+    c = model.config
+    weights = c.n_layer * 12 * c.n_embd ** 2 + c.vocab_size * c.n_embd  # qkv, proj, mlp; lm_head
+    return sum(2 * weights + 4 * c.n_layer * c.n_embd * s for s in lengths)
+
+
+def matmul_peak(device, dtype, size=2048, repeats=5):
+    """GFLOP/s of a large square matmul in the run's precision: what this machine can do at best."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    with mixed_precision(device, dtype):
+        a @ b  # warm-up
+        _, t = timed(lambda: [a @ b for _ in range(repeats)], device)
+    return 2 * size ** 3 * repeats / t / 1e9
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default="checkpoints/add7.pt", help="model to time")
     p.add_argument("--digits", type=int, default=None, help="K for the K+K problems (default N+1)")
-    p.add_argument("--batch-size", type=int, default=16, help="rows generated at once (default 16)")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="rows generated at once (default 64: one RL iteration, 16 problems x 4 samples)")
+    p.add_argument("--recompute-every", type=int, default=16,
+                   help="time the full recompute at every K-th new token and scale by K (default 16; 1: exact)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     args = p.parse_args(argv)
-    if args.batch_size < 1 or (args.digits is not None and args.digits < 1):
-        p.error("--batch-size and --digits must be at least 1")
+    if args.batch_size < 1 or args.recompute_every < 1 or (args.digits is not None and args.digits < 1):
+        p.error("--batch-size, --recompute-every and --digits must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be at least 1")
+    set_threads(args.threads)
     device = pick_device(args.device)
     dtype = autocast_dtype("auto", device)
     try:
@@ -57,21 +97,25 @@ def main(argv=None):
     steps = max(len(data.scratchpad(a, b)) for a, b in problems)
     if prompts.size(1) + steps > model.config.block_size:
         sys.exit(f"error: {k}-digit problems do not fit in the model's {model.config.block_size} positions")
-    print(f"{args.ckpt} on {device} | {k}+{k} problems | batch {args.batch_size} | {steps} new tokens per row")
+    print(f"{args.ckpt} on {device} | autocast {dtype or 'off'} | threads {torch.get_num_threads()} | "
+          f"{k}+{k} problems | batch {args.batch_size} | {steps} new tokens per row")
 
     with mixed_precision(device, dtype):
         model.generate(prompts[:2], 8, temperature=0)  # warm-up
         cached, t_cache = timed(lambda: model.generate(prompts, steps, temperature=0), device)
-        new = cached.size(1) - prompts.size(1)  # rows stop after their answer line: time the same count
-        recomputed, t_full = timed(lambda: generate_by_recomputing(model, prompts, new), device)
-    tokens = args.batch_size * new
+        plain, t_plain = timed(lambda: model.generate(prompts, steps, temperature=0, fast=False), device)
+        t_full, agree = time_recompute(model, cached, prompts.size(1), args.recompute_every, device)
+    width = prompts.size(1)
+    written = cached[:, width:] != data.PAD_ID  # rows stop after their answer line
+    tokens = int(written.sum())
+    every = "every step" if args.recompute_every == 1 else f"every {args.recompute_every}th step"
     print(f"generation, KV cache:         {tokens / t_cache:10.0f} tokens/s ({t_cache:.1f} s)")
-    print(f"generation, full recompute:   {tokens / t_full:10.0f} tokens/s ({t_full:.1f} s)")
-    # rows that finished early are padded in the cached output; up to there both should decode the same
-    # tokens (in bfloat16 the two paths round differently, which can flip a near-tie and the rest of a row)
-    finished = cached[:, prompts.size(1):] == data.PAD_ID
-    agree = ((cached[:, prompts.size(1):] == recomputed[:, prompts.size(1):]) | finished).all(1)
-    print(f"rows decoded identically by both: {int(agree.sum())} of {args.batch_size}")
+    print(f"generation, KV cache, plain:  {tokens / t_plain:10.0f} tokens/s ({t_plain:.1f} s)")
+    print(f"generation, full recompute:   {tokens / t_full:10.0f} tokens/s ({t_full:.1f} s, from {every})")
+    # in bfloat16 two paths can round a near-tie differently, which flips the rest of that row
+    same = int((cached == plain).all(1).sum()) if cached.shape == plain.shape else 0
+    print(f"rows decoded identically by both: {int(agree.sum())} of {args.batch_size} "
+          f"(full recompute, at {every}); fast and plain loops: {same} of {args.batch_size}")
 
     model.train()
     x, y = data.make_batch(problems, device)
@@ -85,8 +129,17 @@ def main(argv=None):
         optimizer.zero_grad(set_to_none=True)
 
     train_step()
-    _, t_train = timed(lambda: [train_step() for _ in range(3)], device)
-    print(f"training, forward + backward: {3 * x.numel() / t_train:10.0f} tokens/s")
+    repeats = 3
+    _, t_train = timed(lambda: [train_step() for _ in range(repeats)], device)
+    print(f"training, forward + backward: {repeats * x.numel() / t_train:10.0f} tokens/s")
+
+    prompt_lengths = (prompts != data.PAD_ID).sum(1).tolist()
+    generated = forward_flops(model, [p + t for row, p in zip(written.tolist(), prompt_lengths)
+                                      for t, real in enumerate(row, 1) if real])
+    trained = 3 * forward_flops(model, [t for _ in range(x.size(0)) for t in range(1, x.size(1) + 1)])  # + backward
+    peak = matmul_peak(device, dtype)
+    print(f"arithmetic: generation {generated / t_cache / 1e9:.1f} GFLOP/s, training {trained * repeats / t_train / 1e9:.1f} "
+          f"GFLOP/s, matmul peak {peak:.1f} GFLOP/s ({dtype or torch.float32}, 2048 x 2048, measured now)")
     print(f"kv-cache speedup: {t_full / t_cache:.1f}x")
 
 

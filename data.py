@@ -236,10 +236,11 @@ def generation_budget(model, problems, prompt_width: int) -> int:
 
 
 @torch.no_grad()
-def complete(model, problems, temperature=0.0, batch_size=250, device="cpu", generator=None) -> list[str]:
+def complete(model, problems, temperature=0.0, batch_size=250, device="cpu", generator=None, fast=True) -> list[str]:
     """The model's completion (text after the prompt) for each problem, in the order given.
 
     Problems are sorted by length before batching so that little compute goes to padding.
+    fast: GPT.generate's optimized loop (same tokens), or the plain reference loop.
     """
     order = sorted(range(len(problems)), key=lambda i: sequence_length(*problems[i]))
     completions = [None] * len(problems)
@@ -248,16 +249,20 @@ def complete(model, problems, temperature=0.0, batch_size=250, device="cpu", gen
         batch = [problems[i] for i in chunk]
         idx = prompt_batch(batch, device)
         out = model.generate(idx, generation_budget(model, batch, idx.size(1)), temperature=temperature,
-                             generator=generator)
+                             generator=generator, fast=fast)
         for i, row in zip(chunk, out[:, idx.size(1):].tolist()):
             completions[i] = decode(row)
     return completions
 
 
+def percent_correct(completions, problems) -> float:
+    """Exact-match accuracy in percent of completions (texts after the prompt) for their problems."""
+    return 100.0 * sum(reward(c, a, b) for c, (a, b) in zip(completions, problems)) / len(problems)
+
+
 def accuracy(model, problems, temperature=0.0, **kwargs) -> float:
     """Exact-match accuracy in percent (greedy decoding by default)."""
-    completions = complete(model, problems, temperature=temperature, **kwargs)
-    return 100.0 * sum(reward(c, a, b) for c, (a, b) in zip(completions, problems)) / len(problems)
+    return percent_correct(complete(model, problems, temperature=temperature, **kwargs), problems)
 
 
 def critical_positions(a: int, b: int, n: int, lines: int | None = 3) -> list[int]:

@@ -142,24 +142,24 @@ class GPT(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, generator=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, generator=None, fast=True):
         """Continue left-padded prompts idx (B, T); returns (B, T + new) with new <= max_new_tokens.
 
         temperature = 0 is greedy decoding. A row is finished once its answer line is complete
         ('</scratch>' then the next newline but one); finished rows are filled with padding and the
-        loop ends when every row is finished.
+        loop ends when every row is finished. fast=True takes `_generate_fast`, which gives the same
+        tokens (and, with the same generator, the same samples) with less work; the loop below is the
+        plain reference that it is tested against.
         """
+        if fast:
+            return self._generate_fast(idx, max_new_tokens, temperature, generator)
         B, T = idx.shape
         real = idx != PAD_ID
         positions = (real.cumsum(1) - 1).clamp(min=0)
         self._check_length(positions.max(1).values + max_new_tokens)
-        head_dim = self.config.n_embd // self.config.n_head
-        device_type = idx.device.type  # under autocast keys and values come out in the autocast dtype
-        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else self.wte.weight.dtype
-        caches = [tuple(torch.empty(B, self.config.n_head, T + max_new_tokens, head_dim, device=idx.device,
-                                    dtype=dtype) for _ in range(2)) for _ in self.blocks]
+        caches = self._empty_caches(B, T + max_new_tokens, idx.device)
         key_ok = torch.ones(B, 1, 1, T + max_new_tokens, dtype=torch.bool, device=idx.device)
-        key_ok[:, 0, 0, :T] = real
+        key_ok[:, 0, 0, :T] = real  # left padding is never attended to
         logits = self._run(idx, positions, _causal_mask(real), caches, 0)[:, -1]
         next_pos = real.sum(1)
         seen_slash = torch.zeros(B, dtype=torch.bool, device=idx.device)
@@ -167,11 +167,7 @@ class GPT(nn.Module):
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)
         out = []
         for step in range(max_new_tokens):
-            if temperature == 0:
-                tok = logits.argmax(-1)
-            else:
-                probs = F.softmax(logits.float() / temperature, dim=-1)
-                tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            tok = sample(logits, temperature, generator)
             tok = torch.where(done, PAD_ID, tok)
             out.append(tok)
             seen_slash |= tok == SLASH_ID
@@ -182,6 +178,70 @@ class GPT(nn.Module):
             logits = self._run(tok[:, None], next_pos[:, None], key_ok[:, :, :, :T + step + 1], caches, T + step)[:, -1]
             next_pos = next_pos + 1
         return torch.cat([idx, torch.stack(out, 1)], 1)
+
+    @torch.no_grad()
+    def _generate_fast(self, idx, max_new_tokens, temperature=1.0, generator=None):
+        """`generate` with two savings, same tokens:
+          - the padding mask is built once as an additive bias in the cache's dtype, instead of a bool
+            mask that attention converts at every layer of every step;
+          - finished rows leave the batch (their caches are dropped) once a quarter of the rows still
+            being computed are finished, so a batch of mixed lengths stops paying for its short rows.
+        Sampling draws the random numbers for all B rows at every step, as the plain loop does, so a
+        row gets the same sample whichever other rows are still in the batch."""
+        B, T = idx.shape
+        real = idx != PAD_ID
+        positions = (real.cumsum(1) - 1).clamp(min=0)
+        self._check_length(positions.max(1).values + max_new_tokens)
+        caches = self._empty_caches(B, T + max_new_tokens, idx.device)
+        key_bias = torch.zeros(B, 1, 1, T + max_new_tokens, dtype=caches[0][0].dtype, device=idx.device)
+        key_bias[:, 0, 0, :T].masked_fill_(~real, float("-inf"))
+        logits = self._run(idx, positions, _causal_mask(real), caches, 0)[:, -1]
+        out = torch.full((B, max_new_tokens), PAD_ID, dtype=torch.long, device=idx.device)
+        rows = torch.arange(B, device=idx.device)  # which original row each batch row is
+        next_pos = real.sum(1)
+        seen_slash = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        newlines = torch.zeros(B, dtype=torch.long, device=idx.device)
+        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        for step in range(max_new_tokens):
+            tok = sample(logits, temperature, generator, rows=rows, batch=B)
+            tok = torch.where(done, PAD_ID, tok)
+            out[rows, step] = tok
+            seen_slash |= tok == SLASH_ID
+            newlines += (seen_slash & (tok == NEWLINE_ID)).long()
+            done |= newlines >= 2
+            finished = int(done.sum())
+            if finished == len(rows) or step == max_new_tokens - 1:
+                break
+            if 4 * finished >= len(rows):  # drop the finished rows
+                keep = (~done).nonzero().squeeze(1)
+                caches = [(k[keep], v[keep]) for k, v in caches]
+                rows, tok, next_pos, key_bias = rows[keep], tok[keep], next_pos[keep], key_bias[keep]
+                seen_slash, newlines, done = seen_slash[keep], newlines[keep], done[keep]
+            logits = self._run(tok[:, None], next_pos[:, None], key_bias[..., :T + step + 1], caches, T + step)[:, -1]
+            next_pos = next_pos + 1
+        return torch.cat([idx, out[:, :step + 1]], 1)
+
+    def _empty_caches(self, B, length, device):
+        """Per block, (keys, values) buffers of shape (B, n_head, length, head_dim). Under autocast keys
+        and values come out in the autocast dtype, so the buffers take it."""
+        head_dim = self.config.n_embd // self.config.n_head
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else self.wte.weight.dtype
+        return [tuple(torch.empty(B, self.config.n_head, length, head_dim, device=device, dtype=dtype)
+                      for _ in range(2)) for _ in self.blocks]
+
+
+def sample(logits, temperature, generator=None, rows=None, batch=None):
+    """Next tokens from logits (R, V): argmax for temperature 0, else a draw from softmax(logits / T).
+
+    The draw is the exponential race, argmax_a p(a) / E_a with E_a ~ Exp(1) independent, which picks a
+    with probability p(a) (it is how torch.multinomial draws one sample). Noise is drawn for `batch`
+    rows and row r of logits uses noise row rows[r], so the draws do not depend on which rows are
+    still being decoded (rows, batch: None = all rows of logits)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = F.softmax(logits.float() / temperature, dim=-1)
+    noise = torch.empty(batch or probs.size(0), probs.size(1), device=probs.device).exponential_(generator=generator)
+    return (probs / (noise if rows is None else noise[rows])).argmax(-1)
 
 
 def _sinusoids(length, width, scale):

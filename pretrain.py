@@ -48,6 +48,7 @@ def get_args(argv=None):
     p.add_argument("--eval-size", type=int, default=100, help="held-out problems per operand length")
     p.add_argument("--seed", type=int, default=0, help="seeds random, numpy and torch")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="autocast precision; auto = bfloat16 where the hardware supports it")
     p.add_argument("--out", default=None, help="checkpoint path (default checkpoints/add{digits}.pt)")
@@ -60,7 +61,8 @@ def get_args(argv=None):
               (args.n_layer >= 1 and args.n_head >= 1 and args.n_embd >= 1, "model sizes must be positive"),
               (args.n_embd % args.n_head == 0, "--n-embd must be divisible by --n-head"),
               (args.eval_every >= 1 and args.eval_size >= 1 and args.pool >= 1,
-               "--eval-every, --eval-size and --pool must be at least 1")]
+               "--eval-every, --eval-size and --pool must be at least 1"),
+              (args.threads is None or args.threads >= 1, "--threads must be at least 1")]
     for ok, message in checks:
         if not ok:
             p.error(message)
@@ -104,6 +106,13 @@ def mixed_precision(device, dtype):
     return torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
+def set_threads(threads):
+    """CPU threads for torch's operations; None keeps torch's default (one per core). Two runs that
+    each use every core of a small machine thrash: give each run its share (README: "Side by side")."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
@@ -141,6 +150,7 @@ def evaluate(model, digits, size, device, dtype):
 
 def main(argv=None):
     args = get_args(argv)
+    set_threads(args.threads)
     seed_everything(args.seed)
     device = pick_device(args.device)
     dtype = autocast_dtype(args.dtype, device)

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 import data
 from model import CheckpointError, load_checkpoint, save_checkpoint
-from pretrain import autocast_dtype, mixed_precision, pick_device, seed_everything
+from pretrain import autocast_dtype, mixed_precision, pick_device, seed_everything, set_threads
 
 # -----------------------------------------------------------------------------
 # the paper's idea
@@ -131,23 +131,25 @@ def group_advantages(rewards, group_size):
 # rollouts
 
 
-def completion_mask(sequences, prompt_width):
-    """1 on generated (non-padding) tokens of the inputs-shifted sequence, 0 on prompt and padding."""
-    actions = sequences[:, 1:]
-    mask = torch.zeros_like(actions, dtype=torch.float32)
-    mask[:, prompt_width - 1:] = 1.0
-    return mask * (actions != data.PAD_ID)
-
-
 @torch.no_grad()
 def rollout(policy, problems, args, device, generator):
-    """Sample one completion per problem; returns the token sequences, the prompt width and the rewards."""
+    """Sample one completion per problem. Returns (inputs, actions, mask, rewards) for the update: row i
+    is problem i's prompt then its completion, padded on the right (so the teacher-forced passes need
+    no padding mask and take attention's plain causal path); actions[:, t] is the token after
+    inputs[:, t], and mask is 1 where that token was generated, 0 on the prompt and on padding."""
     prompts = data.prompt_batch(problems, device)
     sequences = policy.generate(prompts, data.generation_budget(policy, problems, prompts.size(1)),
-                                temperature=args.temperature, generator=generator)
-    texts = [data.decode(row) for row in sequences[:, prompts.size(1):].tolist()]
-    rewards = torch.tensor([data.reward(t, a, b) for t, (a, b) in zip(texts, problems)], device=device)
-    return sequences, prompts.size(1), rewards
+                                temperature=args.temperature, generator=generator, fast=args.fast_generate)
+    completions = [data.decode(row) for row in sequences[:, prompts.size(1):].tolist()]
+    rewards = torch.tensor([data.reward(c, a, b) for c, (a, b) in zip(completions, problems)], device=device)
+    # move each row's left padding to its end
+    lead = (prompts == data.PAD_ID).sum(1, keepdim=True)
+    width = sequences.size(1)
+    columns = torch.arange(width, device=device)[None, :] + lead
+    sequences = sequences.gather(1, columns.clamp(max=width - 1)).masked_fill(columns >= width, data.PAD_ID)
+    inputs, actions = sequences[:, :-1], sequences[:, 1:]
+    generated = torch.arange(width - 1, device=device)[None, :] >= prompts.size(1) - lead - 1
+    return inputs, actions, (generated & (actions != data.PAD_ID)).float(), rewards
 
 
 # -----------------------------------------------------------------------------
@@ -178,11 +180,12 @@ def critical_probabilities(model, problems, n, temperature, lines=(3, None)):
     return means
 
 
-def certainty_at_errors(reference, problems, kind="entropy", temperature=1.0, device="cpu"):
-    """The reference's certainty J on its own greedy completions: at the first wrong character of each
-    failed completion (the state that decided the error), and at every character before it or in a
-    correct completion. Two lists; `mean_weight` turns them into the weight J^alpha the penalty uses."""
-    completions = data.complete(reference, problems, device=device)
+def certainty_at_errors(reference, problems, kind="entropy", temperature=1.0, device="cpu", completions=None):
+    """The reference's certainty J on its own greedy completions (generated here unless given): at the
+    first wrong character of each failed completion (the state that decided the error), and at every
+    character before it or in a correct completion. Two lists; `mean_weight` turns them into the weight
+    J^alpha the penalty uses."""
+    completions = completions or data.complete(reference, problems, device=device)
     decisive, elsewhere = [], []
     for (a, b), text, rows in zip(problems, completions, completion_logits(reference, problems)):
         J = certainty(rows, kind, temperature)  # on the correct scratchpad: the same states up to the error
@@ -204,18 +207,23 @@ def critical_probability(model, problems, n, temperature, lines=3):
 
 
 def evaluate(policy, sets, args, n, device, dtype):
-    """Greedy accuracy on N+k and on the comfort zone, sampled accuracy on N+k, critical-token probability."""
+    """Greedy accuracy on N+k and on the comfort zone, sampled accuracy on N+k, critical-token probability.
+    Returns the metrics and the greedy N+k completions (the run's first evaluation reuses them)."""
+    fast = args.fast_generate
     with mixed_precision(device, dtype):
         generator = torch.Generator(device).manual_seed(args.seed)
         paper_lines, all_lines = critical_probabilities(policy, sets["critical"], n, args.temperature)
-        return {
-            "acc_plus": data.accuracy(policy, sets["plus"], device=device),
-            "acc_comfort": data.accuracy(policy, sets["comfort"], device=device),
-            "acc_plus_sampled": data.accuracy(policy, sets["plus"], temperature=args.temperature, device=device,
-                                              generator=generator),
-            "critical_p": paper_lines,
-            "critical_p_all": all_lines,
-        }
+        greedy = data.complete(policy, sets["plus"], device=device, fast=fast)
+        sampled = data.complete(policy, sets["plus"], temperature=args.temperature, device=device,
+                                generator=generator, fast=fast)
+        comfort = data.complete(policy, sets["comfort"], device=device, fast=fast)
+    return {
+        "acc_plus": data.percent_correct(greedy, sets["plus"]),
+        "acc_comfort": data.percent_correct(comfort, sets["comfort"]),
+        "acc_plus_sampled": data.percent_correct(sampled, sets["plus"]),
+        "critical_p": paper_lines,
+        "critical_p_all": all_lines,
+    }, greedy
 
 
 # -----------------------------------------------------------------------------
@@ -246,6 +254,10 @@ def get_args(argv=None):
     p.add_argument("--eval-size", type=int, default=200, help="held-out problems per evaluation set")
     p.add_argument("--seed", type=int, default=0, help="seeds random, numpy and torch")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores; 1 per run when "
+                   "runs share a machine)")
+    p.add_argument("--fast-generate", action=argparse.BooleanOptionalAction, default=True,
+                   help="GPT.generate's optimized loop (same tokens); --no-fast-generate: the plain reference loop")
     p.add_argument("--out", default="runs", help="folder for runs/<name>/")
     p.add_argument("--save", action=argparse.BooleanOptionalAction, default=True,
                    help="write runs/<name>/model.pt at the end (--no-save: only the logs, for sweeps)")
@@ -259,7 +271,8 @@ def get_args(argv=None):
               (args.lr > 0, "--lr must be positive"),
               (args.kl_coef >= 0 and args.alpha >= 0, "--kl-coef and --alpha must be non-negative"),
               (args.ppo_epochs >= 1 and 0 < args.clip < 1, "--ppo-epochs must be >= 1 and --clip in (0, 1)"),
-              (args.eval_every >= 1 and args.eval_size >= 1, "--eval-every and --eval-size must be at least 1")]
+              (args.eval_every >= 1 and args.eval_size >= 1, "--eval-every and --eval-size must be at least 1"),
+              (args.threads is None or args.threads >= 1, "--threads must be at least 1")]
     for ok, message in checks:
         if not ok:
             p.error(message)
@@ -269,6 +282,7 @@ def get_args(argv=None):
 
 def main(argv=None):
     args = get_args(argv)
+    set_threads(args.threads)
     seed_everything(args.seed)
     device = pick_device(args.device)
     dtype = autocast_dtype("auto", device)
@@ -305,31 +319,39 @@ def main(argv=None):
     t0 = time.time()
     window = {"reward": [], "kl": [], "kl_weighted": [], "policy_loss": [], "kl_weight": []}
 
-    def log(episode, **extra):
+    def evaluation(episode):
+        """The evaluation metrics and the training averages since the last one; and the greedy N+k texts."""
         policy.eval()
-        row = {"episode": episode, **evaluate(policy, sets, args, n, device, dtype), **extra}
+        metrics, greedy = evaluate(policy, sets, args, n, device, dtype)
         policy.train()
+        row = {"episode": episode, **metrics}
         row.update({k: (sum(v) / len(v) if v else None) for k, v in window.items()})
         row["minutes"] = round((time.time() - t0) / 60, 2)
         for v in window.values():
             v.clear()
+        return row, greedy
+
+    def log(row):
         with open(metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
-        tqdm.write(f"episode {episode} | N+{args.digits_plus} greedy {row['acc_plus']:.1f}% "
+        tqdm.write(f"episode {row['episode']} | N+{args.digits_plus} greedy {row['acc_plus']:.1f}% "
                    f"sampled {row['acc_plus_sampled']:.1f}% | comfort {row['acc_comfort']:.1f}% | "
                    f"critical p {row['critical_p']:.3f}" + (f" | reward {row['reward']:.3f} kl {row['kl']:.4f}"
                                                            if row["reward"] is not None else ""))
         return row
 
-    # how much of the penalty alpha removes where it matters (README: "Which alpha?")
+    # how much of the penalty alpha removes where it matters (README: "Which alpha?"); at the start the
+    # policy is the reference, so the first evaluation's greedy completions are the reference's
+    first, greedy = evaluation(0)
     with mixed_precision(device, dtype):
-        at_errors = certainty_at_errors(reference, sets["plus"], args.certainty, args.certainty_temperature, device)
+        at_errors = certainty_at_errors(reference, sets["plus"], args.certainty, args.certainty_temperature, device,
+                                        completions=greedy)
     decisive, elsewhere = (mean_weight(j, args.alpha) for j in at_errors)
     show = lambda v: "n/a" if v is None else f"{v:.3f}"
     tqdm.write(f"KL weight J_ref^alpha (alpha {args.alpha:g}): {show(decisive)} at the states where the pre-trained "
                f"model makes its first error, {show(elsewhere)} on average elsewhere")
-    first = log(0, weight_decisive=decisive, weight_elsewhere=elsewhere)
-    last, episode = first, 0
+    last = log({**first, "weight_decisive": decisive, "weight_elsewhere": elsewhere})
+    episode = 0
     bar = tqdm(range(iterations), desc="rl", dynamic_ncols=True)
     for it in bar:
         # 1. rollout: each problem appears group_size times in a row
@@ -337,14 +359,12 @@ def main(argv=None):
                     for _ in range(args.group_size)]
         policy.eval()
         with mixed_precision(device, dtype):
-            sequences, prompt_width, rewards = rollout(policy, problems, args, device, generator)
+            inputs, actions, mask, rewards = rollout(policy, problems, args, device, generator)
         policy.train()
         scores = rewards if args.reward == "01" else 2 * rewards - 1
         # 2. advantages
         advantages = group_advantages(scores, args.group_size)
         # 3. teacher-forced log-probs and the update
-        inputs, actions = sequences[:, :-1], sequences[:, 1:]
-        mask = completion_mask(sequences, prompt_width)
         with torch.no_grad(), mixed_precision(device, dtype):
             ref_logits, _ = reference(inputs)
         old_logp = None
@@ -370,7 +390,7 @@ def main(argv=None):
             window[k].append(stats[k])
         bar.set_postfix(reward=f"{rewards.mean().item():.2f}", kl=f"{stats['kl']:.4f}")
         if episode // args.eval_every > (episode - len(problems)) // args.eval_every or it == iterations - 1:
-            last = log(episode)
+            last = log(evaluation(episode)[0])
     if args.save:
         save_checkpoint(os.path.join(run_dir, "model.pt"), policy, rl_args=vars(args), args=meta.get("args", {}),
                         episodes=episode)

@@ -187,7 +187,7 @@ def test_study_runs_every_step_and_resumes(tmp_path, monkeypatch, capsys):
         "n": 4, "probe_n": 2, "episodes": 4, "eval_every": 4, "seeds": 2, "alphas": [0, 100], "alpha_seeds": 1,
         "pretraining_seeds": 1, "pretraining_plus": 2, "rl_flags": ["--batch-size", "2", "--group-size", "2", "--eval-size", "4"]}})
     args = analyze.argparse.Namespace(budget="small", runs=str(tmp_path / "runs"), results=str(tmp_path / "res"),
-                                      device="cpu")
+                                      device="cpu", jobs=2)
     analyze.cmd_study(args)
     res = tmp_path / "res" / "study_small"
     for name in ("accuracy.md", "probe.md", "fig4.md", "fig6.md", "fig3.png"):
@@ -199,6 +199,20 @@ def test_study_runs_every_step_and_resumes(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     analyze.cmd_study(args)  # everything is there: no run again
     assert "$ rl.py" not in capsys.readouterr().err
+
+
+def test_runs_side_by_side_log_what_runs_one_by_one_log(tiny_checkpoint, tmp_path):
+    budget = {"episodes": 4, "eval_every": 2, "rl_flags": ["--batch-size", "1", "--group-size", "2", "--eval-size", "2",
+                                                         "--ckpt", tiny_checkpoint, "--device", "cpu"]}
+    logs = {}
+    for jobs in (1, 2):
+        runs = [(str(tmp_path / f"jobs{jobs}"), f"alpha{a}", ["--alpha", str(a)]) for a in (0, 100)]
+        analyze.run_rl(runs, budget, jobs)
+        for out, name, _ in runs:
+            rows = analyze.read_run(os.path.join(out, name))["rows"]
+            logs[jobs, name] = [{k: v for k, v in row.items() if k != "minutes"} for row in rows]
+    assert logs[1, "alpha0"] == logs[2, "alpha0"] and logs[1, "alpha100"] == logs[2, "alpha100"]
+    assert [row["episode"] for row in logs[2, "alpha0"]] == [0, 2, 4]
 
 
 def test_ansi_rendering_keeps_every_character_and_marks_the_unsure_one():

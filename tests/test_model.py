@@ -60,28 +60,35 @@ def test_sampling_is_reproducible_with_a_generator():
 
 
 class ScriptedGPT(GPT):
-    """Writes a fixed text for every row (row i starts i characters late), whatever the input."""
+    """Writes a fixed text after every prompt, whatever the input; a prompt k characters longer than the
+    shortest one starts k characters late, with newlines. Rows are told apart by their positions, not
+    by where they sit in the batch, so the script survives finished rows leaving the batch."""
 
     def __init__(self, text):
         super().__init__(TINY)
         self.script = data.encode(text)
-        self.calls = 0
 
     def _run(self, idx, positions, mask=None, caches=None, start=0):
         B, T = idx.shape
+        if start == 0:  # the prompts: positions[:, -1] is each prompt's length - 1
+            self.width, self.shortest = T, int(positions[:, -1].min()) + 1
+            written, lengths = 0, positions[:, -1] + 1
+        else:  # one new token per row; its position is the prompt's length + tokens written before it
+            written = start - self.width + 1
+            lengths = positions[:, -1] - written + 1
         logits = torch.zeros(B, T, TINY.vocab_size)
         for i in range(B):
-            t = max(0, self.calls - i)
-            logits[i, -1, self.script[min(t, len(self.script) - 1)]] = 10.0
-        self.calls += 1
+            t = written - int(lengths[i] - self.shortest)
+            logits[i, -1, data.NEWLINE_ID if t < 0 else self.script[min(t, len(self.script) - 1)]] = 10.0
         return logits
 
 
-def test_generation_stops_each_row_after_its_answer_line():
+@pytest.mark.parametrize("fast", [False, True])
+def test_generation_stops_each_row_after_its_answer_line(fast):
     scratch = data.scratchpad(12, 34)
     model = ScriptedGPT(scratch + "12+34 Target: 5 6\n")
-    out = model.generate(data.prompt_batch([(12, 34)] * 3), 200, temperature=0)
-    width = data.prompt_batch([(12, 34)]).size(1)
+    out = model.generate(data.prompt_batch([(12, 34), (120, 34), (1200, 34)]), 200, temperature=0, fast=fast)
+    width = data.prompt_batch([(1200, 34)]).size(1)
     for i, row in enumerate(out[:, width:].tolist()):
         assert data.decode(row) == "\n" * i + scratch  # row i starts i newlines late
         assert row[len(scratch) + i:] == [data.PAD_ID] * (2 - i)  # finished rows are padded
@@ -162,3 +169,47 @@ def test_generation_under_bfloat16_autocast_keeps_the_cache_in_bfloat16():
     top2 = logits[:, idx.size(1) - 1:-1].float().topk(2, dim=-1).values
     clear = (top2[..., 0] - top2[..., 1]) > 0.1
     assert (logits[:, idx.size(1) - 1:-1].argmax(-1) == out[:, idx.size(1):])[clear].all()
+
+
+def mixed_lengths():
+    """Problems whose scratchpads differ a lot in length, so rows finish at different steps."""
+    return data.prompt_batch([(1234, 567), (5, 7), (99, 1), (31, 4096), (123456, 654321), (8, 80)])
+
+
+def test_fast_generation_gives_the_plain_loops_tokens_greedy_float32():
+    torch.manual_seed(1)
+    model = GPT(GPTConfig(block_size=512, n_layer=2, n_head=2, n_embd=32)).eval()
+    with torch.no_grad():  # make the untrained model stop now and then: favour newline and '/'
+        model.lm_head.weight[data.NEWLINE_ID] += 0.3
+        model.lm_head.weight[data.SLASH_ID] += 0.3
+    idx = mixed_lengths()
+    plain = model.generate(idx, 120, temperature=0, fast=False)
+    fast = model.generate(idx, 120, temperature=0, fast=True)
+    assert torch.equal(plain, fast)
+
+
+def test_fast_generation_draws_the_plain_loops_samples_with_the_same_generator():
+    model = tiny_model()
+    idx = mixed_lengths()
+    for temperature in (1.0, 2.0):
+        plain = model.generate(idx, 200, temperature, torch.Generator().manual_seed(3), fast=False)
+        fast = model.generate(idx, 200, temperature, torch.Generator().manual_seed(3), fast=True)
+        assert torch.equal(plain, fast)
+        rows_finished_early = (plain[:, -1] == data.PAD_ID).sum()
+        assert 0 < rows_finished_early < len(idx)  # rows did leave the batch early in the fast loop
+
+
+def test_sampling_follows_the_distribution():
+    from model import sample
+    p = torch.tensor([0.3, 0.5, 0.15, 0.05])
+    logits = torch.log(p).repeat(20000, 1)
+    for temperature in (1.0, 0.5):  # temperature T turns p into p^(1/T), renormalised
+        tokens = sample(logits, temperature, torch.Generator().manual_seed(0))
+        counts = torch.bincount(tokens, minlength=4).float() / len(tokens)
+        expected = p ** (1 / temperature) / (p ** (1 / temperature)).sum()
+        assert torch.allclose(counts, expected, atol=0.015)
+    assert sample(logits[:2], 0).tolist() == [1, 1]  # greedy
+    # one noise row per batch row: a row's draw does not depend on which other rows are decoded
+    full = sample(logits[:6], 1.0, torch.Generator().manual_seed(4))
+    some = sample(logits[:3], 1.0, torch.Generator().manual_seed(4), rows=torch.tensor([1, 3, 5]), batch=6)
+    assert some.tolist() == full[[1, 3, 5]].tolist()

@@ -130,17 +130,32 @@ def test_group_advantages():
     assert torch.allclose(adv, torch.tensor([0.75, -0.25, -0.25, -0.25, 0.0, 0.0, 0.0, 0.0]))
 
 
-def test_completion_mask_covers_generated_tokens_only():
-    prompts = data.prompt_batch([(12, 34), (5, 6)])
-    completions = [data.encode("\n<s"), data.encode("\n")]
-    width = prompts.size(1)
-    seq = torch.full((2, width + 3), data.PAD_ID)
-    seq[:, :width] = prompts
-    for i, c in enumerate(completions):
-        seq[i, width:width + len(c)] = torch.tensor(c)
-    mask = rl.completion_mask(seq, width)
-    assert mask[0].tolist() == [0.0] * (width - 1) + [1.0] * 3
-    assert mask[1].tolist() == [0.0] * (width - 1) + [1.0] + [0.0] * 2
+class Writer(GPT):
+    """generate() appends fixed token lists (padded on the right), as GPT.generate returns them."""
+
+    def __init__(self, texts):
+        super().__init__(GPTConfig(block_size=256, n_layer=1, n_head=1, n_embd=8))
+        self.texts = texts
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, generator=None, fast=True):
+        width = max(len(t) for t in self.texts)
+        new = torch.tensor([data.encode(t) + [data.PAD_ID] * (width - len(t)) for t in self.texts])
+        return torch.cat([idx, new], 1)
+
+
+def test_rollout_batch_is_prompt_then_completion_with_the_generated_tokens_masked_in():
+    problems = [(12, 34), (5, 6)]
+    texts = [data.scratchpad(12, 34), "\n<s"]  # a right answer, and a row that stopped early
+    args = type("Args", (), {"temperature": 1.0, "fast_generate": True})
+    inputs, actions, mask, rewards = rl.rollout(Writer(texts), problems, args, "cpu", None)
+    assert rewards.tolist() == [1.0, 0.0]
+    for i, ((a, b), text) in enumerate(zip(problems, texts)):
+        full = data.encode(data.prompt(a, b) + text)
+        p = len(data.prompt(a, b))
+        assert inputs[i, :len(full)].tolist() == full[:inputs.size(1)]  # from column 0: no left padding
+        assert (inputs[i, len(full):] == data.PAD_ID).all()
+        assert actions[i, p - 1:len(full) - 1].tolist() == full[p:]  # the generated tokens
+        assert mask[i].tolist() == [0.0] * (p - 1) + [1.0] * len(text) + [0.0] * (mask.size(1) - p + 1 - len(text))
 
 
 def test_critical_probability_reads_the_comma():
@@ -193,6 +208,8 @@ def test_a_tiny_model_learns_a_trivial_reward():
             return F.softmax(policy(prompts[:1])[0][0, -1], -1)[seven].item()
 
     before = p_seven()
+    mask = torch.zeros(32, prompts.size(1))
+    mask[:, -1] = 1.0  # the loss on the generated token only
     for _ in range(30):
         seq = policy.generate(prompts, 1, temperature=1.0)
         rewards = (seq[:, -1] == seven).float()
@@ -200,8 +217,7 @@ def test_a_tiny_model_learns_a_trivial_reward():
         logits, _ = policy(seq[:, :-1])
         with torch.no_grad():
             ref_logits, _ = reference(seq[:, :-1])
-        loss, _ = rl.rl_loss(logits, ref_logits, seq[:, 1:], adv, rl.completion_mask(seq, prompts.size(1)),
-                             kl_coef=0.01, alpha=1.0)
+        loss, _ = rl.rl_loss(logits, ref_logits, seq[:, 1:], adv, mask, kl_coef=0.01, alpha=1.0)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
