@@ -340,7 +340,7 @@ T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
          2.045, 2.042]
 # what varies between seeds of one experiment, or does not change what is learned
-NOT_A_SETTING = {"seed", "name", "out", "device", "eval_every", "eval_size", "save"}
+NOT_A_SETTING = {"seed", "name", "out", "device", "eval_every", "eval_size", "save", "threads", "fast_generate"}
 
 
 def mean_ci(values):

@@ -11,5 +11,11 @@ def test_bench_runs_and_reports_the_speedup(tiny_checkpoint):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert "rows decoded identically by both: 2 of 2" in r.stdout
+    assert "fast and plain loops: 2 of 2" in r.stdout  # float32 on this tiny model: the same tokens
+    for prefix in ("generation, KV cache:", "generation, KV cache, plain:", "generation, full recompute:",
+                   "training, forward + backward:"):
+        line = next(line for line in lines if line.startswith(prefix))
+        assert float(line[len(prefix):].split()[0]) > 0 and "tokens/s" in line
+    assert next(line for line in lines if line.startswith("arithmetic: generation ")).count("GFLOP/s") == 3
     assert lines[-1].startswith("kv-cache speedup: ") and lines[-1].endswith("x")
     assert float(lines[-1].split()[-1][:-1]) > 0
