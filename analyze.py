@@ -598,12 +598,12 @@ def run_rl(runs, budget, jobs):
         command = [sys.executable, "rl.py", "--episodes", str(budget["episodes"]), "--eval-every",
                    str(budget["eval_every"]), "--out", out, "--name", name, "--no-save", "--threads", str(threads),
                    *budget.get("rl_flags", []), *flags]
-        print("$ " + " ".join(command[1:]), file=sys.stderr)
+        sys.stderr.write("$ " + " ".join(command[1:]) + "\n")  # one write: runs start side by side
         if jobs == 1:  # the run's own progress bar
             return run, subprocess.run(command).returncode, ""
         done = subprocess.run(command, capture_output=True, text=True)
         summary = [line for line in done.stdout.splitlines() if line.startswith("done:")]
-        print(f"{out}/{name}: " + (summary[-1] if summary else "failed"), file=sys.stderr)
+        sys.stderr.write(f"{out}/{name}: " + (summary[-1] if summary else "failed") + "\n")
         return run, done.returncode, done.stderr
 
     failed = []
