@@ -577,6 +577,7 @@ CHECKPOINTS = [f"checkpoints/add{n}.pt" for n in (3, 5, 7)]
 
 
 def finished(run_dir, episodes):
+    """Whether the rl.py run in run_dir has logged an evaluation at `episodes` or later."""
     rows = (read_run(run_dir) or {}).get("rows", [])
     return bool(rows) and rows[-1]["episode"] >= episodes
 

@@ -154,13 +154,9 @@ class GPT(nn.Module):
         if fast:
             return self._generate_fast(idx, max_new_tokens, temperature, generator)
         B, T = idx.shape
-        real = idx != PAD_ID
-        positions = (real.cumsum(1) - 1).clamp(min=0)
-        self._check_length(positions.max(1).values + max_new_tokens)
-        caches = self._empty_caches(B, T + max_new_tokens, idx.device)
+        real, caches, logits = self._prefill(idx, max_new_tokens)
         key_ok = torch.ones(B, 1, 1, T + max_new_tokens, dtype=torch.bool, device=idx.device)
         key_ok[:, 0, 0, :T] = real  # left padding is never attended to
-        logits = self._run(idx, positions, _causal_mask(real), caches, 0)[:, -1]
         next_pos = real.sum(1)
         seen_slash = torch.zeros(B, dtype=torch.bool, device=idx.device)
         newlines = torch.zeros(B, dtype=torch.long, device=idx.device)
@@ -170,9 +166,7 @@ class GPT(nn.Module):
             tok = sample(logits, temperature, generator)
             tok = torch.where(done, PAD_ID, tok)
             out.append(tok)
-            seen_slash |= tok == SLASH_ID
-            newlines += (seen_slash & (tok == NEWLINE_ID)).long()
-            done |= newlines >= 2
+            _follow_stop_rule(tok, seen_slash, newlines, done)
             if done.all() or step == max_new_tokens - 1:
                 break
             logits = self._run(tok[:, None], next_pos[:, None], key_ok[:, :, :, :T + step + 1], caches, T + step)[:, -1]
@@ -189,13 +183,9 @@ class GPT(nn.Module):
         Sampling draws the random numbers for all B rows at every step, as the plain loop does, so a
         row gets the same sample whichever other rows are still in the batch."""
         B, T = idx.shape
-        real = idx != PAD_ID
-        positions = (real.cumsum(1) - 1).clamp(min=0)
-        self._check_length(positions.max(1).values + max_new_tokens)
-        caches = self._empty_caches(B, T + max_new_tokens, idx.device)
+        real, caches, logits = self._prefill(idx, max_new_tokens)
         key_bias = torch.zeros(B, 1, 1, T + max_new_tokens, dtype=caches[0][0].dtype, device=idx.device)
         key_bias[:, 0, 0, :T].masked_fill_(~real, float("-inf"))
-        logits = self._run(idx, positions, _causal_mask(real), caches, 0)[:, -1]
         out = torch.full((B, max_new_tokens), PAD_ID, dtype=torch.long, device=idx.device)
         rows = torch.arange(B, device=idx.device)  # which original row each batch row is
         next_pos = real.sum(1)
@@ -206,9 +196,7 @@ class GPT(nn.Module):
             tok = sample(logits, temperature, generator, rows=rows, batch=B)
             tok = torch.where(done, PAD_ID, tok)
             out[rows, step] = tok
-            seen_slash |= tok == SLASH_ID
-            newlines += (seen_slash & (tok == NEWLINE_ID)).long()
-            done |= newlines >= 2
+            _follow_stop_rule(tok, seen_slash, newlines, done)
             finished = int(done.sum())
             if finished == len(rows) or step == max_new_tokens - 1:
                 break
@@ -221,6 +209,15 @@ class GPT(nn.Module):
             next_pos = next_pos + 1
         return torch.cat([idx, out[:, :step + 1]], 1)
 
+    def _prefill(self, idx, max_new_tokens):
+        """Check that the generation fits, allocate the KV caches and run the left-padded prompts through
+        the model. Returns (real: True on prompt tokens, caches, logits for each row's next token)."""
+        real = idx != PAD_ID
+        positions = (real.cumsum(1) - 1).clamp(min=0)
+        self._check_length(positions.max(1).values + max_new_tokens)
+        caches = self._empty_caches(idx.size(0), idx.size(1) + max_new_tokens, idx.device)
+        return real, caches, self._run(idx, positions, _causal_mask(real), caches, 0)[:, -1]
+
     def _empty_caches(self, B, length, device):
         """Per block, (keys, values) buffers of shape (B, n_head, length, head_dim). Under autocast keys
         and values come out in the autocast dtype, so the buffers take it."""
@@ -228,6 +225,14 @@ class GPT(nn.Module):
         dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else self.wte.weight.dtype
         return [tuple(torch.empty(B, self.config.n_head, length, head_dim, device=device, dtype=dtype)
                       for _ in range(2)) for _ in self.blocks]
+
+
+def _follow_stop_rule(tok, seen_slash, newlines, done):
+    """Update, in place, each row's stop state with its new token: a row is done at the second newline
+    after '</scratch>' (the end of its answer line)."""
+    seen_slash |= tok == SLASH_ID
+    newlines += (seen_slash & (tok == NEWLINE_ID)).long()
+    done |= newlines >= 2
 
 
 def sample(logits, temperature, generator=None, rows=None, batch=None):

@@ -142,7 +142,8 @@ def rollout(policy, problems, args, device, generator):
                                 temperature=args.temperature, generator=generator, fast=args.fast_generate)
     completions = [data.decode(row) for row in sequences[:, prompts.size(1):].tolist()]
     rewards = torch.tensor([data.reward(c, a, b) for c, (a, b) in zip(completions, problems)], device=device)
-    # move each row's left padding to its end
+    # move each row's left padding to its end (not data.make_batch from the decoded texts: decoding drops
+    # a padding token that sampling can, rarely, emit mid-row, and the update must see the tokens sampled)
     lead = (prompts == data.PAD_ID).sum(1, keepdim=True)
     width = sequences.size(1)
     columns = torch.arange(width, device=device)[None, :] + lead
