@@ -161,8 +161,10 @@ def rl_problem(n: int, k: int, rng: random.Random, held_out: bool = False) -> tu
     return _draw(lambda: rl_lengths(n, k, rng), rng, held_out)
 
 
-def eval_set(kind: str, k: int, size: int, seed: int = 1234, n: int | None = None) -> list[tuple[int, int]]:
-    """A deterministic list of held-out problems.
+def eval_set(kind: str, k: int, size: int, seed: int = 1234, n: int | None = None,
+             exclude=()) -> list[tuple[int, int]]:
+    """A deterministic list of held-out problems, none of them in `exclude` (how a validation set is kept
+    disjoint from the evaluation set: another seed, and any problem both draws share skipped).
 
     kind = 'identical': both operands have exactly k digits.
     kind = 'varying':   k digits + m digits, m uniform in 1..k.
@@ -182,7 +184,12 @@ def eval_set(kind: str, k: int, size: int, seed: int = 1234, n: int | None = Non
         lengths = lambda: (rng.randint(1, k), rng.randint(1, k))
     else:
         raise ValueError(f"unknown evaluation set kind {kind!r}: use identical, varying, rl or pretrain")
-    return [_draw(lengths, rng, held_out=True) for _ in range(size)]
+    exclude, problems = set(exclude), []
+    while len(problems) < size:
+        problem = _draw(lengths, rng, held_out=True)
+        if problem not in exclude:
+            problems.append(problem)
+    return problems
 
 
 # -----------------------------------------------------------------------------

@@ -207,8 +207,12 @@ def critical_probability(model, problems, n, temperature, lines=3):
     return critical_probabilities(model, problems, n, temperature, (lines,))[0]
 
 
+VALIDATION_SEED = 4321  # data.eval_set's default seed 1234 draws the evaluation (test) set
+
+
 def evaluate(policy, sets, args, n, device, dtype):
-    """Greedy accuracy on N+k and on the comfort zone, sampled accuracy on N+k, critical-token probability.
+    """Greedy accuracy on N+k (the evaluation set, and the validation set that hyper-parameters are
+    chosen on) and on the comfort zone, sampled accuracy on N+k, critical-token probability.
     Returns the metrics and the greedy N+k completions (the run's first evaluation reuses them)."""
     fast = args.fast_generate
     with mixed_precision(device, dtype):
@@ -218,8 +222,10 @@ def evaluate(policy, sets, args, n, device, dtype):
         sampled = data.complete(policy, sets["plus"], temperature=args.temperature, device=device,
                                 generator=generator, fast=fast)
         comfort = data.complete(policy, sets["comfort"], device=device, fast=fast)
+        validation = data.complete(policy, sets["val"], device=device, fast=fast)
     return {
         "acc_plus": data.percent_correct(greedy, sets["plus"]),
+        "val_plus": data.percent_correct(validation, sets["val"]),
         "acc_comfort": data.percent_correct(comfort, sets["comfort"]),
         "acc_plus_sampled": data.percent_correct(sampled, sets["plus"]),
         "critical_p": paper_lines,
@@ -310,6 +316,8 @@ def main(argv=None):
     sets = {"plus": data.eval_set("rl", args.digits_plus, args.eval_size, n=n),
             "comfort": data.eval_set("pretrain", n, args.eval_size),
             "critical": data.eval_set("identical", n + 1, args.eval_size)}
+    # choose hyper-parameters on val_plus, report acc_plus: same distribution, disjoint problems
+    sets["val"] = data.eval_set("rl", args.digits_plus, args.eval_size, seed=VALIDATION_SEED, n=n, exclude=sets["plus"])
     rng = random.Random(args.seed)
     generator = torch.Generator(device).manual_seed(args.seed)
     per_iteration = args.batch_size * args.group_size
@@ -336,7 +344,7 @@ def main(argv=None):
         with open(metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         tqdm.write(f"episode {row['episode']} | N+{args.digits_plus} greedy {row['acc_plus']:.1f}% "
-                   f"sampled {row['acc_plus_sampled']:.1f}% | comfort {row['acc_comfort']:.1f}% | "
+                   f"sampled {row['acc_plus_sampled']:.1f}% | val {row['val_plus']:.1f}% | comfort {row['acc_comfort']:.1f}% | "
                    f"critical p {row['critical_p']:.3f}" + (f" | reward {row['reward']:.3f} kl {row['kl']:.4f}"
                                                            if row["reward"] is not None else ""))
         return row

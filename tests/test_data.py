@@ -151,6 +151,15 @@ def test_eval_sets_are_deterministic_held_out_and_never_trained_on():
         data.eval_set("nonsense", 3, 10)
 
 
+def test_validation_set_is_disjoint_from_the_evaluation_set():
+    # 2+1-digit problems: few enough that two seeds' draws collide unless excluded
+    test = data.eval_set("rl", 1, 100, n=1)
+    assert set(test) & set(data.eval_set("rl", 1, 100, seed=7, n=1))  # the collision is real here
+    val = data.eval_set("rl", 1, 100, seed=7, n=1, exclude=test)
+    assert len(val) == 100 and not set(val) & set(test)
+    assert all(data.is_held_out(a, b) for a, b in val)
+
+
 def test_batch_loss_mask_covers_the_completion_only():
     problems = [(1234, 567), (5, 7), (99, 1)]
     x, y = data.make_batch(problems)

@@ -178,7 +178,7 @@ def test_smoke_run_writes_metrics_and_checkpoint(tiny_checkpoint, tmp_path):
     rows = [json.loads(line) for line in open(tmp_path / "smoke" / "metrics.jsonl")]
     assert [row["episode"] for row in rows] == [0, 4, 8]
     assert "weight_decisive" in rows[0] and "KL weight J_ref^alpha (alpha 3)" in r.stdout
-    for key in ("acc_plus", "acc_comfort", "acc_plus_sampled", "kl", "reward", "critical_p"):
+    for key in ("acc_plus", "val_plus", "acc_comfort", "acc_plus_sampled", "kl", "reward", "critical_p"):
         assert key in rows[-1]
     assert json.load(open(tmp_path / "smoke" / "config.json"))["alpha"] == 3.0
     assert (tmp_path / "smoke" / "model.pt").exists()
