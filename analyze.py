@@ -340,15 +340,16 @@ T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
          2.045, 2.042]
 # what varies between seeds of one experiment, or does not change what is learned
-NOT_A_SETTING = {"seed", "name", "out", "device", "eval_every", "eval_size", "save", "threads", "fast_generate"}
+# (eval_every and eval_size change what was measured, so they do split groups)
+NOT_A_SETTING = {"seed", "name", "out", "device", "save", "threads", "fast_generate"}
 
 
 def mean_ci(values):
-    """Mean and the half-width of its 95% t-interval (0 for a single value)."""
+    """Mean and the half-width of its 95% t-interval (nan for a single value: no interval)."""
     n = len(values)
     mean = sum(values) / n
     if n < 2:
-        return mean, 0.0
+        return mean, float("nan")
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     return mean, (T_975[n - 2] if n - 1 <= len(T_975) else 1.96) * sd / math.sqrt(n)
 
@@ -363,6 +364,18 @@ def read_run(run_dir):
     except (OSError, json.JSONDecodeError):
         return None
     return {"dir": run_dir, "config": config, "rows": rows} if rows else None
+
+
+def run_finished(run):
+    """Whether a run logged its last evaluation (a run cut off early has no final accuracy)."""
+    return run["rows"][-1]["episode"] >= run["config"].get("episodes", 0)
+
+
+def plus_minus(mean, half, digits=1):
+    """'mean +- half', 'mean (1 seed)' where there is no interval, 'n/a' where nothing was measured."""
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.{digits}f} " + ("(1 seed)" if math.isnan(half) else f"+- {half:.{digits}f}")
 
 
 def area_under_curve(rows, key="acc_plus"):
@@ -392,18 +405,24 @@ def group_runs(runs):
 
 
 def summarize(groups):
-    """One row per group: final accuracy and area under the curve, mean and 95% interval over seeds."""
+    """One row per group: final accuracy and area under the curve, mean and 95% interval over the seeds
+    that finished (`unfinished` counts the others, left out); groups with no finished run are dropped."""
     table = []
     for label, settings, members in groups:
-        row = {"group": label, "seeds": len(members), "episodes": members[0]["rows"][-1]["episode"]}
-        for name, values in (("final", [r["rows"][-1]["acc_plus"] for r in members]),
-                             ("auc", [area_under_curve(r["rows"]) for r in members]),
-                             ("comfort", [r["rows"][-1]["acc_comfort"] for r in members]),
-                             ("critical_p", [r["rows"][-1].get("critical_p", float("nan")) for r in members]),
-                             ("critical_p_all", [r["rows"][-1].get("critical_p_all", float("nan")) for r in members]),
-                             ("kl", [r["rows"][-1].get("kl") or 0.0 for r in members])):
+        done = [r for r in members if run_finished(r)]
+        if not done:
+            continue
+        row = {"group": label, "settings": settings, "seeds": len(done), "unfinished": len(members) - len(done),
+               "episodes": done[0]["rows"][-1]["episode"], "runs": done}
+        for name, values in (("final", [r["rows"][-1]["acc_plus"] for r in done]),
+                             ("val", [r["rows"][-1].get("val_plus", float("nan")) for r in done]),
+                             ("auc", [area_under_curve(r["rows"]) for r in done]),
+                             ("comfort", [r["rows"][-1]["acc_comfort"] for r in done]),
+                             ("critical_p", [r["rows"][-1].get("critical_p", float("nan")) for r in done]),
+                             ("critical_p_all", [r["rows"][-1].get("critical_p_all", float("nan")) for r in done]),
+                             ("kl", [r["rows"][-1].get("kl") or 0.0 for r in done])):
             row[name], row[name + "_ci"] = mean_ci(values)
-        row["start"] = members[0]["rows"][0]["acc_plus"]
+        row["start"] = done[0]["rows"][0]["acc_plus"]
         table.append(row)
     return table
 
@@ -485,10 +504,11 @@ def plot_curves(groups, path, title):
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for (label, _, members), color in zip(groups, plt.cm.viridis([i / max(1, len(groups) - 1) for i in range(len(groups))])):
-        episodes = [r["episode"] for r in members[0]["rows"]]
+        # rows are matched by episode, not by position: a run cut off early adds to the episodes it reached
+        episodes = sorted({r["episode"] for run in members for r in run["rows"]})
+        by_episode = [{r["episode"]: r for r in run["rows"]} for run in members]
         for ax, key in zip(axes, ("acc_plus", "critical_p", "critical_p_all")):
-            columns = [[run["rows"][i].get(key, float("nan")) for run in members if len(run["rows"]) > i]
-                       for i in range(len(episodes))]
+            columns = [[rows[e].get(key, float("nan")) for rows in by_episode if e in rows] for e in episodes]
             stats = [mean_ci(c) for c in columns]
             mean = [m for m, _ in stats]
             ax.plot(episodes, mean, color=color, label=f"{label} ({len(members)} seeds)")
@@ -537,26 +557,103 @@ def save_figure(fig, path):
     print(f"wrote {path}", file=sys.stderr)
 
 
-def cmd_curves(args):
-    runs = find_runs(args.runs)
+def load_groups(paths):
+    """The rl.py runs under `paths`, grouped by setting and summarized; exits with one line if none."""
+    runs = find_runs(paths)
     if not runs:
-        sys.exit(f"error: no rl.py runs (folders with metrics.jsonl) in {' '.join(args.runs)}; run rl.py first")
+        sys.exit(f"error: no rl.py runs (folders with metrics.jsonl) in {' '.join(paths)}; run rl.py first")
     groups = group_runs(runs)
     table = summarize(groups)
-    lines = ["| runs | seeds | episodes | N+k accuracy: start | final (95% CI) | area under curve (95% CI) | "
-             "comfort zone final | critical p final, lines 1-3 / every line | KL/token final |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in table:
-        lines.append(f"| {r['group']} | {r['seeds']} | {r['episodes']} | {r['start']:.1f} | {r['final']:.1f} +- "
-                     f"{r['final_ci']:.1f} | {r['auc']:.1f} +- {r['auc_ci']:.1f} | {r['comfort']:.1f} | "
-                     f"{r['critical_p']:.3f} / {r['critical_p_all']:.3f} | {r['kl']:.4f} |")
-    text = "\n".join(lines) + "\n"
+    unfinished = [r["dir"] for r in runs if not run_finished(r)]
+    if unfinished:
+        print(f"left out, not finished: {', '.join(unfinished)}", file=sys.stderr)
+    return groups, table, unfinished
+
+
+def write_table(args, command, lines, unfinished):
+    text = "\n".join(lines) + "\n" + (f"\nLeft out, not finished: {', '.join(unfinished)}\n" if unfinished else "")
     print(text, end="")
     write_text(os.path.join(args.results, args.name + ".md"),
-               (f"`python analyze.py curves {' '.join(args.runs)} --name {args.name}`" if len(args.runs) <= 4 else
+               (f"`python analyze.py {command} {' '.join(args.runs)} --name {args.name}`" if len(args.runs) <= 6 else
                 f"{len(args.runs)} runs in {os.path.commonpath(args.runs)}/ (`python analyze.py study`)") + "\n\n" + text)
+
+
+def cmd_curves(args):
+    groups, table, unfinished = load_groups(args.runs)
+    lines = ["| runs | seeds | episodes | N+k accuracy: start | final (95% CI) | validation final | area under curve "
+             "(95% CI) | comfort zone final | critical p final, lines 1-3 / every line | KL/token final |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        lines.append(f"| {r['group']} | {r['seeds']} | {r['episodes']} | {r['start']:.1f} | "
+                     f"{plus_minus(r['final'], r['final_ci'])} | {plus_minus(r['val'], r['val_ci'])} | {plus_minus(r['auc'], r['auc_ci'])} | "
+                     f"{r['comfort']:.1f} | {r['critical_p']:.3f} / {r['critical_p_all']:.3f} | {r['kl']:.4f} |")
+    write_table(args, "curves", lines, unfinished)
     plot_curves(groups, os.path.join(args.results, args.name + ".png"), args.name)
     plot_alpha(groups, table, os.path.join(args.results, args.name + "_vs_alpha.png"))
+
+
+def is_uniform(settings):
+    """The standard penalty (alpha 0) or no penalty (kl_coef 0): every state weighted alike."""
+    return settings.get("alpha", 0) == 0 or settings.get("kl_coef", 0) == 0
+
+
+def beaten_by(row, table):
+    """The uniform groups whose mean final accuracy is at least row's with no more mean KL to the reference
+    (empty: row lies above the uniform frontier)."""
+    return [u for u in table if is_uniform(u["settings"]) and u is not row
+            and u["kl"] <= row["kl"] and u["final"] >= row["final"]]
+
+
+def plot_frontier(table, path, title):
+    """Final and area-under-curve N+k accuracy, and final comfort-zone accuracy, against the final KL to
+    the reference: one small dot per run, the group's mean with 95% intervals on both axes."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for ax, key, ylabel in zip(axes, ("final", "auc", "comfort"), ("final N+k greedy accuracy (%)",
+                               "area under the N+k curve (%)", "final comfort-zone accuracy (%)")):
+        for uniform, color in ((True, "tab:blue"), (False, "tab:orange")):
+            rows = [r for r in table if is_uniform(r["settings"]) == uniform]
+            for r in rows:
+                per_run = {"final": lambda x: x["rows"][-1]["acc_plus"], "auc": lambda x: area_under_curve(x["rows"]),
+                           "comfort": lambda x: x["rows"][-1]["acc_comfort"]}[key]
+                ax.scatter([x["rows"][-1].get("kl") or 0.0 for x in r["runs"]], [per_run(x) for x in r["runs"]],
+                           s=10, color=color, alpha=0.35)
+                ax.errorbar(r["kl"], r[key], xerr=r["kl_ci"], yerr=r[key + "_ci"], color=color, marker="o", capsize=3)
+                short = f"kl {r['settings'].get('kl_coef', 0):g}" if uniform else f"a {r['settings'].get('alpha', 0):g}"
+                ax.annotate(short, (r["kl"], r[key]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            ax.plot([], [], color=color, marker="o", label="uniform: alpha 0 or kl_coef 0" if uniform else
+                    "prioritized: alpha > 0 (at its kl_coef)")
+        # the uniform frontier: the best uniform group mean at no more KL than x
+        uniform = sorted((r["kl"], r[key]) for r in table if is_uniform(r["settings"]))
+        steps = [(x, max(y for x2, y in uniform if x2 <= x)) for x, _ in uniform]
+        if steps and key != "comfort":
+            right = max(r["kl"] for r in table) * 1.1
+            ax.step([x for x, _ in steps] + [right], [y for _, y in steps] + [steps[-1][1]], where="post",
+                    color="tab:blue", linestyle="--", linewidth=1, label="uniform frontier (group means)")
+        ax.set(xlabel="KL/token to the reference at the end (k2 estimate, training batches)", ylabel=ylabel)
+        ax.set_xlim(left=0)
+    axes[0].set_title(title)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def cmd_frontier(args):
+    _, table, unfinished = load_groups(args.runs)
+    lines = ["| runs | penalty | seeds | KL/token final (95% CI) | N+k final (95% CI) | validation final | area under "
+             "curve (95% CI) | comfort zone final (95% CI) | uniform groups with >= accuracy at <= KL |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(table, key=lambda r: r["kl"]):
+        uniform = is_uniform(r["settings"])
+        verdict = "" if uniform else ("; ".join(f"{u['group']} ({u['final']:.1f} at {u['kl']:.4f})"
+                                                for u in beaten_by(r, table)) or "none: above the frontier")
+        lines.append(f"| {r['group']} | {'uniform' if uniform else 'prioritized'} | {r['seeds']} | "
+                     f"{plus_minus(r['kl'], r['kl_ci'], 4)} | {plus_minus(r['final'], r['final_ci'])} | {plus_minus(r['val'], r['val_ci'])} | "
+                     f"{plus_minus(r['auc'], r['auc_ci'])} | {plus_minus(r['comfort'], r['comfort_ci'])} | {verdict} |")
+    write_table(args, "frontier", lines, unfinished)
+    plot_frontier(table, os.path.join(args.results, args.name + ".png"), args.name)
 
 
 # -----------------------------------------------------------------------------
@@ -693,6 +790,10 @@ def get_args(argv=None):
     cur.add_argument("runs", nargs="+", help="run folders, or folders holding them (runs/sweep)")
     cur.add_argument("--name", default="curves", help="results/<name>.md and results/<name>.png")
     cur.add_argument("--results", default="results", help="folder for the table and the figure")
+    fro = sub.add_parser("frontier", help="final accuracy against KL to the reference: uniform vs prioritized penalties")
+    fro.add_argument("runs", nargs="+", help="run folders, or folders holding them")
+    fro.add_argument("--name", default="frontier", help="results/<name>.md and results/<name>.png")
+    fro.add_argument("--results", default="results", help="folder for the table and the figure")
     stu = sub.add_parser("study", help="every table and figure, runs included (small: about 1 h on 2 CPU cores)")
     stu.add_argument("--budget", default="small", choices=sorted(BUDGETS), help="small (default) or full")
     stu.add_argument("--runs", default="results", help="run logs go to <runs>/study_<budget>/ (small: commit them)")
@@ -724,8 +825,8 @@ def get_args(argv=None):
 def main(argv=None):
     args = get_args(argv)
     set_threads(getattr(args, "threads", None))
-    if args.command in ("curves", "study"):  # read run logs, or start other scripts: no model here
-        return {"curves": cmd_curves, "study": cmd_study}[args.command](args)
+    if args.command in ("curves", "frontier", "study"):  # read run logs, or start other scripts: no model here
+        return {"curves": cmd_curves, "frontier": cmd_frontier, "study": cmd_study}[args.command](args)
     device = pick_device(args.device)
     dtype = autocast_dtype("auto", device)
     torch.manual_seed(0)

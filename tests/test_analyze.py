@@ -1,6 +1,6 @@
 import math
-import re
 import os
+import re
 import subprocess
 import sys
 
@@ -75,7 +75,9 @@ def test_mean_ci_matches_a_hand_computed_t_interval():
     mean, half = analyze.mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
     # sd = sqrt(2.5), t(0.975, 4 df) = 2.776
     assert mean == pytest.approx(3.0) and half == pytest.approx(2.776 * (2.5 ** 0.5) / 5 ** 0.5, rel=1e-4)
-    assert analyze.mean_ci([7.0]) == (7.0, 0.0)
+    mean, half = analyze.mean_ci([7.0])
+    assert mean == 7.0 and math.isnan(half)  # one seed: no interval, and the table says so
+    assert analyze.plus_minus(mean, half) == "7.0 (1 seed)"
 
 
 def test_area_under_curve_is_the_time_average():
@@ -83,12 +85,13 @@ def test_area_under_curve_is_the_time_average():
     assert analyze.area_under_curve(rows) == pytest.approx((50 * 100 + 100 * 200) / 300)
 
 
-def _fake_run(root, name, alpha, seed, final):
+def _fake_run(root, name, alpha, seed, final, kl_coef=10.0, kl=0.001, episodes=512, **config):
     run = root / name
     run.mkdir()
-    (run / "config.json").write_text(analyze.json.dumps({"alpha": alpha, "kl_coef": 10.0, "seed": seed, "name": name}))
-    rows = [{"episode": e, "acc_plus": acc, "acc_comfort": 100.0, "critical_p": 0.9, "kl": 0.001}
-            for e, acc in ((0, 50.0), (512, final))]
+    (run / "config.json").write_text(analyze.json.dumps({"alpha": alpha, "kl_coef": kl_coef, "seed": seed, "name": name,
+                                                         "episodes": 512, **config}))
+    rows = [{"episode": e, "acc_plus": acc, "acc_comfort": 100.0, "critical_p": 0.9, "kl": kl}
+            for e, acc in ((0, 50.0), (256, (50.0 + final) / 2), (512, final)) if e <= episodes]
     (run / "metrics.jsonl").write_text("".join(analyze.json.dumps(r) + "\n" for r in rows))
 
 
@@ -106,6 +109,40 @@ def test_curves_groups_seeds_and_writes_table_and_figure(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "| alpha=30.0 | 2 | 512 | 50.0 | 85.0 +- " in out.stdout
     assert (tmp_path / "res" / "fig.png").stat().st_size > 1000 and (tmp_path / "res" / "fig.md").exists()
+
+
+def test_runs_measured_differently_or_cut_off_are_not_averaged_in(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    _fake_run(runs, "s0", 0.0, 0, 70.0, eval_size=200)
+    _fake_run(runs, "s1", 0.0, 1, 80.0, eval_size=200)
+    _fake_run(runs, "small_eval", 0.0, 2, 90.0, eval_size=50)  # another evaluation set size: its own group
+    _fake_run(runs, "cut", 0.0, 3, 10.0, eval_size=200, episodes=256)  # stopped at 256 of 512 episodes
+    table = analyze.summarize(analyze.group_runs(analyze.find_runs([str(runs)])))
+    assert [(r["group"], r["seeds"], r["unfinished"], r["final"]) for r in table] == \
+        [("eval_size=50", 1, 0, 90.0), ("eval_size=200", 2, 1, 75.0)]
+    out = subprocess.run([sys.executable, "analyze.py", "curves", str(runs), "--results", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "Left out, not finished: " in out.stdout and "cut" in out.stdout
+
+
+def test_frontier_says_which_prioritized_runs_lie_above_the_uniform_frontier(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for seed in range(2):
+        _fake_run(runs, f"none_s{seed}", 0.0, seed, 95.0 + seed, kl_coef=0.0, kl=0.004)
+        _fake_run(runs, f"std_s{seed}", 0.0, seed, 75.0 + seed, kl=0.002)
+        _fake_run(runs, f"prio_s{seed}", 100.0, seed, 90.0 + seed, kl=0.002)  # above: no uniform >= at <= KL
+        _fake_run(runs, f"weak_s{seed}", 3.0, seed, 70.0 + seed, kl=0.003)  # below: std is better at less KL
+    table = analyze.summarize(analyze.group_runs(analyze.find_runs([str(runs)])))
+    verdict = {r["group"]: [u["group"] for u in analyze.beaten_by(r, table)] for r in table
+               if not analyze.is_uniform(r["settings"])}
+    assert verdict == {"alpha=100.0, kl_coef=10.0": [], "alpha=3.0, kl_coef=10.0": ["alpha=0.0, kl_coef=10.0"]}
+    out = subprocess.run([sys.executable, "analyze.py", "frontier", str(runs), "--name", "fr", "--results",
+                          str(tmp_path / "res")], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "| alpha=100.0, kl_coef=10.0 | prioritized | 2 | 0.0020 +- 0.0000 | 90.5 +- " in out.stdout
+    assert "none: above the frontier" in out.stdout and (tmp_path / "res" / "fr.png").stat().st_size > 1000
 
 
 def test_curves_without_runs_is_a_one_line_error(tmp_path):
