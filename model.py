@@ -18,6 +18,8 @@ from torch.nn import functional as F
 
 from data import NEWLINE_ID, PAD_ID, SLASH_ID, VOCAB
 
+NEVER = -1e4  # the padding token's logit: probability e^-10000 = 0, and 0 * log p stays finite
+
 
 class CausalSelfAttention(nn.Module):
 
@@ -88,6 +90,9 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied embeddings
+        # padding is never a next token: its logit is pushed to NEVER in every output (sampling, loss,
+        # certainty and KL all see the same distribution); finite, so that 0 * log p stays 0
+        self.register_buffer("pad_logit", F.one_hot(torch.tensor(PAD_ID), config.vocab_size) * NEVER, persistent=False)
         self.apply(self._init_weights)
         with torch.no_grad():  # learned positions, but started as sinusoids: see _sinusoids
             self.wpe.weight.copy_(_sinusoids(config.block_size, config.n_embd, scale=0.05))
@@ -116,7 +121,10 @@ class GPT(nn.Module):
         x = self.wte(idx) + self.wpe(positions)
         for i, block in enumerate(self.blocks):
             x = block(x, mask, None if caches is None else caches[i], start)
-        return self.lm_head(self.ln_f(x))
+        # the last layer in float32 even under autocast: log-probs, the KL and the certainty are taken from
+        # these logits, and bfloat16 would round them to about 1%
+        with torch.autocast(idx.device.type, enabled=False):
+            return self.lm_head(self.ln_f(x).float()) + self.pad_logit
 
     def forward(self, idx, targets=None, offset=None):
         """idx (B, T) token ids, right- or left-padded. Returns (logits (B, T, V), loss or None).

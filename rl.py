@@ -61,12 +61,15 @@ def certainty(logits, kind="entropy", temperature=1.0):
 
 
 def kl_estimate(logp_all, ref_logp_all, actions, estimator="k2"):
-    """Per-state estimate of KL(pi || pi_ref) from the sampled token a (l = log pi(a) - log pi_ref(a)).
+    """Per-state estimate of KL(pi || pi_ref) from the sampled token a ~ pi, l = log pi(a) - log pi_ref(a).
+    In a loss the sampling itself carries no gradient, so what an estimator pulls toward is E_pi[grad k]:
 
-    k1 = l               unbiased value, but its expected gradient is zero: it does not pull
-    k2 = l^2 / 2         its gradient is the gradient of the reverse KL: the paper's choice
-    k3 = e^-l - 1 + l    unbiased and always >= 0
-    full = sum_a pi(a) (log pi(a) - log pi_ref(a)), exact (cheap with a 42-token vocabulary)
+    k1 = l               unbiased value; expected gradient zero: no pull at all (refused in rl_loss)
+    k2 = l^2 / 2         biased value; expected gradient = grad KL(pi || pi_ref): the paper's choice
+    k3 = e^-l - 1 + l    unbiased value, always >= 0; expected gradient = grad KL(pi_ref || pi), the other KL
+    full = sum_a pi(a) (log pi(a) - log pi_ref(a)): exact value and gradient of KL(pi || pi_ref) (cheap with
+           a 42-token vocabulary)
+    (tests/test_rl.py checks each by enumerating a small vocabulary)
     """
     if estimator == "full":
         return (logp_all.exp() * (logp_all - ref_logp_all)).sum(-1)
@@ -78,6 +81,9 @@ def kl_estimate(logp_all, ref_logp_all, actions, estimator="k2"):
     if estimator == "k3":
         return torch.exp(-l) - 1 + l
     raise ValueError(f"unknown KL estimator {estimator!r}: use k1, k2, k3 or full")
+
+
+K1_REFUSED = "the k1 estimator has zero expected gradient, so the penalty would do nothing: use k2 (the paper's), k3 or full"
 
 
 def rl_loss(logits, ref_logits, actions, advantages, mask, *, kl_coef, alpha, old_logp=None,
@@ -96,6 +102,8 @@ def rl_loss(logits, ref_logits, actions, advantages, mask, *, kl_coef, alpha, ol
     tokens; old_logp (B, T): the rollout policy's log-probs for PPO, None for plain policy gradient.
     Returns the loss and a dict of the (detached) quantities it used.
     """
+    if kl_estimator == "k1" and kl_coef > 0:
+        raise ValueError(K1_REFUSED)
     logp_all = F.log_softmax(logits.float() / temperature, dim=-1)
     ref_logp_all = F.log_softmax(ref_logits.float() / temperature, dim=-1)
     logp = logp_all.gather(-1, actions[..., None]).squeeze(-1)
@@ -254,7 +262,9 @@ def get_args(argv=None):
     p.add_argument("--kl-coef", type=float, default=10.0,
                    help="weight of the KL penalty (0: none; default 10, where the standard penalty holds RL back)")
     p.add_argument("--alpha", type=float, default=3.0, help="exponent of the certainty weight (0: standard KL)")
-    p.add_argument("--kl-estimator", default="k2", choices=["k1", "k2", "k3", "full"], help="per-state KL")
+    p.add_argument("--kl-estimator", default="k2", choices=["k1", "k2", "k3", "full"],
+                   help="per-state KL; its gradient follows k2: KL(pi||ref) (the paper's), k3: KL(ref||pi), "
+                        "full: KL(pi||ref) exactly; k1: none (refused)")
     p.add_argument("--certainty", default="entropy", choices=["entropy", "maxprob"], help="Eq. 2, or the official variant")
     p.add_argument("--certainty-temperature", type=float, default=1.0, help="reference temperature for the certainty")
     p.add_argument("--eval-every", type=int, default=512, help="episodes between evaluations (default 512)")
@@ -277,6 +287,7 @@ def get_args(argv=None):
               (args.certainty_temperature > 0, "--certainty-temperature must be positive"),
               (args.lr > 0, "--lr must be positive"),
               (args.kl_coef >= 0 and args.alpha >= 0, "--kl-coef and --alpha must be non-negative"),
+              (args.kl_estimator != "k1" or args.kl_coef == 0, "--kl-estimator k1: " + K1_REFUSED),
               (args.ppo_epochs >= 1 and 0 < args.clip < 1, "--ppo-epochs must be >= 1 and --clip in (0, 1)"),
               (args.eval_every >= 1 and args.eval_size >= 1, "--eval-every and --eval-size must be at least 1"),
               (args.threads is None or args.threads >= 1, "--threads must be at least 1")]

@@ -213,3 +213,25 @@ def test_sampling_follows_the_distribution():
     full = sample(logits[:6], 1.0, torch.Generator().manual_seed(4))
     some = sample(logits[:3], 1.0, torch.Generator().manual_seed(4), rows=torch.tensor([1, 3, 5]), batch=6)
     assert some.tolist() == full[[1, 3, 5]].tolist()
+
+
+def test_padding_is_never_predicted_nor_sampled():
+    model = tiny_model()
+    with torch.no_grad():
+        model.wte.weight[data.PAD_ID] *= 100  # tied head: padding would now win most positions
+    x, _ = data.make_batch(PROBLEMS)
+    probs = torch.softmax(model(x)[0], -1)
+    assert probs[..., data.PAD_ID].max() == 0 and torch.isfinite(torch.log_softmax(model(x)[0], -1)).all()
+    prompts = data.prompt_batch(PROBLEMS * 8)
+    first = model.generate(prompts, 1, temperature=3.0, generator=torch.Generator().manual_seed(0))[:, -1]
+    assert (first != data.PAD_ID).all()
+
+
+def test_logits_are_float32_under_bfloat16_autocast():
+    model = tiny_model()
+    x, _ = data.make_batch(PROBLEMS)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, _ = model(x)
+    full, _ = model(x)
+    assert low.dtype == torch.float32 and 0 < (low - full).abs().max() < 0.05  # the body ran in bfloat16
+    assert (low != low.bfloat16().float()).float().mean() > 0.9  # the head did not round to bfloat16's 8 bits

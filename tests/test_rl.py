@@ -91,26 +91,34 @@ def test_full_estimator_is_the_exact_kl():
     assert (est >= -1e-6).all()
 
 
-@pytest.mark.parametrize("estimator, unbiased_value, pulls", [("k1", True, False), ("k2", False, True),
-                                                             ("k3", True, True)])
-def test_estimators_in_expectation_on_a_toy_categorical(estimator, unbiased_value, pulls):
-    """E_{a~pi}[k(a)] and E_{a~pi}[grad k(a)] computed exactly by enumerating the actions."""
+@pytest.mark.parametrize("estimator, unbiased_value, gradient_of", [
+    ("k1", True, "nothing"), ("k2", False, "KL(pi || ref)"), ("k3", True, "KL(ref || pi)"), ("full", True, "KL(pi || ref)")])
+def test_which_divergence_each_estimators_expected_gradient_follows(estimator, unbiased_value, gradient_of):
+    """E_{a~pi}[k(a)] and E_{a~pi}[grad k(a)] computed exactly by enumerating a 5-token vocabulary."""
     torch.manual_seed(0)
     theta = torch.randn(V, requires_grad=True)
     ref_logp = F.log_softmax(torch.randn(V) * 2, -1)
     logp = F.log_softmax(theta, -1)
-    exact_kl = (logp.exp() * (logp - ref_logp)).sum()
-    (grad_exact,) = torch.autograd.grad(exact_kl, theta, retain_graph=True)
+    reverse = (logp.exp() * (logp - ref_logp)).sum()  # KL(pi || ref), the paper's penalty
+    forward = (ref_logp.exp() * (ref_logp - logp)).sum()  # KL(ref || pi)
+    gradients = {"KL(pi || ref)": torch.autograd.grad(reverse, theta, retain_graph=True)[0],
+                 "KL(ref || pi)": torch.autograd.grad(forward, theta, retain_graph=True)[0], "nothing": torch.zeros(V)}
     actions = torch.arange(V)
     ks = rl.kl_estimate(logp.expand(V, V), ref_logp.expand(V, V), actions, estimator)
-    expected = (logp.exp().detach() * ks).sum()  # sampling weights carry no gradient, as in a loss
+    weights = torch.ones(1) if estimator == "full" else logp.exp().detach()  # sampling carries no gradient
+    expected = (weights * ks).sum() / (V if estimator == "full" else 1)
     (grad_est,) = torch.autograd.grad(expected, theta)
     if unbiased_value:
-        assert expected.item() == pytest.approx(exact_kl.item(), rel=1e-4)
-    if estimator == "k2":
-        assert torch.allclose(grad_est, grad_exact, atol=1e-5)  # the reverse-KL gradient
-    if not pulls:
-        assert torch.allclose(grad_est, torch.zeros(V), atol=1e-6)  # k1 in a loss does nothing
+        assert expected.item() == pytest.approx(reverse.item(), rel=1e-4)
+    for name, grad in gradients.items():  # it follows exactly one of the three
+        assert torch.allclose(grad_est, grad, atol=1e-5) == (name == gradient_of), name
+
+
+def test_k1_is_refused_in_the_loss():
+    logits, ref_logits, actions, advantages, mask = toy_batch()
+    with pytest.raises(ValueError, match="zero expected gradient"):
+        rl.rl_loss(logits, ref_logits, actions, advantages, mask, kl_coef=1.0, alpha=0.0, kl_estimator="k1")
+    rl.rl_loss(logits, ref_logits, actions, advantages, mask, kl_coef=0.0, alpha=0.0, kl_estimator="k1")  # no penalty
 
 
 def test_ppo_ratio_is_one_on_the_first_epoch():
@@ -186,7 +194,7 @@ def test_smoke_run_writes_metrics_and_checkpoint(tiny_checkpoint, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--alpha", "-1"], "non-negative"), (["--temperature", "0"], "--temperature must be positive"),
-    (["--kl-estimator", "k9"], "invalid choice"), (["--ckpt", "nope.pt"], "no checkpoint at nope.pt"),
+    (["--kl-estimator", "k9"], "invalid choice"), (["--kl-estimator", "k1"], "zero expected gradient"), (["--ckpt", "nope.pt"], "no checkpoint at nope.pt"),
 ])
 def test_bad_flags_give_a_one_line_error(args, message):
     r = subprocess.run([sys.executable, "rl.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
