@@ -153,8 +153,9 @@ def scratchpad_certainty(model, problems, device, dtype):
 
 
 @torch.no_grad()
-def continue_greedy(model, problems, prefixes, device, dtype, batch_size=256):
-    """The completion prefix + greedy continuation of prompt + prefix, for each pair."""
+def continue_from(model, problems, prefixes, device, dtype, temperature=0.0, generator=None, batch_size=256):
+    """The completion prefix + the model's continuation of prompt + prefix (greedy, or sampled at
+    `temperature` with `generator`), for each pair."""
     order = sorted(range(len(problems)), key=lambda i: len(prefixes[i]) - data.sequence_length(*problems[i]))
     completions = [None] * len(problems)
     for start in range(0, len(order), batch_size):
@@ -164,46 +165,63 @@ def continue_greedy(model, problems, prefixes, device, dtype, batch_size=256):
         room = min(max(data.max_new_tokens(a, b) - len(h) for (a, b), h in zip(batch, heads)),
                    model.config.block_size - idx.size(1))
         with mixed_precision(device, dtype):
-            out = model.generate(idx, max(1, room), temperature=0.0)
+            out = model.generate(idx, max(1, room), temperature=temperature, generator=generator)
         for i, head, row in zip(chunk, heads, out[:, idx.size(1):].tolist()):
             completions[i] = head + data.decode(row)
     return completions
 
 
-def probe(model, n, problems, device, dtype, drop=0.05, controls=4, seed=0):
-    """Find critical tokens with no hand-coded positions. On the correct path of each problem:
-      (2) low certainty: Delta J = J(token) - mean J(other tokens of the text) below -drop;
-      (1) decisive: forcing the model's most likely wrong character there makes the greedy continuation
-          fail, while forcing the right one gets past it: the continuation succeeds, or its first error
-          is at a later low-certainty token (a weak model meets several critical tokens in one text).
-    Every low-certainty token is tested, plus `controls` random other tokens per problem to show how
-    the rest behaves. Returns one dict per tested token, and {problem: J at every character}."""
+def probe(model, n, problems, greedy, device, dtype, drop=0.05, controls=4, samples=8, temperature=1.0, seed=0):
+    """Test tokens on the correct path of each problem, chosen in ways that do and do not look at the
+    certainty J, for the two properties of a critical token:
+      low certainty: Delta J = J(token) - mean J(other tokens of the text) below -drop;
+      decisive: `samples` continuations sampled at `temperature` after the right character succeed
+          clearly more often than after the model's most likely wrong one (95% Wilson intervals apart).
+    Tested: the paper's n+1 commas (every line), the first wrong character of each failed greedy
+    completion in `greedy`, every low-certainty token, and `controls` uniformly random positions per
+    problem (whatever their J). Returns one dict per tested token ("why": how it was chosen) and
+    {problem: J at every character}."""
     rng = torch.Generator().manual_seed(seed)
-    tested, certainty, low_of = [], {}, {}
-    for (a, b), (J, wrong) in zip(problems, scratchpad_certainty(model, problems, device, dtype)):
+    tested, certainty = [], {}
+    for (a, b), text, (J, wrong) in zip(problems, greedy, scratchpad_certainty(model, problems, device, dtype)):
         certainty[(a, b)] = J.tolist()
         delta = delta_j(J)
-        low_of[(a, b)] = {t for t in range(len(J)) if delta[t] < -drop}
         end = data.scratchpad(a, b).index("</scratch>")  # the answer line only copies A: not probed
-        low = [t for t in range(end) if t in low_of[(a, b)]]
-        others = [t for t in range(end) if t not in low_of[(a, b)]]
-        pick = torch.randperm(len(others), generator=rng)[:controls].tolist()
-        paper, any_line = set(data.critical_positions(a, b, n, lines=3)), set(data.critical_positions(a, b, n, lines=None))
-        for t in low + [others[k] for k in pick]:
-            tested.append({"problem": (a, b), "t": t, "J": J[t].item(), "delta": delta[t].item(),
-                           "low": t in low_of[(a, b)], "wrote": wrong[t], **locate(a, b, t)[0],
-                           "paper_place": t in paper, "any_line_place": t in any_line})
+        why = {}
+        for t in data.critical_positions(a, b, n, lines=None):
+            why.setdefault(t, set()).add("every line")
+        for t in data.critical_positions(a, b, n, lines=3):
+            why.setdefault(t, set()).add("paper")
+        error = data.first_error(text, a, b)
+        if error is not None and error < len(J):
+            why.setdefault(error, set()).add("first error")
+        for t in range(end):
+            if delta[t] < -drop:
+                why.setdefault(t, set()).add("low")
+        for t in torch.randperm(end, generator=rng)[:controls].tolist():
+            why.setdefault(t, set()).add("random")
+        for t, reasons in sorted(why.items()):
+            tested.append({"problem": (a, b), "t": t, "J": J[t].item(), "delta": delta[t].item(), "why": reasons,
+                           "low": delta[t].item() < -drop, "wrote": wrong[t], **locate(a, b, t)[0]})
+    # decisiveness: the same number of sampled continuations after the right and after the wrong character
     truths = [data.scratchpad(*row["problem"]) for row in tested]
-    probs = [row["problem"] for row in tested]
-    right = continue_greedy(model, probs, [s[:r["t"] + 1] for s, r in zip(truths, tested)], device, dtype)
-    wrong = continue_greedy(model, probs, [s[:r["t"]] + r["wrote"] for s, r in zip(truths, tested)], device, dtype)
-    for row, with_right, with_wrong in zip(tested, right, wrong):
-        later = data.first_error(with_right, *row["problem"])  # None: the continuation is all correct
-        row["right_succeeds"] = bool(data.reward(with_right, *row["problem"]))
-        row["right_passes"] = row["right_succeeds"] or later in low_of[row["problem"]]
-        row["wrong_fails"] = not data.reward(with_wrong, *row["problem"])
-        row["critical"] = row["low"] and row["right_passes"] and row["wrong_fails"]
+    probs = [row["problem"] for row in tested for _ in range(samples)]
+    generator = torch.Generator(device).manual_seed(seed)
+    for key, prefix in (("right_wins", lambda s, r: s[:r["t"] + 1]), ("wrong_wins", lambda s, r: s[:r["t"]] + r["wrote"])):
+        texts = continue_from(model, probs, [prefix(s, r) for s, r in zip(truths, tested) for _ in range(samples)],
+                              device, dtype, temperature, generator)
+        for i, row in enumerate(tested):
+            row[key] = sum(data.reward(c, *row["problem"]) for c in texts[i * samples:(i + 1) * samples])
+    for row in tested:
+        row["decisive"] = decisive(row["right_wins"], row["wrong_wins"], samples)
+        row["critical"] = row["low"] and row["decisive"]
     return tested, certainty
+
+
+def decisive(right_wins, wrong_wins, samples):
+    """Whether continuations after the right character succeed clearly more often than after the wrong one:
+    the 95% Wilson intervals of the two success rates do not overlap."""
+    return wilson_interval(right_wins, samples)[0] > wilson_interval(wrong_wins, samples)[1]
 
 
 def delta_j(J):
@@ -211,16 +229,32 @@ def delta_j(J):
     return J - (J.sum() - J) / (len(J) - 1)
 
 
-def delta_table(tested, certainty):
-    """Table 1: Delta J of the critical tokens against every other token of the probed texts."""
-    critical = {(r["problem"], r["t"]) for r in tested if r["critical"]}
-    crit, rest = [], []
-    for problem, J in certainty.items():
-        for t, d in enumerate(delta_j(torch.tensor(J)).tolist()):
-            (crit if (problem, t) in critical else rest).append(d)
-    stats = lambda v: (torch.tensor(v).mean().item(), torch.tensor(v).std().item() if len(v) > 1 else 0.0) \
-        if v else (float("nan"), float("nan"))
-    return {"critical": stats(crit), "n_critical": len(crit), "other": stats(rest), "n_other": len(rest)}
+# Table 1's rows: which tested tokens each one takes, and how they were chosen
+TABLE1_ROWS = [
+    ("the paper's n+1 comma, lines 1-3 (fixed places)", lambda r: "paper" in r["why"]),
+    ("the n+1 comma, every line (fixed places)", lambda r: "every line" in r["why"]),
+    ("first wrong character of failed greedy texts", lambda r: "first error" in r["why"]),
+    ("random places (J not looked at)", lambda r: "random" in r["why"]),
+    ("random places found decisive (no Delta J filter)", lambda r: "random" in r["why"] and r["decisive"]),
+    ("low certainty and decisive (selected by Delta J)", lambda r: r["critical"]),
+]
+
+
+def table1(tested, certainty, drop):
+    """Table 1: for each way of choosing tokens, Delta J (mean and sd), how many, the share below -drop,
+    and the share decisive; last, every token of the texts."""
+    def row(name, deltas, decisive):
+        v = torch.tensor(deltas)
+        return {"positions": name, "n": len(deltas), "mean": v.mean().item() if deltas else float("nan"),
+                "sd": v.std().item() if len(deltas) > 1 else float("nan"),
+                "below": (v < -drop).float().mean().item() if deltas else float("nan"), "decisive": decisive}
+    rows = []
+    for name, take in TABLE1_ROWS:
+        chosen = [r for r in tested if take(r)]
+        rows.append(row(name, [r["delta"] for r in chosen], f"{sum(r['decisive'] for r in chosen)}/{len(chosen)}"))
+    every = [d for J in certainty.values() for d in delta_j(torch.tensor(J)).tolist()]
+    rows.append(row("every token of the texts", every, "n/a"))
+    return rows
 
 
 def ansi_certainty(text, J, low):
@@ -262,8 +296,9 @@ ALPHAS = [0, 1, 3, 10, 30, 100, 300, 1000, 10000]
 
 
 def cmd_probe(args, device, dtype):
-    report, table = [], ["| checkpoint | N | critical Delta J (mean +- sd) | tokens | other Delta J (mean +- sd) | tokens |",
-                         "|---|---|---|---|---|---|"]
+    summary = ["| checkpoint | N | N+1 greedy accuracy | " + " | ".join(name for name, _ in TABLE1_ROWS) +
+               " | every token |", "|---" * (len(TABLE1_ROWS) + 4) + "|"]
+    report = []
     for path in args.ckpt:
         model, meta = load(path, device)
         n = pretrain_digits(meta, path)
@@ -272,30 +307,41 @@ def cmd_probe(args, device, dtype):
         problems = data.eval_set("identical", n + 1, args.n)
         completions = solve(model, problems, device, dtype)
         accuracy = 100 * sum(data.reward(c, a, b) for c, (a, b) in zip(completions, problems)) / len(problems)
-        tested, certainty = probe(model, n, problems, device, dtype, drop=args.drop, controls=args.controls)
-        low, control = [r for r in tested if r["low"]], [r for r in tested if not r["low"]]
-        critical = [r for r in low if r["critical"]]
-        share = lambda rows, key: f"{sum(r[key] for r in rows)}/{len(rows)}"
+        tested, certainty = probe(model, n, problems, completions, device, dtype, drop=args.drop,
+                                  controls=args.controls, samples=args.samples)
+        rows = table1(tested, certainty, args.drop)
+        show = lambda r: "n/a" if r["n"] == 0 else f"{r['mean']:+.3f} +- {r['sd']:.3f} (n={r['n']})"
+        summary.append(f"| {path} | {n} | {accuracy:.1f}% | " + " | ".join(show(r) for r in rows) + " |")
+        randoms = [r for r in tested if "random" in r["why"]]
+        right = sum(r["right_wins"] for r in randoms) / max(1, len(randoms) * args.samples)
+        wrong = sum(r["wrong_wins"] for r in randoms) / max(1, len(randoms) * args.samples)
+        critical = [r for r in tested if r["critical"]]
         report += [f"## {path} (N = {n}): {len(problems)} problems of {n + 1}+{n + 1} digits, greedy accuracy "
                    f"{accuracy:.1f}%", "",
-                   f"- low-certainty tokens (Delta J < -{args.drop:g}): {len(low)}; forcing the likely wrong "
-                   f"character fails {share(low, 'wrong_fails')}; forcing the right one succeeds "
-                   f"{share(low, 'right_succeeds')}, gets past it {share(low, 'right_passes')}; "
-                   f"critical (wrong fails, right gets past): {len(critical)}",
-                   f"- control tokens (random, certain): forcing wrong fails {share(control, 'wrong_fails')}, "
-                   f"forcing right succeeds {share(control, 'right_succeeds')}",
-                   f"- critical tokens at the paper's n+1 comma (lines 1-3): {share(critical, 'paper_place')}; "
-                   f"at the n+1 comma of any line: {share(critical, 'any_line_place')}", "",
-                   "| line | field | digits before | right -> likely wrong (most common) | critical tokens | "
-                   "mean Delta J | paper's place |", "|---|---|---|---|---|---|---|"]
+                   "| tokens chosen as | tokens | Delta J (mean +- sd) | Delta J below -" f"{args.drop:g} | decisive |",
+                   "|---|---|---|---|---|"]
+        for r in rows:
+            measured = r["n"] > 0
+            report.append(f"| {r['positions']} | {r['n']} | " + (f"{r['mean']:+.4f} +- {r['sd']:.4f} | "
+                          f"{100 * r['below']:.0f}%" if measured else "n/a | n/a") + f" | {r['decisive']} |")
+        report += ["", f"Decisive = {args.samples} continuations sampled at T = 1 after the right character succeed "
+                   f"clearly more often (95% Wilson intervals apart) than {args.samples} after the model's most likely "
+                   f"wrong one. The baseline, at the random places: after the right character {100 * right:.0f}% of "
+                   f"the continuations succeed, after the wrong one {100 * wrong:.0f}%."]
+        if accuracy == 0 or right < 0.05:
+            report.append(f"This model solves {accuracy:.0f}% of these problems: its continuations fail after the "
+                          "right character too, so the test cannot tell decisive tokens from the others here.")
+        report += ["", "Where the low-certainty decisive tokens are:", "",
+                   "| line | field | digits before | right -> likely wrong (most common) | tokens | mean Delta J | "
+                   "paper's place |", "|---|---|---|---|---|---|---|"]
         places = {}
         for r in critical:
             places.setdefault((r["line"], r["field"], r["index"]), []).append(r)
-        for (line, field, index), rows in sorted(places.items(), key=lambda item: -len(item[1]))[:args.top]:
-            (right, wrote), _ = Counter((r["expected"], r["wrote"]) for r in rows).most_common(1)[0]
-            report.append(f"| {line} | {field} | {'' if index is None else index} | {right!r} -> {wrote!r} | "
-                          f"{len(rows)} | {sum(r['delta'] for r in rows) / len(rows):+.3f} | "
-                          f"{'yes' if rows[0]['paper_place'] else ''} |")
+        for (line, field, index), members in sorted(places.items(), key=lambda item: -len(item[1]))[:args.top]:
+            (right_char, wrote), _ = Counter((r["expected"], r["wrote"]) for r in members).most_common(1)[0]
+            report.append(f"| {line} | {field} | {'' if index is None else index} | {right_char!r} -> {wrote!r} | "
+                          f"{len(members)} | {sum(r['delta'] for r in members) / len(members):+.3f} | "
+                          f"{'yes' if 'paper' in members[0]['why'] else ''} |")
         # which alpha does what: the penalty's weight where this model decides its errors, and elsewhere
         with mixed_precision(device, dtype):
             decisive, elsewhere = rl.certainty_at_errors(model, data.eval_set("rl", 1, args.alpha_n, n=n),
@@ -309,9 +355,6 @@ def cmd_probe(args, device, dtype):
             report.append(f"| {name} | " + " | ".join("n/a" if not values else f"{rl.mean_weight(values, a):.3f}"
                                                       for a in ALPHAS) + " |")
         report.append("")
-        d = delta_table(tested, certainty)
-        table.append(f"| {path} | {n} | {d['critical'][0]:+.3f} +- {d['critical'][1]:.3f} | {d['n_critical']} | "
-                     f"{d['other'][0]:+.4f} +- {d['other'][1]:.4f} | {d['n_other']} |")
         # Fig. 5: the first problem with a critical token, as the model writes it from its prompt
         if critical:
             a, b = critical[0]["problem"]
@@ -326,8 +369,10 @@ def cmd_probe(args, device, dtype):
             plot_certainty(text, J, low_j, os.path.join(args.results, f"certainty_{stem}.png"),
                            f"{stem}: {a}+{b}, each character coloured by the certainty J of the model writing it")
     text = "\n".join(["# Critical-token probe (`python analyze.py probe`)", "",
-                      "Table 1: Delta J = certainty on the token minus the mean certainty on the other tokens "
-                      "of its text.", "", *table, "", *report])
+                      "Table 1: Delta J = certainty on the token minus the mean certainty on the other tokens of its "
+                      "text, mean +- sd (n tokens), for tokens chosen in different ways. Only the last column but "
+                      "one chooses by Delta J (below -drop by construction); the paper reports critical tokens.",
+                      "", *summary, "", *report])
     write_text(os.path.join(args.results, "probe.md"), text + "\n")
     print(text)
 
@@ -783,7 +828,9 @@ def get_args(argv=None):
     pro.add_argument("--ckpt", nargs="+", default=[f"checkpoints/add{n}.pt" for n in (3, 5, 7)],
                      help="checkpoints to probe (default add3, add5, add7)")
     pro.add_argument("--drop", type=float, default=0.05, help="low certainty: Delta J below -drop (default 0.05)")
-    pro.add_argument("--controls", type=int, default=4, help="random certain tokens tested per problem (default 4)")
+    pro.add_argument("--controls", type=int, default=4, help="random places tested per problem (default 4)")
+    pro.add_argument("--samples", type=int, default=8, help="continuations sampled after the right and after the "
+                     "wrong character, for decisiveness (default 8)")
     pro.add_argument("--top", type=int, default=12, help="rows per table")
     pro.add_argument("--alpha-n", type=int, default=200, help="problems for the table of weights J^alpha (default 200)")
     cur = sub.add_parser("curves", help="learning curves of rl.py runs, mean and 95%% interval over seeds")
@@ -819,6 +866,8 @@ def get_args(argv=None):
         p.error("--jobs and --threads must be at least 1")
     if getattr(args, "drop", 0.5) <= 0 or getattr(args, "controls", 0) < 0 or getattr(args, "alpha_n", 1) < 1:
         p.error("--drop must be positive, --controls at least 0 and --alpha-n at least 1")
+    if getattr(args, "samples", 1) < 1:
+        p.error("--samples must be at least 1")
     return args
 
 

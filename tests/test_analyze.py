@@ -177,7 +177,7 @@ class Scripted(torch.nn.Module):
             logits[i, hesitate, data.STOI[self.alternative]] = 0.0
         return logits, None
 
-    def generate(self, idx, max_new_tokens, temperature=0.0, generator=None):
+    def generate(self, idx, max_new_tokens, temperature=0.0, generator=None, fast=True):
         rows = []
         for row in idx.tolist():
             text = data.decode(row)
@@ -194,18 +194,32 @@ def test_probe_finds_the_one_hesitant_decisive_token():
     problems = [(1234, 5678), (4321, 8765)]
     offset = data.critical_positions(1234, 5678, 3)[0]  # the n+1 comma of line 1, operand 1, in both
     model = Scripted(offset, "]")
-    tested, certainty = analyze.probe(model, 3, problems, "cpu", None, controls=3)
+    greedy = analyze.solve(model, problems, "cpu", None)
+    tested, certainty = analyze.probe(model, 3, problems, greedy, "cpu", None, controls=3, samples=8)
     critical = [r for r in tested if r["critical"]]
     assert [(r["problem"], r["t"]) for r in critical] == [(p, offset) for p in problems]
     hit = critical[0]
-    assert hit["wrote"] == "]" and hit["paper_place"] and (hit["line"], hit["field"], hit["index"]) == (1, "operand 1", 3)
+    assert hit["wrote"] == "]" and "paper" in hit["why"] and (hit["line"], hit["field"], hit["index"]) == (1, "operand 1", 3)
+    assert (hit["right_wins"], hit["wrong_wins"]) == (8, 0)
     # two equally likely characters: J = 1 - log 2 / log |V|, against about 1 on every other token
     assert hit["J"] == pytest.approx(1 - math.log(2) / math.log(len(data.VOCAB)), abs=1e-3)
-    controls = [r for r in tested if not r["low"]]
-    assert len(controls) == 6 and all(r["wrong_fails"] and r["right_succeeds"] and not r["critical"] for r in controls)
-    table = analyze.delta_table(tested, certainty)
-    assert table["n_critical"] == 2 and table["critical"][0] == pytest.approx(hit["delta"], abs=1e-3)
-    assert table["critical"][0] < -0.15 and abs(table["other"][0]) < 0.01
+    randoms = [r for r in tested if "random" in r["why"]]
+    assert len(randoms) == 6 and {r["t"] for r in randoms} != {offset}
+    # the baseline: this model fails after any wrong character, so every random place is decisive too;
+    # what sets the critical token apart is its certainty alone
+    assert all(r["decisive"] and not r["critical"] for r in randoms if r["t"] != offset)
+    rows = {r["positions"]: r for r in analyze.table1(tested, certainty, drop=0.05)}
+    selected = rows["low certainty and decisive (selected by Delta J)"]
+    assert selected["n"] == 2 and selected["mean"] == pytest.approx(hit["delta"], abs=1e-3) and selected["below"] == 1
+    assert rows["the paper's n+1 comma, lines 1-3 (fixed places)"]["n"] == 2 * 2 * 3  # 2 operands x 3 lines
+    assert abs(rows["every token of the texts"]["mean"]) < 0.01
+
+
+def test_decisiveness_needs_a_gap_with_intervals():
+    """A token is decisive only when the right character's wins and the wrong one's are 95% intervals apart."""
+    assert analyze.decisive(8, 0, 8) and analyze.decisive(7, 1, 8) and analyze.decisive(40, 25, 50)
+    assert not analyze.decisive(6, 2, 8) and not analyze.decisive(8, 4, 8) and not analyze.decisive(0, 0, 8)
+    assert not analyze.decisive(1, 8, 8)  # the wrong character doing better is not decisive either
 
 
 def test_probe_subcommand_writes_table_and_figure(tiny_checkpoint, tmp_path):
