@@ -618,9 +618,9 @@ def load_groups(paths):
 def write_table(args, command, lines, unfinished):
     text = "\n".join(lines) + "\n" + (f"\nLeft out, not finished: {', '.join(unfinished)}\n" if unfinished else "")
     print(text, end="")
+    # the first line is the command that rewrites this file from the logs (tests/test_readme.py re-runs it)
     write_text(os.path.join(args.results, args.name + ".md"),
-               (f"`python analyze.py {command} {' '.join(args.runs)} --name {args.name}`" if len(args.runs) <= 6 else
-                f"{len(args.runs)} runs in {os.path.commonpath(args.runs)}/ (`python analyze.py study`)") + "\n\n" + text)
+               f"`python analyze.py {command} {' '.join(args.runs)} --name {args.name} --results {args.results}`\n\n" + text)
 
 
 def cmd_curves(args):
@@ -774,7 +774,15 @@ def cmd_study(args):
         print("$ analyze.py " + " ".join(step), file=sys.stderr)
         if subprocess.run([*base, *step, *common, "--results", results], stdout=subprocess.DEVNULL).returncode:
             sys.exit(f"error: analyze.py {step[0]} failed")
-    # Fig. 6 and Fig. 4 share their runs: every alpha for alpha_seeds seeds, alpha 0 and BEST_ALPHA for more
+    figures = study_runs(budget, out, common)
+    run_rl([run for runs in (figures["fig6"], figures["fig3"]) for run in runs], budget, args.jobs)
+    for name, runs in figures.items():
+        cmd_curves(argparse.Namespace(runs=[os.path.join(o, n) for o, n, _ in runs], name=name, results=results))
+
+
+def study_runs(budget, out, common):
+    """The study's rl.py runs as (folder, name, flags), per figure. Fig. 6 and Fig. 4 share their runs:
+    every alpha for alpha_seeds seeds, alpha 0 and BEST_ALPHA for more; Fig. 3 starts from each checkpoint."""
     sweep, fig4, fig3 = [], [], []
     for seed in range(budget["seeds"]):
         for alpha in budget["alphas"]:
@@ -788,9 +796,7 @@ def cmd_study(args):
             fig3.append((os.path.join(out, "pretraining"), f"{os.path.splitext(os.path.basename(ckpt))[0]}_seed{seed}",
                          ["--ckpt", ckpt, "--digits-plus", str(budget["pretraining_plus"]), "--alpha", "0",
                           "--seed", str(seed), *common]))
-    run_rl(sweep + fig3, budget, args.jobs)
-    for runs, name in ((fig4, "fig4"), (sweep, "fig6"), (fig3, "fig3")):
-        cmd_curves(argparse.Namespace(runs=[os.path.join(o, n) for o, n, _ in runs], name=name, results=results))
+    return {"fig4": fig4, "fig6": sweep, "fig3": fig3}
 
 
 def write_csv(path, rows):
