@@ -416,6 +416,16 @@ def run_finished(run):
     return run["rows"][-1]["episode"] >= run["config"].get("episodes", 0)
 
 
+def damaged(run):
+    """Issue-10's damage test for one run: the comfort zone lost 5 points or more, or the N+k accuracy
+    ended below its start, or a logged value is not finite."""
+    first, last = run["rows"][0], run["rows"][-1]
+    values = [v for r in run["rows"] for v in r.values() if isinstance(v, float)]
+    return (first["acc_comfort"] - last["acc_comfort"] >= 5 or last["acc_plus"] < first["acc_plus"]
+            or any(r.get(k) is None for r in run["rows"] for k in ("acc_plus", "acc_comfort"))
+            or not all(math.isfinite(v) for v in values))
+
+
 def plus_minus(mean, half, digits=1):
     """'mean +- half', 'mean (1 seed)' where there is no interval, 'n/a' where nothing was measured."""
     if math.isnan(mean):
@@ -468,6 +478,8 @@ def summarize(groups):
                              ("kl", [r["rows"][-1].get("kl") or 0.0 for r in done])):
             row[name], row[name + "_ci"] = mean_ci(values)
         row["start"] = done[0]["rows"][0]["acc_plus"]
+        row["damaged"] = sum(damaged(r) for r in done)
+        row["sampled"], row["sampled_ci"] = mean_ci([r["rows"][-1].get("acc_plus_sampled", float("nan")) for r in done])
         table.append(row)
     return table
 
@@ -626,12 +638,27 @@ def write_table(args, command, lines, unfinished):
 def cmd_curves(args):
     groups, table, unfinished = load_groups(args.runs)
     lines = ["| runs | seeds | episodes | N+k accuracy: start | final (95% CI) | validation final | area under curve "
-             "(95% CI) | comfort zone final | critical p final, lines 1-3 / every line | KL/token final |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "(95% CI) | sampled final | comfort zone final (95% CI) | damaged seeds | critical p final, lines 1-3 / "
+             "every line (95% CI) | KL/token final |", "|---" * 12 + "|"]
     for r in table:
         lines.append(f"| {r['group']} | {r['seeds']} | {r['episodes']} | {r['start']:.1f} | "
-                     f"{plus_minus(r['final'], r['final_ci'])} | {plus_minus(r['val'], r['val_ci'])} | {plus_minus(r['auc'], r['auc_ci'])} | "
-                     f"{r['comfort']:.1f} | {r['critical_p']:.3f} / {r['critical_p_all']:.3f} | {r['kl']:.4f} |")
+                     f"{plus_minus(r['final'], r['final_ci'])} | {plus_minus(r['val'], r['val_ci'])} | "
+                     f"{plus_minus(r['auc'], r['auc_ci'])} | {plus_minus(r['sampled'], r['sampled_ci'])} | "
+                     f"{plus_minus(r['comfort'], r['comfort_ci'])} | {r['damaged']}/{r['seeds']} | "
+                     f"{plus_minus(r['critical_p'], r['critical_p_ci'], 4)} / "
+                     f"{plus_minus(r['critical_p_all'], r['critical_p_all_ci'], 4)} | {r['kl']:.4f} |")
+    lines += ["", "At each evaluation (mean and 95% interval over the finished seeds):", "",
+              "| runs | episode | N+k greedy | comfort zone | critical p, lines 1-3 | critical p, every line |",
+              "|---|---|---|---|---|---|"]
+    for r in table:
+        by_episode = {}
+        for run in r["runs"]:
+            for row in run["rows"]:
+                by_episode.setdefault(row["episode"], []).append(row)
+        for episode, rows in sorted(by_episode.items()):
+            cell = lambda key, digits: plus_minus(*mean_ci([x.get(key, float("nan")) for x in rows]), digits)
+            lines.append(f"| {r['group']} | {episode} | {cell('acc_plus', 1)} | {cell('acc_comfort', 1)} | "
+                         f"{cell('critical_p', 4)} | {cell('critical_p_all', 4)} |")
     write_table(args, "curves", lines, unfinished)
     plot_curves(groups, os.path.join(args.results, args.name + ".png"), args.name)
     plot_alpha(groups, table, os.path.join(args.results, args.name + "_vs_alpha.png"))

@@ -126,6 +126,14 @@ def test_runs_measured_differently_or_cut_off_are_not_averaged_in(tmp_path):
     assert out.returncode == 0 and "Left out, not finished: " in out.stdout and "cut" in out.stdout
 
 
+def test_damage_is_a_comfort_loss_a_fall_below_the_start_or_a_non_finite_value():
+    run = lambda comfort, plus, kl=0.001: {"rows": [{"episode": 0, "acc_plus": 60.0, "acc_comfort": 100.0},
+                                                    {"episode": 512, "acc_plus": plus, "acc_comfort": comfort, "kl": kl}]}
+    assert not analyze.damaged(run(96.0, 80.0))
+    assert analyze.damaged(run(95.0, 80.0)) and analyze.damaged(run(100.0, 59.5))
+    assert analyze.damaged(run(100.0, 80.0, kl=float("nan")))
+
+
 def test_frontier_says_which_prioritized_runs_lie_above_the_uniform_frontier(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()

@@ -1,0 +1,84 @@
+"""The README's numbers come from committed files: each results table in it is marked with the file it
+was copied from (<!-- from results/X.md -->) and its rows must be rows of that file; and each table that
+analyze.py made from run logs is rewritten identically, from the committed logs, by the command on its
+first line."""
+import glob
+import os
+import re
+import shlex
+
+import analyze
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MARK = re.compile(r"<!-- from (\S+) -->")
+COMMAND = re.compile(r"`python analyze.py ((?:curves|frontier) .*)`")
+
+
+def readme_tables(text):
+    """[(source file, [table rows])] for every marked table of a README's text."""
+    lines = text.splitlines()
+    tables = []
+    for i, line in enumerate(lines):
+        match = MARK.fullmatch(line.strip())
+        if match:
+            j = i + 1
+            while j < len(lines) and not lines[j].strip():
+                j += 1
+            rows = []
+            while j < len(lines) and lines[j].startswith("|"):
+                rows.append(lines[j])
+                j += 1
+            tables.append((match.group(1), rows))
+    return tables
+
+
+def problems(text, root):
+    """What is wrong with the README's marked tables: empty tables, missing files, rows not in their file."""
+    found = []
+    for source, rows in readme_tables(text):
+        path = os.path.join(root, source)
+        if len(rows) < 3:
+            found.append(f"the table marked {source} has no rows")
+        elif not os.path.exists(path):
+            found.append(f"README cites {source}, which is not committed")
+        else:
+            committed = set(open(path).read().splitlines())
+            found += [f"{source} does not hold the README row {row}" for row in rows if row not in committed]
+    return found
+
+
+def log_tables():
+    """[(results file, analyze.py arguments)] for every table made from rl.py logs."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "results", "**", "*.md"), recursive=True)):
+        match = COMMAND.fullmatch(open(path).readline().strip())
+        if match:
+            found.append((os.path.relpath(path, ROOT), shlex.split(match.group(1))))
+    return found
+
+
+def test_every_marked_readme_table_is_rows_of_its_committed_file():
+    text = open(os.path.join(ROOT, "README.md")).read()
+    assert len(readme_tables(text)) >= 5, "the README's results tables carry <!-- from results/... --> marks"
+    assert problems(text, ROOT) == []
+
+
+def test_the_check_catches_a_changed_number(tmp_path):
+    (tmp_path / "r.md").write_text("| a | b |\n|---|---|\n| x | 1.0 |\n")
+    good = "<!-- from r.md -->\n\n| a | b |\n|---|---|\n| x | 1.0 |\n"
+    assert problems(good, tmp_path) == []
+    assert problems(good.replace("1.0", "1.5"), tmp_path) == ["r.md does not hold the README row | x | 1.5 |"]
+    assert problems(good.replace("r.md", "gone.md"), tmp_path) == ["README cites gone.md, which is not committed"]
+
+
+def test_tables_made_from_logs_are_rewritten_identically(tmp_path, monkeypatch, capsys):
+    tables = log_tables()
+    assert len(tables) >= 5
+    monkeypatch.chdir(ROOT)
+    for source, argv in tables:
+        argv[argv.index("--results") + 1] = str(tmp_path)
+        analyze.main(argv)
+        capsys.readouterr()
+        name = argv[argv.index("--name") + 1]
+        fresh = open(tmp_path / f"{name}.md").read().splitlines()[1:]  # line 1 names the output folder
+        assert fresh == open(source).read().splitlines()[1:], f"{source} differs from its logs"
