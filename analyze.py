@@ -767,6 +767,7 @@ def run_rl(runs, budget, jobs):
         out, name, flags = run
         command = [sys.executable, "rl.py", "--episodes", str(budget["episodes"]), "--eval-every",
                    str(budget["eval_every"]), "--out", out, "--name", name, "--no-save", "--threads", str(threads),
+                   "--force",  # a run left unfinished starts again
                    *budget.get("rl_flags", []), *flags]
         sys.stderr.write("$ " + " ".join(command[1:]) + "\n")  # one write: runs start side by side
         if jobs == 1:  # the run's own progress bar

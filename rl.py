@@ -27,6 +27,7 @@ The algorithm, and how it simplifies the paper's A2C:
 """
 import argparse
 import json
+import math
 import os
 import random
 import sys
@@ -279,18 +280,31 @@ def get_args(argv=None):
     p.add_argument("--save", action=argparse.BooleanOptionalAction, default=True,
                    help="write runs/<name>/model.pt at the end (--no-save: only the logs, for sweeps)")
     p.add_argument("--name", default=None, help="run name (default alpha<a>_kl<c>_seed<s>_<time>)")
+    p.add_argument("--force", action="store_true", help="replace an existing run folder --out/--name")
     args = p.parse_args(argv)
-    checks = [(args.digits_plus >= 1, "--digits-plus must be at least 1"),
-              (args.episodes >= 1 and args.batch_size >= 1 and args.group_size >= 1,
-               "--episodes, --batch-size and --group-size must be at least 1"),
-              (args.temperature > 0, "--temperature must be positive (sampling needs it)"),
-              (args.certainty_temperature > 0, "--certainty-temperature must be positive"),
+    per_iteration = args.batch_size * args.group_size
+    finite = [args.temperature, args.certainty_temperature, args.lr, args.kl_coef, args.alpha, args.clip, args.grad_clip]
+    checks = [(all(math.isfinite(v) for v in finite), "--temperature, --certainty-temperature, --lr, --kl-coef, "
+               "--alpha, --clip and --grad-clip must be finite numbers"),
+              (args.digits_plus >= 1, "--digits-plus must be at least 1"),
+              (args.episodes >= 1 and args.batch_size >= 1, "--episodes and --batch-size must be at least 1"),
+              (args.group_size >= 2, "--group-size must be at least 2: the advantage is the reward minus the mean "
+               "of its group, so a group of one learns nothing"),
+              (per_iteration <= 65_536, "--batch-size x --group-size must be at most 65536 completions per iteration"),
+              (args.episodes % per_iteration == 0, f"--episodes must be a multiple of --batch-size x --group-size = "
+               f"{per_iteration} (one iteration samples that many), e.g. {max(1, round(args.episodes / per_iteration)) * per_iteration}"),
+              (args.temperature >= 0.01, "--temperature must be positive, at least 0.01 (logits / T overflows below that)"),
+              (args.certainty_temperature >= 0.01, "--certainty-temperature must be positive, at least 0.01"),
               (args.lr > 0, "--lr must be positive"),
-              (args.kl_coef >= 0 and args.alpha >= 0, "--kl-coef and --alpha must be non-negative"),
+              (args.kl_coef >= 0 and args.alpha >= 0 and args.grad_clip >= 0,
+               "--kl-coef, --alpha and --grad-clip must be non-negative"),
               (args.kl_estimator != "k1" or args.kl_coef == 0, "--kl-estimator k1: " + K1_REFUSED),
               (args.ppo_epochs >= 1 and 0 < args.clip < 1, "--ppo-epochs must be >= 1 and --clip in (0, 1)"),
               (args.eval_every >= 1 and args.eval_size >= 1, "--eval-every and --eval-size must be at least 1"),
-              (args.threads is None or args.threads >= 1, "--threads must be at least 1")]
+              (args.eval_size <= 100_000, "--eval-size must be at most 100000 (each evaluation generates 3 x that many texts)"),
+              (args.threads is None or args.threads >= 1, "--threads must be at least 1"),
+              (args.name is None or (args.name and os.path.basename(args.name) == args.name and args.name not in (".", "..")),
+               "--name must be a plain folder name (no '/', not '..'): the run goes to --out/--name")]
     for ok, message in checks:
         if not ok:
             p.error(message)
@@ -321,7 +335,15 @@ def main(argv=None):
     optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0)
 
     run_dir = os.path.join(args.out, args.name)
-    os.makedirs(run_dir, exist_ok=True)
+    if os.path.exists(run_dir) and os.listdir(run_dir) and not args.force:
+        sys.exit(f"error: {run_dir} already holds a run; choose another --name, or pass --force to replace it")
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        for stale in ("metrics.jsonl", "model.pt"):  # --force: nothing of the old run stays beside the new config
+            if os.path.exists(os.path.join(run_dir, stale)):
+                os.remove(os.path.join(run_dir, stale))
+    except OSError as e:
+        sys.exit(f"error: cannot write the run folder {run_dir}: {e.strerror}; choose another --out")
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         json.dump({**vars(args), "pretrain_digits": n, "device": device}, f, indent=2)
     sets = {"plus": data.eval_set("rl", args.digits_plus, args.eval_size, n=n),
@@ -352,8 +374,9 @@ def main(argv=None):
         return row, greedy
 
     def log(row):
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        with open(metrics_path, "a") as f:  # a value that is not finite is written as null (valid JSON)
+            f.write(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None
+                                for k, v in row.items()}) + "\n")
         tqdm.write(f"episode {row['episode']} | N+{args.digits_plus} greedy {row['acc_plus']:.1f}% "
                    f"sampled {row['acc_plus_sampled']:.1f}% | val {row['val_plus']:.1f}% | comfort {row['acc_comfort']:.1f}% | "
                    f"critical p {row['critical_p']:.3f}" + (f" | reward {row['reward']:.3f} kl {row['kl']:.4f}"
@@ -400,8 +423,10 @@ def main(argv=None):
                                   certainty_temperature=args.certainty_temperature, clip=args.clip)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if args.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), args.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), args.grad_clip or float("inf"))
+            if not (torch.isfinite(loss) and torch.isfinite(norm)):  # stop before the weights are ruined
+                sys.exit(f"error: the loss or its gradient is not finite at episode {episode} (loss {loss.item():g}); "
+                         f"the logs up to the last evaluation are in {run_dir}; try a lower --lr")
             optimizer.step()
         # 4. log
         episode += len(problems)

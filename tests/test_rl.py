@@ -201,6 +201,42 @@ def test_bad_flags_give_a_one_line_error(args, message):
     assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--lr", "inf"], "finite"), (["--kl-coef", "inf"], "finite"), (["--alpha", "nan"], "finite"),
+    (["--temperature", "1e-40"], "at least 0.01"), (["--group-size", "1"], "group of one learns nothing"),
+    (["--episodes", "65"], "multiple of --batch-size x --group-size = 64"), (["--name", "../../x"], "plain folder name"),
+    (["--name", "a/b"], "plain folder name"), (["--eval-size", "1000000000"], "at most 100000"),
+    (["--batch-size", "100000000"], "at most 65536"), (["--grad-clip", "-1"], "non-negative"),
+    (["--certainty-temperature", "0"], "--certainty-temperature must be positive"),
+])
+def test_bad_values_are_refused_before_any_work(args, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        rl.get_args(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_an_existing_run_is_not_replaced_without_force(tiny_checkpoint, tmp_path):
+    run = tmp_path / "mine"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("{}\n")
+    r = subprocess.run([sys.executable, "rl.py", "--ckpt", tiny_checkpoint, "--out", str(tmp_path), "--name", "mine"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "already holds a run" in r.stderr and "--force" in r.stderr
+    assert (run / "metrics.jsonl").read_text() == "{}\n" and not (run / "config.json").exists()
+
+
+def test_a_diverging_run_stops_with_one_line_and_valid_logs(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr(rl.data, "reward", lambda completion, a, b: float(len(completion) % 2))  # some signal
+    with pytest.raises(SystemExit) as e:
+        rl.main(["--ckpt", tiny_checkpoint, "--episodes", "16", "--batch-size", "2", "--group-size", "2",
+                 "--eval-every", "8", "--eval-size", "2", "--out", str(tmp_path), "--name", "nan", "--lr", "1e30",
+                 "--grad-clip", "0", "--threads", "1"])
+    assert isinstance(e.value.code, str) and "not finite" in e.value.code and "\n" not in e.value.code
+    rows = [json.loads(line) for line in open(tmp_path / "nan" / "metrics.jsonl")]  # valid JSON: null, never NaN
+    assert rows and not (tmp_path / "nan" / "model.pt").exists()
+
+
 def test_a_tiny_model_learns_a_trivial_reward():
     """Reward = the first generated token is '7'; a few policy-gradient steps must raise its probability."""
     torch.manual_seed(0)
