@@ -386,7 +386,7 @@ T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.045, 2.042]
 # what varies between seeds of one experiment, or does not change what is learned
 # (eval_every and eval_size change what was measured, so they do split groups)
-NOT_A_SETTING = {"seed", "name", "out", "device", "save", "threads", "fast_generate"}
+NOT_A_SETTING = {"seed", "name", "out", "device", "save", "threads", "fast_generate", "force", "resume"}
 
 
 def mean_ci(values):
@@ -767,7 +767,8 @@ def run_rl(runs, budget, jobs):
         out, name, flags = run
         command = [sys.executable, "rl.py", "--episodes", str(budget["episodes"]), "--eval-every",
                    str(budget["eval_every"]), "--out", out, "--name", name, "--no-save", "--threads", str(threads),
-                   "--force",  # a run left unfinished starts again
+                   # a run cut off continues from its last evaluation; one that never got there starts again
+                   "--resume" if os.path.exists(os.path.join(out, name, "state.pt")) else "--force",
                    *budget.get("rl_flags", []), *flags]
         sys.stderr.write("$ " + " ".join(command[1:]) + "\n")  # one write: runs start side by side
         if jobs == 1:  # the run's own progress bar

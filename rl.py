@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from model import CheckpointError, load_checkpoint, save_checkpoint
+from model import CheckpointError, atomic_save, load_checkpoint, save_checkpoint
 from pretrain import autocast_dtype, mixed_precision, pick_device, seed_everything, set_threads
 
 # -----------------------------------------------------------------------------
@@ -281,6 +281,8 @@ def get_args(argv=None):
                    help="write runs/<name>/model.pt at the end (--no-save: only the logs, for sweeps)")
     p.add_argument("--name", default=None, help="run name (default alpha<a>_kl<c>_seed<s>_<time>)")
     p.add_argument("--force", action="store_true", help="replace an existing run folder --out/--name")
+    p.add_argument("--resume", action="store_true", help="continue the run --out/--name from its last evaluation "
+                   "(same flags; the state is saved at every evaluation)")
     args = p.parse_args(argv)
     per_iteration = args.batch_size * args.group_size
     finite = [args.temperature, args.certainty_temperature, args.lr, args.kl_coef, args.alpha, args.clip, args.grad_clip]
@@ -312,6 +314,48 @@ def get_args(argv=None):
     return args
 
 
+RESUME_MAY_DIFFER = {"threads", "resume", "force", "fast_generate", "save", "device"}  # no effect on the numbers
+
+
+def prepare_run_dir(args, config):
+    """Make --out/--name for a new run (refusing to replace one without --force) and write its config;
+    or, with --resume, check that the run was made with the same settings and return its saved state,
+    with metrics.jsonl cut back to the evaluation the state was saved at."""
+    run_dir = os.path.join(args.out, args.name)
+    state_path, config_path = os.path.join(run_dir, "state.pt"), os.path.join(run_dir, "config.json")
+    metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    if args.resume:
+        if not (os.path.exists(state_path) and os.path.exists(config_path) and os.path.exists(metrics_path)):
+            sys.exit(f"error: --resume needs {state_path}, config.json and metrics.jsonl (an evaluation saves "
+                     f"them); start the run without --resume")
+        with open(config_path) as f:
+            old = json.load(f)
+        differ = [f"--{k.replace('_', '-')} {old.get(k)} (now {v})" for k, v in config.items()
+                  if k not in RESUME_MAY_DIFFER and old.get(k) != v]
+        if differ:
+            sys.exit(f"error: --resume with other settings than {run_dir} was made with: {'; '.join(differ)}")
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        with open(metrics_path) as f:  # a kill between logging a row and saving the state leaves one row more
+            rows = [line for line in f if line.strip() and json.loads(line)["episode"] <= state["episode"]]
+        with open(metrics_path + ".tmp", "w") as f:
+            f.writelines(rows)
+        os.replace(metrics_path + ".tmp", metrics_path)
+        return run_dir, state
+    if os.path.exists(run_dir) and os.listdir(run_dir) and not args.force:
+        sys.exit(f"error: {run_dir} already holds a run; choose another --name, continue it with --resume, or "
+                 f"pass --force to replace it")
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        for stale in ("metrics.jsonl", "model.pt", "state.pt"):  # --force: nothing of the old run stays
+            if os.path.exists(os.path.join(run_dir, stale)):
+                os.remove(os.path.join(run_dir, stale))
+        with open(config_path, "w") as f:
+            json.dump(config, f, indent=2)
+    except OSError as e:
+        sys.exit(f"error: cannot write the run folder {run_dir}: {e.strerror}; choose another --out")
+    return run_dir, None
+
+
 def main(argv=None):
     args = get_args(argv)
     set_threads(args.threads)
@@ -334,18 +378,7 @@ def main(argv=None):
     policy.train()
     optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0)
 
-    run_dir = os.path.join(args.out, args.name)
-    if os.path.exists(run_dir) and os.listdir(run_dir) and not args.force:
-        sys.exit(f"error: {run_dir} already holds a run; choose another --name, or pass --force to replace it")
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-        for stale in ("metrics.jsonl", "model.pt"):  # --force: nothing of the old run stays beside the new config
-            if os.path.exists(os.path.join(run_dir, stale)):
-                os.remove(os.path.join(run_dir, stale))
-    except OSError as e:
-        sys.exit(f"error: cannot write the run folder {run_dir}: {e.strerror}; choose another --out")
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump({**vars(args), "pretrain_digits": n, "device": device}, f, indent=2)
+    run_dir, state = prepare_run_dir(args, {**vars(args), "pretrain_digits": n, "device": device})
     sets = {"plus": data.eval_set("rl", args.digits_plus, args.eval_size, n=n),
             "comfort": data.eval_set("pretrain", n, args.eval_size),
             "critical": data.eval_set("identical", n + 1, args.eval_size)}
@@ -357,8 +390,7 @@ def main(argv=None):
     iterations = -(-args.episodes // per_iteration)
 
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
-    open(metrics_path, "w").close()
-    t0 = time.time()
+    t0 = time.time() - 60 * (state["minutes"] if state else 0.0)
     window = {"reward": [], "kl": [], "kl_weighted": [], "policy_loss": [], "kl_weight": []}
 
     def evaluation(episode):
@@ -373,7 +405,8 @@ def main(argv=None):
             v.clear()
         return row, greedy
 
-    def log(row):
+    def log(row, iteration):
+        """Append the row to metrics.jsonl, print it, and save the run's state for --resume."""
         with open(metrics_path, "a") as f:  # a value that is not finite is written as null (valid JSON)
             f.write(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None
                                 for k, v in row.items()}) + "\n")
@@ -381,64 +414,85 @@ def main(argv=None):
                    f"sampled {row['acc_plus_sampled']:.1f}% | val {row['val_plus']:.1f}% | comfort {row['acc_comfort']:.1f}% | "
                    f"critical p {row['critical_p']:.3f}" + (f" | reward {row['reward']:.3f} kl {row['kl']:.4f}"
                                                            if row["reward"] is not None else ""))
+        atomic_save({"policy": policy.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.getstate(),
+                     "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "iteration": iteration,
+                     "episode": row["episode"], "minutes": row["minutes"]}, os.path.join(run_dir, "state.pt"))
         return row
 
-    # how much of the penalty alpha removes where it matters (README: "Which alpha?"); at the start the
-    # policy is the reference, so the first evaluation's greedy completions are the reference's
-    first, greedy = evaluation(0)
-    with mixed_precision(device, dtype):
-        at_errors = certainty_at_errors(reference, sets["plus"], args.certainty, args.certainty_temperature, device,
-                                        completions=greedy)
-    decisive, elsewhere = (mean_weight(j, args.alpha) for j in at_errors)
-    show = lambda v: "n/a" if v is None else f"{v:.3f}"
-    tqdm.write(f"KL weight J_ref^alpha (alpha {args.alpha:g}): {show(decisive)} at the states where the pre-trained "
-               f"model makes its first error, {show(elsewhere)} on average elsewhere")
-    last = log({**first, "weight_decisive": decisive, "weight_elsewhere": elsewhere})
-    episode = 0
-    bar = tqdm(range(iterations), desc="rl", dynamic_ncols=True)
-    for it in bar:
-        # 1. rollout: each problem appears group_size times in a row
-        problems = [p for p in (data.rl_problem(n, args.digits_plus, rng) for _ in range(args.batch_size))
-                    for _ in range(args.group_size)]
-        policy.eval()
+    if state:  # --resume: back to the last evaluation, where the state was saved
+        policy.load_state_dict(state["policy"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.setstate(state["rng"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        with open(metrics_path) as f:
+            rows = [json.loads(line) for line in f]
+        first, last, start = rows[0], rows[-1], state["iteration"]
+        tqdm.write(f"resuming {run_dir} at episode {state['episode']}")
+    else:
+        open(metrics_path, "w").close()
+        # how much of the penalty alpha removes where it matters (README: "Step 2"); at the start the
+        # policy is the reference, so the first evaluation's greedy completions are the reference's
+        first, greedy = evaluation(0)
         with mixed_precision(device, dtype):
-            inputs, actions, mask, rewards = rollout(policy, problems, args, device, generator)
-        policy.train()
-        scores = rewards if args.reward == "01" else 2 * rewards - 1
-        # 2. advantages
-        advantages = group_advantages(scores, args.group_size)
-        # 3. teacher-forced log-probs and the update
-        with torch.no_grad(), mixed_precision(device, dtype):
-            ref_logits, _ = reference(inputs)
-        old_logp = None
-        for epoch in range(args.ppo_epochs if args.algo == "ppo" else 1):
+            at_errors = certainty_at_errors(reference, sets["plus"], args.certainty, args.certainty_temperature,
+                                            device, completions=greedy)
+        decisive, elsewhere = (mean_weight(j, args.alpha) for j in at_errors)
+        show = lambda v: "n/a" if v is None else f"{v:.3f}"
+        tqdm.write(f"KL weight J_ref^alpha (alpha {args.alpha:g}): {show(decisive)} at the states where the "
+                   f"pre-trained model makes its first error, {show(elsewhere)} on average elsewhere")
+        last = log({**first, "weight_decisive": decisive, "weight_elsewhere": elsewhere}, 0)
+        start = 0
+    episode = start * per_iteration
+    bar = tqdm(range(start, iterations), initial=start, total=iterations, desc="rl", dynamic_ncols=True)
+    try:
+        for it in bar:
+            # 1. rollout: each problem appears group_size times in a row
+            problems = [p for p in (data.rl_problem(n, args.digits_plus, rng) for _ in range(args.batch_size))
+                        for _ in range(args.group_size)]
+            policy.eval()
             with mixed_precision(device, dtype):
-                logits, _ = policy(inputs)
-            if args.algo == "ppo" and epoch == 0:  # the rollout policy is the policy before this batch's updates
-                old_logp = F.log_softmax(logits.detach().float() / args.temperature, -1).gather(
-                    -1, actions[..., None]).squeeze(-1)
-            loss, stats = rl_loss(logits, ref_logits, actions, advantages, mask, kl_coef=args.kl_coef,
-                                  alpha=args.alpha, old_logp=old_logp, temperature=args.temperature,
-                                  kl_estimator=args.kl_estimator, certainty_kind=args.certainty,
-                                  certainty_temperature=args.certainty_temperature, clip=args.clip)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), args.grad_clip or float("inf"))
-            if not (torch.isfinite(loss) and torch.isfinite(norm)):  # stop before the weights are ruined
-                sys.exit(f"error: the loss or its gradient is not finite at episode {episode} (loss {loss.item():g}); "
-                         f"the logs up to the last evaluation are in {run_dir}; try a lower --lr")
-            optimizer.step()
-        # 4. log
-        episode += len(problems)
-        window["reward"].append(rewards.mean().item())
-        for k in ("kl", "kl_weighted", "policy_loss", "kl_weight"):
-            window[k].append(stats[k])
-        bar.set_postfix(reward=f"{rewards.mean().item():.2f}", kl=f"{stats['kl']:.4f}")
-        if episode // args.eval_every > (episode - len(problems)) // args.eval_every or it == iterations - 1:
-            last = log(evaluation(episode)[0])
+                inputs, actions, mask, rewards = rollout(policy, problems, args, device, generator)
+            policy.train()
+            scores = rewards if args.reward == "01" else 2 * rewards - 1
+            # 2. advantages
+            advantages = group_advantages(scores, args.group_size)
+            # 3. teacher-forced log-probs and the update
+            with torch.no_grad(), mixed_precision(device, dtype):
+                ref_logits, _ = reference(inputs)
+            old_logp = None
+            for epoch in range(args.ppo_epochs if args.algo == "ppo" else 1):
+                with mixed_precision(device, dtype):
+                    logits, _ = policy(inputs)
+                if args.algo == "ppo" and epoch == 0:  # the rollout policy is the policy before this batch's updates
+                    old_logp = F.log_softmax(logits.detach().float() / args.temperature, -1).gather(
+                        -1, actions[..., None]).squeeze(-1)
+                loss, stats = rl_loss(logits, ref_logits, actions, advantages, mask, kl_coef=args.kl_coef,
+                                      alpha=args.alpha, old_logp=old_logp, temperature=args.temperature,
+                                      kl_estimator=args.kl_estimator, certainty_kind=args.certainty,
+                                      certainty_temperature=args.certainty_temperature, clip=args.clip)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), args.grad_clip or float("inf"))
+                if not (torch.isfinite(loss) and torch.isfinite(norm)):  # stop before the weights are ruined
+                    sys.exit(f"error: the loss or its gradient is not finite at episode {episode} (loss "
+                             f"{loss.item():g}); {run_dir} holds the run up to its last evaluation; try a lower --lr")
+                optimizer.step()
+            # 4. log: an evaluation every eval_every episodes and at the end
+            episode += len(problems)
+            window["reward"].append(rewards.mean().item())
+            for k in ("kl", "kl_weighted", "policy_loss", "kl_weight"):
+                window[k].append(stats[k])
+            bar.set_postfix(reward=f"{rewards.mean().item():.2f}", kl=f"{stats['kl']:.4f}")
+            if episode // args.eval_every > (episode - len(problems)) // args.eval_every or it == iterations - 1:
+                last = log(evaluation(episode)[0], it + 1)
+    except KeyboardInterrupt:
+        sys.exit(f"\ninterrupted at episode {episode}: {run_dir} holds the run up to its last evaluation "
+                 f"(episode {last['episode']}); continue with the same command and --resume")
     if args.save:
         save_checkpoint(os.path.join(run_dir, "model.pt"), policy, rl_args=vars(args), args=meta.get("args", {}),
                         episodes=episode)
+    os.remove(os.path.join(run_dir, "state.pt"))  # only an unfinished run keeps it (for --resume)
     print(f"done: N+{args.digits_plus} ({n + args.digits_plus} digits) greedy accuracy "
           f"{first['acc_plus']:.1f}% -> {last['acc_plus']:.1f}% | "
           f"comfort zone {first['acc_comfort']:.1f}% -> {last['acc_comfort']:.1f}% | "

@@ -237,6 +237,33 @@ def test_a_diverging_run_stops_with_one_line_and_valid_logs(tiny_checkpoint, tmp
     assert rows and not (tmp_path / "nan" / "model.pt").exists()
 
 
+def test_an_interrupted_run_resumes_to_the_same_metrics(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr(rl.data, "reward", lambda completion, a, b: float(len(completion) % 2))  # some signal
+    flags = ["--ckpt", tiny_checkpoint, "--episodes", "16", "--batch-size", "2", "--group-size", "2", "--eval-every",
+             "4", "--eval-size", "2", "--out", str(tmp_path), "--threads", "1", "--no-save"]
+    rl.main([*flags, "--name", "whole"])
+    save = rl.atomic_save
+
+    def save_then_stop(obj, path):  # Ctrl-C right after the evaluation at episode 8 was saved
+        save(obj, path)
+        if obj["episode"] == 8:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(rl, "atomic_save", save_then_stop)
+    with pytest.raises(SystemExit) as e:
+        rl.main([*flags, "--name", "cut"])
+    assert "continue with the same command and --resume" in e.value.code
+    monkeypatch.setattr(rl, "atomic_save", save)
+    with open(tmp_path / "cut" / "metrics.jsonl", "a") as f:  # as if killed between a row and its state
+        f.write(json.dumps({"episode": 12}) + "\n")
+    with pytest.raises(SystemExit, match="other settings"):
+        rl.main([*flags, "--name", "cut", "--resume", "--lr", "1e-3"])
+    rl.main([*flags, "--name", "cut", "--resume"])
+    rows = lambda name: [{k: v for k, v in json.loads(line).items() if k != "minutes"}
+                         for line in open(tmp_path / name / "metrics.jsonl")]
+    assert [r["episode"] for r in rows("cut")] == [0, 4, 8, 12, 16] and rows("cut") == rows("whole")
+    assert not (tmp_path / "cut" / "state.pt").exists()  # a finished run keeps only its logs
+
+
 def test_a_tiny_model_learns_a_trivial_reward():
     """Reward = the first generated token is '7'; a few policy-gradient steps must raise its probability."""
     torch.manual_seed(0)
