@@ -1,9 +1,9 @@
 """
 Supervised pre-training on 1..N-digit additions with the scratchpad (paper.md section 3).
 
-    python pretrain.py --digits 7                  # writes checkpoints/add7.pt (~42 min on 2 CPU cores)
+    python pretrain.py --digits 7                  # writes runs/add7.pt (~42 min on 2 CPU cores)
     python pretrain.py --digits 3 --steps 2000     # a quick, not yet accurate one
-    python pretrain.py --digits 7 --resume         # continue an interrupted run
+    python pretrain.py --digits 7 --resume         # continue an interrupted run (Ctrl-C saves)
 
 The story: flags -> seed and device -> model and optimizer -> loop (batch, step, evaluate, save).
 Two choices matter for the RL stage that follows:
@@ -16,6 +16,7 @@ import argparse
 import math
 import os
 import random
+import signal
 import sys
 import time
 
@@ -24,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 import data
-from model import GPT, CheckpointError, GPTConfig, atomic_save, load_checkpoint, save_checkpoint
+from model import GPT, GPTConfig, atomic_save, save_checkpoint
 
 
 def get_args(argv=None):
@@ -51,17 +52,26 @@ def get_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="autocast precision; auto = bfloat16 where the hardware supports it")
-    p.add_argument("--out", default=None, help="checkpoint path (default checkpoints/add{digits}.pt)")
-    p.add_argument("--resume", action="store_true", help="continue from --out and its .state file")
+    p.add_argument("--out", default=None, help="checkpoint path (default runs/add{digits}.pt; the shipped ones "
+                   "are in checkpoints/)")
+    p.add_argument("--resume", action="store_true", help="continue from --out.state (written with every checkpoint)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
     args = p.parse_args(argv)
-    checks = [(args.digits >= 1, "--digits must be at least 1"),
+    numbers = [args.lr, args.min_lr, args.weight_decay, args.grad_clip]
+    checks = [(all(math.isfinite(v) for v in numbers), "--lr, --min-lr, --weight-decay and --grad-clip must be finite"),
+              (args.digits >= 1, "--digits must be at least 1"),
               (args.steps >= 1, "--steps must be at least 1"),
               (args.batch_size >= 1, "--batch-size must be at least 1"),
               (args.lr > 0, "--lr must be positive"),
+              (0 <= args.min_lr <= args.lr, "--min-lr must be between 0 and --lr"),
+              (args.warmup >= 0, "--warmup must be at least 0"),
+              (args.weight_decay >= 0 and args.grad_clip >= 0, "--weight-decay and --grad-clip must be non-negative"),
               (args.n_layer >= 1 and args.n_head >= 1 and args.n_embd >= 1, "model sizes must be positive"),
               (args.n_embd % args.n_head == 0, "--n-embd must be divisible by --n-head"),
               (args.eval_every >= 1 and args.eval_size >= 1 and args.pool >= 1,
                "--eval-every, --eval-size and --pool must be at least 1"),
+              (args.batch_size * args.pool <= 1_000_000 and args.eval_size <= 100_000,
+               "--batch-size x --pool must be at most 1000000 and --eval-size at most 100000"),
               (args.threads is None or args.threads >= 1, "--threads must be at least 1")]
     for ok, message in checks:
         if not ok:
@@ -69,7 +79,7 @@ def get_args(argv=None):
     longest = data.sequence_length(10 ** args.digits - 1, 10 ** args.digits - 1)
     if longest > args.block_size:
         p.error(f"{args.digits}-digit problems need {longest} positions; raise --block-size")
-    args.out = args.out or f"checkpoints/add{args.digits}.pt"
+    args.out = args.out or f"runs/add{args.digits}.pt"
     return args
 
 
@@ -148,51 +158,75 @@ def evaluate(model, digits, size, device, dtype):
     return result
 
 
+# flags that may change when a run is resumed: they do not change what is trained
+RESUMABLE = {"steps", "eval_every", "eval_size", "threads", "device", "out", "resume", "force"}
+
+
+def check_out(args):
+    """Refuse to replace an existing --out (unless --force), or to resume with other training flags than
+    the run was started with; make sure --out can be written before any work."""
+    if args.resume:
+        if not os.path.exists(args.out + ".state"):
+            sys.exit(f"error: --resume needs {args.out}.state, which is missing; start without --resume")
+        try:
+            state = torch.load(args.out + ".state", map_location="cpu", weights_only=True)
+        except Exception as e:  # a truncated or foreign file: say which, not where torch.load failed
+            sys.exit(f"error: cannot read {args.out}.state ({type(e).__name__}); start without --resume")
+        differ = [f"--{k.replace('_', '-')} {v} (the run has {state['args'].get(k)})" for k, v in vars(args).items()
+                  if k not in RESUMABLE and state["args"].get(k) != v]
+        if differ:
+            sys.exit(f"error: --resume with other flags than {args.out} was trained with: {'; '.join(differ)}")
+        return state
+    if os.path.exists(args.out) and not args.force:
+        sys.exit(f"error: {args.out} exists; choose another --out, continue it with --resume, or pass --force to replace it")
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out + ".tmp-check", "w"):
+            pass
+        os.remove(args.out + ".tmp-check")
+    except OSError as e:
+        sys.exit(f"error: cannot write {args.out}: {e.strerror}; choose another --out")
+    return None
+
+
 def main(argv=None):
     args = get_args(argv)
     set_threads(args.threads)
     seed_everything(args.seed)
     device = pick_device(args.device)
     dtype = autocast_dtype(args.dtype, device)
-    state_path = args.out + ".state"  # optimizer and sampler state, for --resume; not shipped
-
-    if args.resume:
-        if not os.path.exists(state_path):
-            sys.exit(f"error: --resume needs {state_path}, which is missing; start without --resume")
-        try:
-            model = load_checkpoint(args.out, device)
-        except CheckpointError as e:
-            sys.exit(f"error: {e}")
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        random.setstate(state["python_rng"])
-        torch.set_rng_state(state["torch_rng"])
-    else:
-        model = GPT(GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
-                              n_embd=args.n_embd)).to(device)
-        state = None
+    state = check_out(args)  # for --resume: model, optimizer, RNGs and step, all from one file
+    model = GPT(GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
+                          n_embd=args.n_embd)).to(device)
     model.train()
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98))
-    start_step, elapsed = 0, 0.0
+    start_step, elapsed, evals = 0, 0.0, {}
     rng = random.Random(args.seed)
+    stream = batches(args.digits, args.batch_size, args.pool, rng)
     if state is not None:
+        model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start_step, elapsed = state["step"], state["elapsed"]
-        rng.setstate(state["data_rng"])
+        start_step, elapsed, evals = state["step"], state["elapsed"], state["evals"]
+        random.setstate(state["python_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        for _ in range(start_step):  # replay the data stream: the same batches as an uninterrupted run
+            next(stream)
     print(f"model: {model.num_params() / 1e6:.2f}M parameters | device {device} | "
           f"autocast {dtype or 'off'} | steps {start_step}..{args.steps}")
 
-    def save(step, evals):
+    def save(step):
+        """The resume state first (one file, one atomic write, all that --resume needs), then the checkpoint."""
+        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                     "elapsed": elapsed, "evals": evals, "args": vars(args), "python_rng": random.getstate(),
+                     "torch_rng": torch.get_rng_state()}, args.out + ".state")
         save_checkpoint(args.out, model, args=vars(args), step=step, train_seconds=round(elapsed, 1), evals=evals)
-        atomic_save({"optimizer": optimizer.state_dict(), "step": step, "elapsed": elapsed,
-                     "data_rng": rng.getstate(), "python_rng": random.getstate(),
-                     "torch_rng": torch.get_rng_state()}, state_path)
 
-    stream = batches(args.digits, args.batch_size, args.pool, rng)
-    evals = {}
-    step = start_step
+    # Ctrl-C asks the loop to stop at the end of the current step, so what is saved is a whole step
+    stop = []
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.append(True))
     t0 = time.time() - elapsed
     bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, desc="pretrain",
                dynamic_ncols=True)
@@ -206,6 +240,9 @@ def main(argv=None):
                 group["lr"] = learning_rate(step, args)
             with mixed_precision(device, dtype):
                 _, loss = model(x, y, offset)
+            if not torch.isfinite(loss):  # nothing saved: the last checkpoint stays the last good one
+                sys.exit(f"error: the loss is not finite at step {step + 1}; {args.out} holds the last good "
+                         f"checkpoint (if any); try a lower --lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if args.grad_clip > 0:
@@ -214,18 +251,18 @@ def main(argv=None):
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
                 elapsed = time.time() - t0
-                acc = evaluate(model, args.digits, args.eval_size, device, dtype)
-                evals[step + 1] = acc
+                evals[step + 1] = acc = evaluate(model, args.digits, args.eval_size, device, dtype)
                 tqdm.write(f"step {step + 1} | loss {loss.item():.4f} | {elapsed / 60:.1f} min | greedy acc K+K: "
                            + " ".join(f"{k}:{a:.0f}" for k, a in acc.items()))
-                save(step + 1, evals)
-        step = args.steps
-    except KeyboardInterrupt:
-        elapsed = time.time() - t0
-        save(step, evals)
-        sys.exit(f"\ninterrupted at step {step}: saved {args.out}; continue with --resume")
+                save(step + 1)
+            if stop:
+                elapsed = time.time() - t0
+                save(step + 1)
+                sys.exit(f"\ninterrupted after step {step + 1}: saved {args.out}; continue with --resume")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     elapsed = time.time() - t0
-    acc = evals.get(args.steps) or evaluate(model, args.digits, args.eval_size, device, dtype)
+    acc = evals[args.steps]
     beyond = f" | {args.digits + 1}+{args.digits + 1} {acc[args.digits + 1]:.1f}%" if args.digits + 1 in acc else ""
     print(f"done: {args.steps} steps in {elapsed / 60:.1f} min | {args.digits}+{args.digits} greedy "
           f"{acc[args.digits]:.1f}%{beyond} | saved {args.out}")

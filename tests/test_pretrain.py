@@ -1,5 +1,6 @@
 import math
 import os
+import signal
 import subprocess
 import sys
 
@@ -42,6 +43,8 @@ def test_smoke_run_writes_a_loadable_checkpoint_and_resumes(tmp_path):
     (["--digits", "9", "--block-size", "100"], "raise --block-size"),
     (["--lr", "-1"], "--lr must be positive"),
     (["--steps", "many"], "invalid int value"),
+    (["--lr", "inf"], "finite"), (["--min-lr", "-1"], "--min-lr must be between 0 and --lr"),
+    (["--warmup", "-10"], "--warmup must be at least 0"), (["--pool", "100000000"], "at most 1000000"),
 ])
 def test_bad_flags_give_a_clear_error(args, message):
     r = run(*args)
@@ -83,4 +86,41 @@ def test_random_offset_keeps_loss_finite_and_positions_in_range():
     assert torch.isfinite(loss)
     with pytest.raises(ValueError, match="block_size"):
         model(x, y, offset + 1)
-    assert args.out == "checkpoints/add2.pt"
+    assert args.out == "runs/add2.pt"  # never a shipped checkpoint by default
+
+
+def test_an_interrupted_run_resumes_bit_identical(tmp_path, monkeypatch):
+    # --eval-every 5 is not a multiple of --pool 4: the replayed data stream must still line up
+    flags = ["--digits", "2", "--steps", "12", "--eval-every", "5", "--pool", "4", "--threads", "1", *TINY]
+    pretrain.main([*flags, "--out", str(tmp_path / "whole.pt")])
+    evaluate, calls = pretrain.evaluate, []
+
+    def evaluate_then_ctrl_c(*args):  # Ctrl-C arrives during the first evaluation
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return evaluate(*args)
+    monkeypatch.setattr(pretrain, "evaluate", evaluate_then_ctrl_c)
+    with pytest.raises(SystemExit, match="interrupted after step 5"):
+        pretrain.main([*flags, "--out", str(tmp_path / "cut.pt")])
+    assert load_checkpoint(str(tmp_path / "cut.pt"), with_meta=True)[1]["step"] == 5
+    with pytest.raises(SystemExit, match="other flags"):
+        pretrain.main([*flags[:-2], "--seed", "1", "--out", str(tmp_path / "cut.pt"), "--resume"])
+    pretrain.main([*flags, "--out", str(tmp_path / "cut.pt"), "--resume"])
+    whole, cut = (load_checkpoint(str(tmp_path / f"{name}.pt"), with_meta=True) for name in ("whole", "cut"))
+    assert all(torch.equal(a, b) for a, b in zip(whole[0].state_dict().values(), cut[0].state_dict().values()))
+    assert whole[1]["evals"] == cut[1]["evals"] and cut[1]["step"] == 12
+
+
+def test_existing_output_is_never_replaced_without_force(tmp_path):
+    out = tmp_path / "mine.pt"
+    out.write_bytes(b"precious")
+    r = run("--digits", "2", "--steps", "2", "--out", str(out), *TINY)
+    assert r.returncode == 1 and "exists" in r.stderr and "--force" in r.stderr and out.read_bytes() == b"precious"
+
+
+def test_a_diverging_run_stops_and_saves_nothing(tmp_path):
+    r = run("--digits", "2", "--steps", "30", "--eval-every", "30", "--lr", "1e6", "--warmup", "0", "--out",
+            str(tmp_path / "nan.pt"), *TINY)
+    assert r.returncode == 1 and "not finite" in r.stderr and "Traceback" not in r.stderr, r.stderr[-300:]
+    assert not (tmp_path / "nan.pt").exists()
