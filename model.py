@@ -25,7 +25,8 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        assert config.n_embd % config.n_head == 0
+        if config.n_embd % config.n_head:
+            raise ValueError(f"n_embd {config.n_embd} is not divisible by n_head {config.n_head}")
         self.n_head = config.n_head
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
@@ -319,7 +320,7 @@ def load_checkpoint(path, device="cpu", with_meta=False):
         missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
         if set(missing) != {"lm_head.weight"} or unexpected:  # lm_head.weight is tied to wte.weight
             raise RuntimeError(f"missing {missing}, unexpected {unexpected}")
-    except (TypeError, RuntimeError) as e:
-        raise CheckpointError(f"{path} does not match this model code: {str(e).splitlines()[0]}") from None
+    except (TypeError, RuntimeError, AssertionError, ValueError) as e:  # AssertionError: e.g. n_embd % n_head
+        raise CheckpointError(f"{path} does not match this model code: {(str(e) or type(e).__name__).splitlines()[0]}") from None
     model.to(device).eval()
     return (model, ckpt.get("meta", {})) if with_meta else model

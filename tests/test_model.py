@@ -148,6 +148,11 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path):
     torch.save(ckpt, tmp_path / "partial.pt")
     with pytest.raises(CheckpointError, match="does not match"):
         load_checkpoint(str(tmp_path / "partial.pt"))
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["config"]["n_head"] = 3  # 32 is not divisible by 3
+    torch.save(ckpt, tmp_path / "heads.pt")
+    with pytest.raises(CheckpointError, match="not divisible by n_head 3"):
+        load_checkpoint(str(tmp_path / "heads.pt"))
     torch.save({"something": 1}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a checkpoint of this project"):
         load_checkpoint(str(tmp_path / "other.pt"))
