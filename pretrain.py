@@ -13,6 +13,7 @@ Two choices matter for the RL stage that follows:
     --block-size is trained, including those that only (N+1)-digit problems reach.
 """
 import argparse
+import glob
 import math
 import os
 import random
@@ -165,6 +166,8 @@ RESUMABLE = {"steps", "eval_every", "eval_size", "threads", "device", "out", "re
 def check_out(args):
     """Refuse to replace an existing --out (unless --force), or to resume with other training flags than
     the run was started with; make sure --out can be written before any work."""
+    for stale in glob.glob(glob.escape(args.out) + ".tmp*") + glob.glob(glob.escape(args.out) + ".state.tmp*"):
+        os.remove(stale)  # left by a run killed in the middle of a save
     if args.resume:
         if not os.path.exists(args.out + ".state"):
             sys.exit(f"error: --resume needs {args.out}.state, which is missing; start without --resume")

@@ -26,6 +26,7 @@ The algorithm, and how it simplifies the paper's A2C:
     generated tokens (token-level normalisation).
 """
 import argparse
+import glob
 import json
 import math
 import os
@@ -324,6 +325,8 @@ def prepare_run_dir(args, config):
     run_dir = os.path.join(args.out, args.name)
     state_path, config_path = os.path.join(run_dir, "state.pt"), os.path.join(run_dir, "config.json")
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    for stale in glob.glob(os.path.join(glob.escape(run_dir), "*.tmp*")):
+        os.remove(stale)  # left by a run killed in the middle of a save
     if args.resume:
         if not (os.path.exists(state_path) and os.path.exists(config_path) and os.path.exists(metrics_path)):
             sys.exit(f"error: --resume needs {state_path}, config.json and metrics.jsonl (an evaluation saves "
