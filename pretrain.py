@@ -119,7 +119,8 @@ def mixed_precision(device, dtype):
 
 def set_threads(threads):
     """CPU threads for torch's operations; None keeps torch's default (one per core). Two runs that
-    each use every core of a small machine thrash: give each run its share (README: "Side by side")."""
+    each use every core of a small machine thrash: give each run its share (README: "Speed, threads,
+    and runs side by side")."""
     if threads is not None:
         torch.set_num_threads(threads)
 

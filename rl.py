@@ -9,7 +9,7 @@ RL fine-tuning of the pre-trained adder on longer numbers, with the prioritized 
 The paper's contribution is `rl_loss` below: the usual KL penalty to the frozen pre-trained model, but
 each state's term weighted by the reference's certainty to the power alpha (Eq. 1 and Eq. 2).
 Before training the script prints that weight where the pre-trained model makes its errors and
-elsewhere, so you can see what your alpha does (README: "Which alpha?").
+elsewhere, so you can see what your alpha does (README: "Step 2").
 
 The algorithm, and how it simplifies the paper's A2C:
   - one iteration = `--batch-size` problems from the 'N+k' distribution, `--group-size` completions
