@@ -399,15 +399,33 @@ def mean_ci(values):
     return mean, (T_975[n - 2] if n - 1 <= len(T_975) else 1.96) * sd / math.sqrt(n)
 
 
+REQUIRED = ("episode", "acc_plus", "acc_comfort")  # what every metrics.jsonl row must have
+
+
 def read_run(run_dir):
-    """config.json and the rows of metrics.jsonl of one rl.py run; None if it has not logged anything."""
-    try:
-        with open(os.path.join(run_dir, "config.json")) as f:
-            config = json.load(f)
-        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    except (OSError, json.JSONDecodeError):
+    """config.json and the rows of metrics.jsonl of one rl.py run; None if it has not logged anything.
+    A file that cannot be read is an error naming the file and line, not a run silently dropped."""
+    config_path, metrics_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "metrics.jsonl")
+    if not (os.path.exists(config_path) and os.path.exists(metrics_path)):
         return None
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        sys.exit(f"error: {config_path} is not readable JSON ({e}); remove the run or repair the file")
+    rows = []
+    with open(metrics_path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                sys.exit(f"error: {metrics_path} line {number} is not JSON; remove the line or the run")
+            missing = [k for k in REQUIRED if not isinstance(row, dict) or row.get(k) is None]
+            if missing:
+                sys.exit(f"error: {metrics_path} line {number} lacks {', '.join(missing)}; remove the line or the run")
+            rows.append(row)
     return {"dir": run_dir, "config": config, "rows": rows} if rows else None
 
 
@@ -518,6 +536,9 @@ def cmd_errors(args, device, dtype):
     model, meta = load(args.ckpt, device)
     n = pretrain_digits(meta, args.ckpt)
     k = args.digits or n + 1
+    if data.sequence_length(10 ** k - 1, 10 ** k - 1) > model.config.block_size:
+        sys.exit(f"error: {k}-digit problems do not fit {args.ckpt} ({model.config.block_size} positions); "
+                 f"choose a smaller --digits")
     problems = data.eval_set("identical", k, args.n)
     completions = solve(model, problems, device, dtype)
     failures = [(c, a, b) for c, (a, b) in zip(completions, problems) if not data.reward(c, a, b)]

@@ -71,6 +71,12 @@ def test_missing_checkpoint_is_a_one_line_error(tmp_path):
     assert r.returncode == 1 and r.stderr.strip().startswith("error: no checkpoint") and "Traceback" not in r.stderr
 
 
+def test_errors_on_problems_longer_than_the_model_is_a_one_line_error(tiny_checkpoint):
+    r = subprocess.run([sys.executable, "analyze.py", "errors", "--ckpt", tiny_checkpoint, "--digits", "30"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "do not fit" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_mean_ci_matches_a_hand_computed_t_interval():
     mean, half = analyze.mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
     # sd = sqrt(2.5), t(0.975, 4 df) = 2.776
@@ -151,6 +157,20 @@ def test_frontier_says_which_prioritized_runs_lie_above_the_uniform_frontier(tmp
     assert out.returncode == 0, out.stderr
     assert "| alpha=100.0, kl_coef=10.0 | prioritized | 2 | 0.0020 +- 0.0000 | 90.5 +- " in out.stdout
     assert "none: above the frontier" in out.stdout and (tmp_path / "res" / "fr.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("line, message", [("{not json", "line 2 is not JSON"),
+                                           ('{"episode": 512}', "line 2 lacks acc_plus, acc_comfort")])
+def test_a_damaged_log_is_an_error_that_names_the_file_and_line(tmp_path, line, message):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    _fake_run(runs, "good", 0.0, 0, 80.0)
+    _fake_run(runs, "bad", 0.0, 1, 80.0, episodes=0)
+    with open(runs / "bad" / "metrics.jsonl", "a") as f:
+        f.write(line + "\n")
+    out = subprocess.run([sys.executable, "analyze.py", "curves", str(runs), "--results", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and message in out.stderr and "bad" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_curves_without_runs_is_a_one_line_error(tmp_path):
