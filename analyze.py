@@ -171,16 +171,19 @@ def continue_from(model, problems, prefixes, device, dtype, temperature=0.0, gen
     return completions
 
 
-def probe(model, n, problems, greedy, device, dtype, drop=0.05, controls=4, samples=8, temperature=1.0, seed=0):
+def probe(model, n, problems, greedy, device, dtype, drop=0.05, controls=4, samples=8, low_tested=4,
+          temperature=1.0, seed=0):
     """Test tokens on the correct path of each problem, chosen in ways that do and do not look at the
     certainty J, for the two properties of a critical token:
       low certainty: Delta J = J(token) - mean J(other tokens of the text) below -drop;
       decisive: `samples` continuations sampled at `temperature` after the right character succeed
           clearly more often than after the model's most likely wrong one (95% Wilson intervals apart).
-    Tested: the paper's n+1 commas (every line), the first wrong character of each failed greedy
-    completion in `greedy`, every low-certainty token, and `controls` uniformly random positions per
-    problem (whatever their J). Returns one dict per tested token ("why": how it was chosen) and
-    {problem: J at every character}."""
+    Delta J is measured at the paper's n+1 commas (every line), the first wrong character of each failed
+    greedy completion in `greedy`, every low-certainty token and `controls` uniformly random places per
+    problem (whatever their J). Decisiveness, which costs 2 x `samples` generations per token, is tested
+    at the commas of lines 1-3, the first errors, the random places and up to `low_tested` random
+    low-certainty tokens per problem ("decisive" is None elsewhere). Returns one dict per token ("why":
+    how it was chosen) and {problem: J at every character}."""
     rng = torch.Generator().manual_seed(seed)
     tested, certainty = [], {}
     for (a, b), text, (J, wrong) in zip(problems, greedy, scratchpad_certainty(model, problems, device, dtype)):
@@ -200,10 +203,16 @@ def probe(model, n, problems, greedy, device, dtype, drop=0.05, controls=4, samp
                 why.setdefault(t, set()).add("low")
         for t in torch.randperm(end, generator=rng)[:controls].tolist():
             why.setdefault(t, set()).add("random")
+        low = [t for t, reasons in why.items() if "low" in reasons]
+        test_low = {low[i] for i in torch.randperm(len(low), generator=rng)[:low_tested].tolist()}
         for t, reasons in sorted(why.items()):
             tested.append({"problem": (a, b), "t": t, "J": J[t].item(), "delta": delta[t].item(), "why": reasons,
-                           "low": delta[t].item() < -drop, "wrote": wrong[t], **locate(a, b, t)[0]})
+                           "low": delta[t].item() < -drop, "wrote": wrong[t], **locate(a, b, t)[0],
+                           "test": t in test_low or bool(reasons & {"paper", "first error", "random"})})
     # decisiveness: the same number of sampled continuations after the right and after the wrong character
+    for row in tested:
+        row["decisive"] = row["critical"] = None
+    tested, untested = [r for r in tested if r["test"]], [r for r in tested if not r["test"]]
     truths = [data.scratchpad(*row["problem"]) for row in tested]
     probs = [row["problem"] for row in tested for _ in range(samples)]
     generator = torch.Generator(device).manual_seed(seed)
@@ -215,7 +224,7 @@ def probe(model, n, problems, greedy, device, dtype, drop=0.05, controls=4, samp
     for row in tested:
         row["decisive"] = decisive(row["right_wins"], row["wrong_wins"], samples)
         row["critical"] = row["low"] and row["decisive"]
-    return tested, certainty
+    return sorted(tested + untested, key=lambda r: (problems.index(r["problem"]), r["t"])), certainty
 
 
 def decisive(right_wins, wrong_wins, samples):
@@ -236,13 +245,14 @@ TABLE1_ROWS = [
     ("first wrong character of failed greedy texts", lambda r: "first error" in r["why"]),
     ("random places (J not looked at)", lambda r: "random" in r["why"]),
     ("random places found decisive (no Delta J filter)", lambda r: "random" in r["why"] and r["decisive"]),
+    ("low certainty (Delta J below -drop: selected by Delta J)", lambda r: r["low"]),
     ("low certainty and decisive (selected by Delta J)", lambda r: r["critical"]),
 ]
 
 
 def table1(tested, certainty, drop):
     """Table 1: for each way of choosing tokens, Delta J (mean and sd), how many, the share below -drop,
-    and the share decisive; last, every token of the texts."""
+    and how many of those tested for decisiveness are decisive; last, every token of the texts."""
     def row(name, deltas, decisive):
         v = torch.tensor(deltas)
         return {"positions": name, "n": len(deltas), "mean": v.mean().item() if deltas else float("nan"),
@@ -251,7 +261,8 @@ def table1(tested, certainty, drop):
     rows = []
     for name, take in TABLE1_ROWS:
         chosen = [r for r in tested if take(r)]
-        rows.append(row(name, [r["delta"] for r in chosen], f"{sum(r['decisive'] for r in chosen)}/{len(chosen)}"))
+        judged = [r for r in chosen if r["decisive"] is not None]
+        rows.append(row(name, [r["delta"] for r in chosen], f"{sum(r['decisive'] for r in judged)}/{len(judged)}"))
     every = [d for J in certainty.values() for d in delta_j(torch.tensor(J)).tolist()]
     rows.append(row("every token of the texts", every, "n/a"))
     return rows
@@ -308,7 +319,7 @@ def cmd_probe(args, device, dtype):
         completions = solve(model, problems, device, dtype)
         accuracy = 100 * sum(data.reward(c, a, b) for c, (a, b) in zip(completions, problems)) / len(problems)
         tested, certainty = probe(model, n, problems, completions, device, dtype, drop=args.drop,
-                                  controls=args.controls, samples=args.samples)
+                                  controls=args.controls, samples=args.samples, low_tested=args.low_tested)
         rows = table1(tested, certainty, args.drop)
         show = lambda r: "n/a" if r["n"] == 0 else f"{r['mean']:+.3f} +- {r['sd']:.3f} (n={r['n']})"
         summary.append(f"| {path} | {n} | {accuracy:.1f}% | " + " | ".join(show(r) for r in rows) + " |")
@@ -370,8 +381,8 @@ def cmd_probe(args, device, dtype):
                            f"{stem}: {a}+{b}, each character coloured by the certainty J of the model writing it")
     text = "\n".join(["# Critical-token probe (`python analyze.py probe`)", "",
                       "Table 1: Delta J = certainty on the token minus the mean certainty on the other tokens of its "
-                      "text, mean +- sd (n tokens), for tokens chosen in different ways. Only the last column but "
-                      "one chooses by Delta J (below -drop by construction); the paper reports critical tokens.",
+                      "text, mean +- sd (n tokens), for tokens chosen in different ways. The two low-certainty columns "
+                      "choose by Delta J (below -drop by construction); the paper reports critical tokens.",
                       "", *summary, "", *report])
     write_text(os.path.join(args.results, "probe.md"), text + "\n")
     print(text)
@@ -885,6 +896,8 @@ def get_args(argv=None):
                      help="checkpoints to probe (default add3, add5, add7)")
     pro.add_argument("--drop", type=float, default=0.05, help="low certainty: Delta J below -drop (default 0.05)")
     pro.add_argument("--controls", type=int, default=4, help="random places tested per problem (default 4)")
+    pro.add_argument("--low-tested", type=int, default=4, help="low-certainty tokens per problem tested for "
+                     "decisiveness (default 4)")
     pro.add_argument("--samples", type=int, default=8, help="continuations sampled after the right and after the "
                      "wrong character, for decisiveness (default 8)")
     pro.add_argument("--top", type=int, default=12, help="rows per table")
@@ -922,8 +935,8 @@ def get_args(argv=None):
         p.error("--jobs and --threads must be at least 1")
     if getattr(args, "drop", 0.5) <= 0 or getattr(args, "controls", 0) < 0 or getattr(args, "alpha_n", 1) < 1:
         p.error("--drop must be positive, --controls at least 0 and --alpha-n at least 1")
-    if getattr(args, "samples", 1) < 1:
-        p.error("--samples must be at least 1")
+    if getattr(args, "samples", 1) < 1 or getattr(args, "low_tested", 0) < 0:
+        p.error("--samples must be at least 1 and --low-tested at least 0")
     return args
 
 
