@@ -82,6 +82,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.recompute_every < 1 or (args.digits is not None and args.digits < 1):
         p.error("--batch-size, --recompute-every and --digits must be at least 1")
+    if args.batch_size > 65_536:
+        p.error("--batch-size must be at most 65536 rows")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be at least 1")
     set_threads(args.threads)

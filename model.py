@@ -280,6 +280,29 @@ def _causal_mask(real):
     return ((causal & real[:, None, :]) | eye)[:, None]
 
 
+def training_gb(config, rows, length):
+    """About how much memory (GB) one AdamW step on rows x length tokens needs: per layer some 24 float32
+    activations of width n_embd per token, plus the logits (fused attention stores no T x T map), plus the
+    weights, their gradients and AdamW's two moments. Measured for the default model: 0.40 GB for 16 x 500
+    tokens (estimate 0.40), 0.78 GB for 64 x 300 (estimate 0.95)."""
+    activations = rows * length * (config.n_layer * 24 * config.n_embd + 3 * config.vocab_size)
+    weights = 12 * config.n_layer * config.n_embd ** 2 + (config.vocab_size + config.block_size) * config.n_embd
+    return (activations + 4 * weights) * 4 / 1e9
+
+
+def too_big(config, rows, length, device):
+    """A one-line refusal if training on rows x length tokens would not fit in the device's memory, else None."""
+    need = training_gb(config, rows, length)
+    if str(device).startswith("cuda"):
+        have = torch.cuda.get_device_properties(torch.device(device)).total_memory / 1e9
+    else:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    if need <= have:
+        return None
+    return (f"training this model on {rows} sequences of {length} tokens per step needs about {need:.0f} GB "
+            f"and this machine has {have:.0f} GB")
+
+
 # -----------------------------------------------------------------------------
 # checkpoints: config, vocabulary and weights in one file, written atomically
 

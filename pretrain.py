@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 import data
-from model import GPT, GPTConfig, atomic_save, save_checkpoint
+from model import GPT, GPTConfig, atomic_save, save_checkpoint, too_big
 
 
 def get_args(argv=None):
@@ -181,6 +181,8 @@ def check_out(args):
         if differ:
             sys.exit(f"error: --resume with other flags than {args.out} was trained with: {'; '.join(differ)}")
         return state
+    if os.path.isdir(args.out):
+        sys.exit(f"error: --out {args.out} is a folder; give a file path such as {os.path.join(args.out, 'add.pt')}")
     if os.path.exists(args.out) and not args.force:
         sys.exit(f"error: {args.out} exists; choose another --out, continue it with --resume, or pass --force to replace it")
     try:
@@ -189,7 +191,7 @@ def check_out(args):
             pass
         os.remove(args.out + ".tmp-check")
     except OSError as e:
-        sys.exit(f"error: cannot write {args.out}: {e.strerror}; choose another --out")
+        sys.exit(f"error: cannot write {args.out}: {e.strerror} ({e.filename}); choose another --out")
     return None
 
 
@@ -199,9 +201,12 @@ def main(argv=None):
     seed_everything(args.seed)
     device = pick_device(args.device)
     dtype = autocast_dtype(args.dtype, device)
+    config = GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
+    longest = data.sequence_length(10 ** args.digits - 1, 10 ** args.digits - 1)
+    if message := too_big(config, args.batch_size, longest, device):
+        sys.exit(f"error: {message}; lower --batch-size or the model's size")
     state = check_out(args)  # for --resume: model, optimizer, RNGs and step, all from one file
-    model = GPT(GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
-                          n_embd=args.n_embd)).to(device)
+    model = GPT(config).to(device)
     model.train()
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]

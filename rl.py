@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from model import CheckpointError, atomic_save, load_checkpoint, save_checkpoint
+from model import CheckpointError, atomic_save, load_checkpoint, save_checkpoint, too_big
 from pretrain import autocast_dtype, mixed_precision, pick_device, seed_everything, set_threads
 
 # -----------------------------------------------------------------------------
@@ -377,6 +377,8 @@ def main(argv=None):
     if longest > policy.config.block_size:
         sys.exit(f"error: {n + args.digits_plus}-digit problems need {longest} positions but {args.ckpt} has "
                  f"{policy.config.block_size}; lower --digits-plus")
+    if message := too_big(policy.config, args.batch_size * args.group_size, longest, device):
+        sys.exit(f"error: {message}; lower --batch-size or --group-size")
     reference.requires_grad_(False)
     policy.train()
     optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0)

@@ -1,0 +1,136 @@
+"""Bad input, as a careless or hostile user gives it, to each script: every case must exit non-zero with one
+clear line (argparse's usage lines aside), no traceback, and nothing written. Run in-process: each case costs
+an argument parse and at most a checkpoint load."""
+import os
+
+import pytest
+import torch
+
+import analyze
+import bench
+import pretrain
+import rl
+from model import GPT, GPTConfig, save_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ADD7 = os.path.join(ROOT, "checkpoints", "add7.pt")
+TINY_RL = ["--episodes", "8", "--batch-size", "2", "--group-size", "2", "--eval-size", "2", "--threads", "1"]
+
+# (script, arguments, words the error line must contain); {tmp} is the test's empty folder, {ckpt} a tiny model
+CASES = [
+    # pretrain.py: flags
+    ("pretrain", ["--digits", "0"], "--digits must be at least 1"),
+    ("pretrain", ["--n-embd", "30", "--n-head", "4"], "divisible"),
+    ("pretrain", ["--digits", "9", "--block-size", "100"], "raise --block-size"),
+    ("pretrain", ["--lr", "-1"], "--lr must be positive"),
+    ("pretrain", ["--steps", "many"], "invalid int value"),
+    ("pretrain", ["--lr", "inf"], "finite"),
+    ("pretrain", ["--min-lr", "-1"], "--min-lr must be between 0 and --lr"),
+    ("pretrain", ["--warmup", "-10"], "--warmup must be at least 0"),
+    ("pretrain", ["--grad-clip", "-1"], "non-negative"),
+    ("pretrain", ["--eval-every", "0"], "at least 1"),
+    ("pretrain", ["--threads", "0"], "--threads must be at least 1"),
+    ("pretrain", ["--pool", "100000000"], "at most 1000000"),
+    ("pretrain", ["--dtype", "float8"], "invalid choice"),
+    # pretrain.py: sizes that do not fit, and outputs that cannot or must not be written
+    ("pretrain", ["--batch-size", "60000", "--pool", "1"], "GB"),
+    ("pretrain", ["--n-embd", "65536", "--n-head", "1"], "GB"),
+    ("pretrain", ["--device", "tpu"], "unknown --device"),
+    ("pretrain", ["--resume"], "--resume needs"),
+    ("pretrain", ["--out", "{tmp}/existing.pt"], "exists"),
+    ("pretrain", ["--out", "{tmp}/existing.pt/x.pt"], "cannot write"),
+    ("pretrain", ["--out", "{tmp}"], "is a folder"),
+    # rl.py: flags
+    ("rl", ["--alpha", "-1"], "non-negative"),
+    ("rl", ["--temperature", "0"], "--temperature must be positive"),
+    ("rl", ["--kl-estimator", "k9"], "invalid choice"),
+    ("rl", ["--kl-estimator", "k1"], "zero expected gradient"),
+    ("rl", ["--lr", "inf"], "finite"),
+    ("rl", ["--kl-coef", "inf"], "finite"),
+    ("rl", ["--alpha", "nan"], "finite"),
+    ("rl", ["--temperature", "1e-40"], "at least 0.01"),
+    ("rl", ["--certainty-temperature", "0"], "--certainty-temperature must be positive"),
+    ("rl", ["--group-size", "1"], "group of one learns nothing"),
+    ("rl", ["--episodes", "65", "--batch-size", "16", "--group-size", "4"], "multiple of --batch-size x --group-size = 64"),
+    ("rl", ["--name", "../../x"], "plain folder name"),
+    ("rl", ["--name", "a/b"], "plain folder name"),
+    ("rl", ["--eval-size", "1000000000"], "at most 100000"),
+    ("rl", ["--batch-size", "100000000"], "at most 65536"),
+    ("rl", ["--grad-clip", "-1"], "non-negative"),
+    ("rl", ["--ppo-epochs", "0"], "--ppo-epochs must be >= 1"),
+    ("rl", ["--clip", "1.5"], "--clip in (0, 1)"),
+    # rl.py: checkpoints, sizes, run folders
+    ("rl", ["--ckpt", "{tmp}/nope.pt"], "no checkpoint at"),
+    ("rl", ["--ckpt", "{tmp}/existing.pt"], "damaged"),
+    ("rl", ["--ckpt", "{tmp}/no_digits.pt"], "does not record its pre-training digits"),
+    ("rl", ["--digits-plus", "20"], "lower --digits-plus"),
+    ("rl", ["--ckpt", ADD7, "--batch-size", "16384", "--group-size", "4", "--episodes", "65536"], "GB"),
+    ("rl", ["--name", "taken"], "--force"),
+    ("rl", ["--name", "fresh", "--resume"], "resume"),
+    ("rl", ["--device", "tpu"], "unknown --device"),
+    # analyze.py
+    ("analyze", ["errors", "--ckpt", "{tmp}/nope.pt"], "no checkpoint at"),
+    ("analyze", ["errors", "--ckpt", "{ckpt}", "--digits", "30"], "positions"),
+    ("analyze", ["accuracy", "--n", "0"], "--n must be at least 1"),
+    ("analyze", ["probe", "--samples", "0"], "--samples must be at least 1"),
+    ("analyze", ["study", "--jobs", "0"], "--jobs and --threads must be at least 1"),
+    ("analyze", ["curves", "{tmp}/empty"], "no rl.py runs"),
+    ("analyze", ["frontier", "{tmp}/broken"], "line 1 is not JSON"),
+    ("analyze", ["unknown"], "invalid choice"),
+    # bench.py
+    ("bench", ["--batch-size", "0"], "at least 1"),
+    ("bench", ["--batch-size", "100000000"], "at most 65536"),
+    ("bench", ["--ckpt", "{tmp}/nope.pt"], "no checkpoint at"),
+    ("bench", ["--ckpt", "{ckpt}", "--digits", "30"], "do not fit"),
+    ("bench", ["--threads", "0"], "--threads must be at least 1"),
+]
+MAINS = {"pretrain": pretrain.main, "rl": rl.main, "analyze": analyze.main, "bench": bench.main}
+# where each script would write if it got that far: the test's folder
+OUTPUTS = {"pretrain": ["--out", "{tmp}/new.pt"], "rl": ["--out", "{tmp}", *TINY_RL, "--ckpt", "{ckpt}"],
+           "analyze": ["--results", "{tmp}"], "bench": ["--threads", "1"]}
+
+
+def files_under(folder):
+    return sorted(os.path.join(d, f) for d, _, names in os.walk(folder) for f in names)
+
+
+@pytest.fixture
+def playground(tmp_path, tiny_checkpoint):
+    """An empty-looking folder with the few things the cases need: an existing file, an existing run."""
+    (tmp_path / "existing.pt").write_text("not a checkpoint")
+    save_checkpoint(str(tmp_path / "no_digits.pt"), GPT(GPTConfig(block_size=64, n_layer=1, n_head=1, n_embd=8)))
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "metrics.jsonl").write_text("{}\n")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken" / "run").mkdir(parents=True)
+    (tmp_path / "broken" / "run" / "metrics.jsonl").write_text("{oops\n")
+    (tmp_path / "broken" / "run" / "config.json").write_text("{}")
+    return tmp_path
+
+
+@pytest.mark.parametrize("script, args, words", CASES, ids=[f"{s} {' '.join(a)}" for s, a, _ in CASES])
+def test_bad_input_is_refused_with_one_line_and_nothing_written(script, args, words, playground, tiny_checkpoint,
+                                                                capsys, monkeypatch):
+    monkeypatch.chdir(playground)  # a default output path would land here, and be seen
+    defaults = OUTPUTS[script]
+    pairs = [defaults[i:i + 2] for i in range(0, len(defaults), 2) if defaults[i] not in args]
+    argv = [a.format(tmp=playground, ckpt=tiny_checkpoint) for a in args + sum(pairs, [])]
+    before = files_under(playground)
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            MAINS[script](argv)
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    code = exit_.value.code
+    message = code if isinstance(code, str) else err
+    lines = [line for line in message.strip().splitlines() if not line.startswith(("usage:", " "))]
+    assert code not in (0, None), "a refusal must exit non-zero"
+    assert "Traceback" not in err and len(lines) == 1, message
+    assert "error" in lines[0] and words in lines[0], lines[0]
+    assert files_under(playground) == before, "nothing may be written"
+
+
+def test_there_are_at_least_forty_cases_across_the_scripts():
+    assert len(CASES) >= 40 and {script for script, _, _ in CASES} == set(MAINS)
