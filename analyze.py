@@ -34,8 +34,7 @@ import torch
 
 import data
 import rl
-from model import CheckpointError, load_checkpoint
-from pretrain import autocast_dtype, mixed_precision, pick_device, set_threads
+from model import autocast_dtype, CheckpointError, load_checkpoint, mixed_precision, pick_device, set_threads
 
 
 def wilson_interval(successes, n, z=1.96):
@@ -410,6 +409,7 @@ def mean_ci(values):
     return mean, (T_975[n - 2] if n - 1 <= len(T_975) else 1.96) * sd / math.sqrt(n)
 
 
+RETIRED = {"reward": "01"}  # --reward pm1 was the 0/1 reward with a doubled advantage under the group baseline
 REQUIRED = ("episode", "acc_plus", "acc_comfort")  # what every metrics.jsonl row must have
 
 
@@ -424,6 +424,9 @@ def read_run(run_dir):
             config = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         sys.exit(f"error: {config_path} is not readable JSON ({e}); remove the run or repair the file")
+    for flag, value in RETIRED.items():  # a flag rl.py no longer has, at the value every run now uses
+        if config.get(flag) == value:
+            del config[flag]
     rows = []
     with open(metrics_path) as f:
         for number, line in enumerate(f, 1):

@@ -21,8 +21,7 @@ import time
 import torch
 
 import data
-from model import CheckpointError, load_checkpoint
-from pretrain import autocast_dtype, mixed_precision, pick_device, set_threads
+from model import autocast_dtype, CheckpointError, load_checkpoint, mixed_precision, pick_device, set_threads
 
 
 def timed(fn, device):

@@ -21,12 +21,12 @@ import signal
 import sys
 import time
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 import data
-from model import GPT, GPTConfig, atomic_save, save_checkpoint, too_big
+from model import (GPT, GPTConfig, atomic_save, autocast_dtype, mixed_precision, pick_device, save_checkpoint,
+                   seed_everything, set_threads, too_big)
 
 
 def get_args(argv=None):
@@ -82,53 +82,6 @@ def get_args(argv=None):
         p.error(f"{args.digits}-digit problems need {longest} positions; raise --block-size")
     args.out = args.out or f"runs/add{args.digits}.pt"
     return args
-
-
-def pick_device(name):
-    if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: --device cuda but no CUDA GPU is visible; use --device auto or cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        sys.exit("error: --device mps but Apple MPS is not available; use --device auto or cpu")
-    if name not in ("cpu", "cuda", "mps"):
-        sys.exit(f"error: unknown --device {name!r}; use auto, cpu, cuda or mps")
-    return name
-
-
-def autocast_dtype(name, device):
-    """bfloat16 autocast where it is fast (recent NVIDIA GPUs, CPUs with AMX or AVX512-BF16), else None."""
-    if name == "float32":
-        return None
-    supported = {"cuda": lambda: torch.cuda.is_bf16_supported(),
-                 "cpu": lambda: torch.ops.mkldnn._is_mkldnn_bf16_supported(),
-                 "mps": lambda: False}[device]()
-    if name == "bfloat16" or supported:
-        return torch.bfloat16
-    return None
-
-
-def mixed_precision(device, dtype):
-    """The autocast context for a dtype chosen by autocast_dtype; does nothing when that is None."""
-    return torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
-def set_threads(threads):
-    """CPU threads for torch's operations; None keeps torch's default (one per core). Two runs that
-    each use every core of a small machine thrash: give each run its share (README: "Speed, threads,
-    and runs side by side")."""
-    if threads is not None:
-        torch.set_num_threads(threads)
-
-
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def batches(digits, batch_size, pool, rng):

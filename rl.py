@@ -1,29 +1,19 @@
 """
 RL fine-tuning of the pre-trained adder on longer numbers, with the prioritized KL penalty.
 
-    python rl.py --alpha 3                 # prioritized KL, the paper's idea (mild for our model)
-    python rl.py --alpha 100               # prioritized KL in the range where it works for add7.pt
-    python rl.py --alpha 0                 # the standard KL penalty
-    python rl.py --kl-coef 0               # no penalty at all
+    python rl.py --alpha 3       # prioritized KL, the paper's idea (mild for add7.pt; 100 shows the effect)
+    python rl.py --alpha 0       # the standard KL penalty
+    python rl.py --kl-coef 0     # no penalty at all
 
-The paper's contribution is `rl_loss` below: the usual KL penalty to the frozen pre-trained model, but
-each state's term weighted by the reference's certainty to the power alpha (Eq. 1 and Eq. 2).
-Before training the script prints that weight where the pre-trained model makes its errors and
-elsewhere, so you can see what your alpha does (README: "Step 2").
+The paper's idea is `rl_loss`, right below: the usual KL penalty to the frozen pre-trained model, each
+state's term weighted by the reference's certainty to the power alpha (Eq. 1 and 2). Then, top-down: the
+helpers it calls, rollouts, evaluation, the training loop (README: "Step 2").
 
-The algorithm, and how it simplifies the paper's A2C:
-  - one iteration = `--batch-size` problems from the 'N+k' distribution, `--group-size` completions
-    sampled for each at `--temperature` with the KV cache; reward 1 if the answer line is right, else 0
-    (or +1 / -1 with `--reward pm1`);
-  - no critic: the advantage of a completion is its reward minus the mean reward of its group, the same
-    for every token of it (REINFORCE with a group baseline; gamma = 1 and the reward comes at the end);
-  - `--algo ppo` reuses each batch for `--ppo-epochs` epochs with the clipped ratio; the default is one
-    plain policy-gradient step per batch;
-  - the policy is softmax(logits / temperature) both when sampling and in the loss, so the update is
-    on-policy; the KL is taken between policy and reference at that same temperature;
-  - one teacher-forced forward of the policy (with grad) and one of the reference (no grad) over the
-    whole batch give every per-token log-prob; prompt and padding are masked; the loss is the mean over
-    generated tokens (token-level normalisation).
+One iteration: `--batch-size` problems from the 'N+k' distribution, `--group-size` completions each sampled
+at `--temperature` with the KV cache, reward 1 for a right answer line, else 0; the advantage is the reward
+minus its group's mean (REINFORCE with a group baseline, no critic), the same for every token; one gradient
+step on the mean over generated tokens (`--algo ppo`: several clipped epochs per batch). Policy and KL use
+softmax(logits / temperature), as sampling does, so the update is on-policy.
 """
 import argparse
 import glob
@@ -39,11 +29,57 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from model import CheckpointError, atomic_save, load_checkpoint, save_checkpoint, too_big
-from pretrain import autocast_dtype, mixed_precision, pick_device, seed_everything, set_threads
+from model import (atomic_save, autocast_dtype, CheckpointError, load_checkpoint, mixed_precision, pick_device,
+                   save_checkpoint, seed_everything, set_threads, too_big)
 
 # -----------------------------------------------------------------------------
-# the paper's idea
+# the paper's idea: the loss, then what it calls
+
+
+def rl_loss(logits, ref_logits, actions, advantages, mask, *, kl_coef, alpha, old_logp=None,
+            temperature=1.0, kl_estimator="k2", certainty_kind="entropy", certainty_temperature=1.0,
+            clip=0.2):
+    """Policy gradient plus the prioritized KL penalty, averaged over generated tokens:
+
+        L    = L_RL + kl_coef * E_{s,a ~ pi} [ J_ref(s)^alpha * KL_s ]          (Eq. 1)
+        J_ref(s) = (H_max - H(pi_ref(.|s))) / H_max,   H_max = log|V|          (Eq. 2)
+
+    alpha = 0 gives weight 1 everywhere: the standard KL penalty. The weight is computed from the frozen
+    reference, without gradient, so the penalty vanishes where the pre-trained model was unsure.
+
+    logits, ref_logits (B, T, V): policy (with grad) and reference (no grad) at the visited states;
+    actions (B, T) the sampled tokens; advantages (B,) one per completion; mask (B, T) 1 on generated
+    tokens; old_logp (B, T): the rollout policy's log-probs for PPO, None for plain policy gradient.
+    Returns the loss and a dict of the (detached) quantities it used.
+    """
+    if kl_estimator == "k1" and kl_coef > 0:
+        raise ValueError(K1_REFUSED)
+    logp_all = F.log_softmax(logits.float() / temperature, dim=-1)
+    ref_logp_all = F.log_softmax(ref_logits.float() / temperature, dim=-1)
+
+    # Eq. 2 then Eq. 1: weight each state's KL by the reference's certainty to the power alpha
+    with torch.no_grad():
+        kl_weight = certainty(ref_logits, certainty_kind, certainty_temperature) ** alpha
+    kl = kl_estimate(logp_all, ref_logp_all, actions, kl_estimator)
+
+    # L_RL: REINFORCE, or PPO's clipped surrogate when the batch is reused
+    logp = taken(logp_all, actions)
+    adv = advantages[:, None]
+    if old_logp is None:
+        policy_term = -adv * logp
+    else:
+        ratio = torch.exp(logp - old_logp)
+        policy_term = -torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+    per_token = policy_term + kl_coef * kl_weight * kl
+
+    tokens = mask.sum().clamp(min=1)
+    loss = (per_token * mask).sum() / tokens
+    mean = lambda t: ((t.detach() * mask).sum() / tokens).item()
+    return loss, {"policy_loss": mean(policy_term), "kl": mean(kl), "kl_weighted": mean(kl_weight * kl),
+                  "kl_weight": mean(kl_weight)}
+
+
+K1_REFUSED = "the k1 estimator has zero expected gradient, so the penalty would do nothing: use k2 (the paper's), k3 or full"
 
 
 def certainty(logits, kind="entropy", temperature=1.0):
@@ -75,7 +111,7 @@ def kl_estimate(logp_all, ref_logp_all, actions, estimator="k2"):
     """
     if estimator == "full":
         return (logp_all.exp() * (logp_all - ref_logp_all)).sum(-1)
-    l = (logp_all - ref_logp_all).gather(-1, actions[..., None]).squeeze(-1)
+    l = taken(logp_all - ref_logp_all, actions)
     if estimator == "k1":
         return l
     if estimator == "k2":
@@ -85,50 +121,14 @@ def kl_estimate(logp_all, ref_logp_all, actions, estimator="k2"):
     raise ValueError(f"unknown KL estimator {estimator!r}: use k1, k2, k3 or full")
 
 
-K1_REFUSED = "the k1 estimator has zero expected gradient, so the penalty would do nothing: use k2 (the paper's), k3 or full"
+def taken(logp_all, actions):
+    """The log-probabilities (B, T) of the tokens actually taken, from all of them (B, T, V)."""
+    return logp_all.gather(-1, actions[..., None]).squeeze(-1)
 
 
-def rl_loss(logits, ref_logits, actions, advantages, mask, *, kl_coef, alpha, old_logp=None,
-            temperature=1.0, kl_estimator="k2", certainty_kind="entropy", certainty_temperature=1.0,
-            clip=0.2):
-    """Policy gradient plus the prioritized KL penalty, averaged over generated tokens:
-
-        L    = L_RL + kl_coef * E_{s,a ~ pi} [ J_ref(s)^alpha * KL_s ]          (Eq. 1)
-        J_ref(s) = (H_max - H(pi_ref(.|s))) / H_max,   H_max = log|V|          (Eq. 2)
-
-    alpha = 0 gives weight 1 everywhere: the standard KL penalty. The weight is computed from the frozen
-    reference, without gradient, so the penalty vanishes where the pre-trained model was unsure.
-
-    logits, ref_logits (B, T, V): policy (with grad) and reference (no grad) at the visited states;
-    actions (B, T) the sampled tokens; advantages (B,) one per completion; mask (B, T) 1 on generated
-    tokens; old_logp (B, T): the rollout policy's log-probs for PPO, None for plain policy gradient.
-    Returns the loss and a dict of the (detached) quantities it used.
-    """
-    if kl_estimator == "k1" and kl_coef > 0:
-        raise ValueError(K1_REFUSED)
-    logp_all = F.log_softmax(logits.float() / temperature, dim=-1)
-    ref_logp_all = F.log_softmax(ref_logits.float() / temperature, dim=-1)
-    logp = logp_all.gather(-1, actions[..., None]).squeeze(-1)
-    adv = advantages[:, None]
-
-    # L_RL: REINFORCE, or PPO's clipped surrogate when the batch is reused
-    if old_logp is None:
-        policy_term = -adv * logp
-    else:
-        ratio = torch.exp(logp - old_logp)
-        policy_term = -torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
-
-    # Eq. 2 then Eq. 1: weight each state's KL by the reference's certainty to the power alpha
-    with torch.no_grad():
-        kl_weight = certainty(ref_logits, certainty_kind, certainty_temperature) ** alpha
-    kl = kl_estimate(logp_all, ref_logp_all, actions, kl_estimator)
-    per_token = policy_term + kl_coef * kl_weight * kl
-
-    tokens = mask.sum().clamp(min=1)
-    loss = (per_token * mask).sum() / tokens
-    mean = lambda t: ((t.detach() * mask).sum() / tokens).item()
-    return loss, {"policy_loss": mean(policy_term), "kl": mean(kl), "kl_weighted": mean(kl_weight * kl),
-                  "kl_weight": mean(kl_weight)}
+def token_log_probs(logits, actions, temperature):
+    """log pi(a_t | s_t) of the taken tokens under softmax(logits / temperature), in float32."""
+    return taken(F.log_softmax(logits.float() / temperature, dim=-1), actions)
 
 
 def group_advantages(rewards, group_size):
@@ -249,41 +249,46 @@ def evaluate(policy, sets, args, n, device, dtype):
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", default="checkpoints/add7.pt", help="pre-trained model: start and frozen reference")
-    p.add_argument("--digits-plus", type=int, default=1, help="k: train on the 'N+k' distribution (default 1)")
-    p.add_argument("--episodes", type=int, default=2048, help="completions sampled in all (default 2048)")
-    p.add_argument("--batch-size", type=int, default=16, help="problems per iteration (default 16)")
-    p.add_argument("--group-size", type=int, default=4, help="completions per problem (default 4)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the policy")
-    p.add_argument("--reward", default="01", choices=["01", "pm1"], help="01: 1 / 0 (paper); pm1: +1 / -1")
-    p.add_argument("--algo", default="reinforce", choices=["reinforce", "ppo"], help="policy-gradient flavour")
-    p.add_argument("--ppo-epochs", type=int, default=2, help="epochs per batch with --algo ppo")
-    p.add_argument("--clip", type=float, default=0.2, help="PPO ratio clip")
-    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0: off)")
-    p.add_argument("--kl-coef", type=float, default=10.0,
-                   help="weight of the KL penalty (0: none; default 10, where the standard penalty holds RL back)")
-    p.add_argument("--alpha", type=float, default=3.0, help="exponent of the certainty weight (0: standard KL)")
-    p.add_argument("--kl-estimator", default="k2", choices=["k1", "k2", "k3", "full"],
-                   help="per-state KL; its gradient follows k2: KL(pi||ref) (the paper's), k3: KL(ref||pi), "
-                        "full: KL(pi||ref) exactly; k1: none (refused)")
-    p.add_argument("--certainty", default="entropy", choices=["entropy", "maxprob"], help="Eq. 2, or the official variant")
-    p.add_argument("--certainty-temperature", type=float, default=1.0, help="reference temperature for the certainty")
-    p.add_argument("--eval-every", type=int, default=512, help="episodes between evaluations (default 512)")
-    p.add_argument("--eval-size", type=int, default=200, help="held-out problems per evaluation set")
-    p.add_argument("--seed", type=int, default=0, help="seeds random, numpy and torch")
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores; 1 per run when "
-                   "runs share a machine)")
-    p.add_argument("--fast-generate", action=argparse.BooleanOptionalAction, default=True,
-                   help="GPT.generate's optimized loop (same tokens); --no-fast-generate: the plain reference loop")
-    p.add_argument("--out", default="runs", help="folder for runs/<name>/")
-    p.add_argument("--save", action=argparse.BooleanOptionalAction, default=True,
-                   help="write runs/<name>/model.pt at the end (--no-save: only the logs, for sweeps)")
-    p.add_argument("--name", default=None, help="run name (default alpha<a>_kl<c>_seed<s>_<time>)")
-    p.add_argument("--force", action="store_true", help="replace an existing run folder --out/--name")
-    p.add_argument("--resume", action="store_true", help="continue the run --out/--name from its last evaluation "
-                   "(same flags; the state is saved at every evaluation)")
+    paper = p.add_argument_group("the paper's penalty (Eq. 1 and 2)")
+    paper.add_argument("--alpha", type=float, default=3.0, help="exponent of the certainty weight (0: standard KL)")
+    paper.add_argument("--kl-coef", type=float, default=10.0,
+                       help="weight of the KL penalty (0: none; default 10, where the standard penalty holds RL back)")
+    core = p.add_argument_group("RL")
+    core.add_argument("--ckpt", default="checkpoints/add7.pt", help="pre-trained model: start and frozen reference")
+    core.add_argument("--digits-plus", type=int, default=1, help="k: train on the 'N+k' distribution (default 1)")
+    core.add_argument("--episodes", type=int, default=2048, help="completions sampled in all (default 2048)")
+    core.add_argument("--batch-size", type=int, default=16, help="problems per iteration (default 16)")
+    core.add_argument("--group-size", type=int, default=4, help="completions per problem (default 4)")
+    core.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the policy")
+    core.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
+    core.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0: off)")
+    variants = p.add_argument_group("variants (the official code's, and other choices)")
+    variants.add_argument("--algo", default="reinforce", choices=["reinforce", "ppo"], help="policy-gradient flavour")
+    variants.add_argument("--ppo-epochs", type=int, default=2, help="epochs per batch with --algo ppo")
+    variants.add_argument("--clip", type=float, default=0.2, help="PPO ratio clip")
+    variants.add_argument("--kl-estimator", default="k2", choices=["k1", "k2", "k3", "full"],
+                          help="per-state KL; its gradient follows k2: KL(pi||ref) (the paper's), k3: KL(ref||pi), "
+                               "full: KL(pi||ref) exactly; k1: none (refused)")
+    variants.add_argument("--certainty", default="entropy", choices=["entropy", "maxprob"],
+                          help="Eq. 2, or the official variant")
+    variants.add_argument("--certainty-temperature", type=float, default=1.0,
+                          help="reference temperature for the certainty")
+    run = p.add_argument_group("the run")
+    run.add_argument("--eval-every", type=int, default=512, help="episodes between evaluations (default 512)")
+    run.add_argument("--eval-size", type=int, default=200, help="held-out problems per evaluation set")
+    run.add_argument("--seed", type=int, default=0, help="seeds Python's and torch's generators")
+    run.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    run.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores; 1 per run when "
+                     "runs share a machine)")
+    run.add_argument("--fast-generate", action=argparse.BooleanOptionalAction, default=True,
+                     help="GPT.generate's optimized loop (same tokens); --no-fast-generate: the plain reference loop")
+    run.add_argument("--out", default="runs", help="folder for runs/<name>/")
+    run.add_argument("--save", action=argparse.BooleanOptionalAction, default=True,
+                     help="write runs/<name>/model.pt at the end (--no-save: only the logs, for sweeps)")
+    run.add_argument("--name", default=None, help="run name (default alpha<a>_kl<c>_seed<s>_<time>)")
+    run.add_argument("--force", action="store_true", help="replace an existing run folder --out/--name")
+    run.add_argument("--resume", action="store_true", help="continue the run --out/--name from its last evaluation "
+                     "(same flags; the state is saved at every evaluation)")
     args = p.parse_args(argv)
     per_iteration = args.batch_size * args.group_size
     finite = [args.temperature, args.certainty_temperature, args.lr, args.kl_coef, args.alpha, args.clip, args.grad_clip]
@@ -359,6 +364,21 @@ def prepare_run_dir(args, config):
     return run_dir, None
 
 
+def append_row(path, row):
+    """One evaluation as one JSON line; a value that is not finite is written as null (valid JSON)."""
+    with open(path, "a") as f:
+        f.write(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None
+                            for k, v in row.items()}) + "\n")
+
+
+def one_line(row, digits_plus):
+    """The progress line printed at each evaluation."""
+    line = (f"episode {row['episode']} | N+{digits_plus} greedy {row['acc_plus']:.1f}% sampled "
+            f"{row['acc_plus_sampled']:.1f}% | val {row['val_plus']:.1f}% | comfort {row['acc_comfort']:.1f}% | "
+            f"critical p {row['critical_p']:.3f}")
+    return line + (f" | reward {row['reward']:.3f} kl {row['kl']:.4f}" if row["reward"] is not None else "")
+
+
 def main(argv=None):
     args = get_args(argv)
     set_threads(args.threads)
@@ -412,13 +432,8 @@ def main(argv=None):
 
     def log(row, iteration):
         """Append the row to metrics.jsonl, print it, and save the run's state for --resume."""
-        with open(metrics_path, "a") as f:  # a value that is not finite is written as null (valid JSON)
-            f.write(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None
-                                for k, v in row.items()}) + "\n")
-        tqdm.write(f"episode {row['episode']} | N+{args.digits_plus} greedy {row['acc_plus']:.1f}% "
-                   f"sampled {row['acc_plus_sampled']:.1f}% | val {row['val_plus']:.1f}% | comfort {row['acc_comfort']:.1f}% | "
-                   f"critical p {row['critical_p']:.3f}" + (f" | reward {row['reward']:.3f} kl {row['kl']:.4f}"
-                                                           if row["reward"] is not None else ""))
+        append_row(metrics_path, row)
+        tqdm.write(one_line(row, args.digits_plus))
         atomic_save({"policy": policy.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.getstate(),
                      "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "iteration": iteration,
                      "episode": row["episode"], "minutes": row["minutes"]}, os.path.join(run_dir, "state.pt"))
@@ -459,9 +474,8 @@ def main(argv=None):
             with mixed_precision(device, dtype):
                 inputs, actions, mask, rewards = rollout(policy, problems, args, device, generator)
             policy.train()
-            scores = rewards if args.reward == "01" else 2 * rewards - 1
             # 2. advantages
-            advantages = group_advantages(scores, args.group_size)
+            advantages = group_advantages(rewards, args.group_size)
             # 3. teacher-forced log-probs and the update
             with torch.no_grad(), mixed_precision(device, dtype):
                 ref_logits, _ = reference(inputs)
@@ -470,8 +484,7 @@ def main(argv=None):
                 with mixed_precision(device, dtype):
                     logits, _ = policy(inputs)
                 if args.algo == "ppo" and epoch == 0:  # the rollout policy is the policy before this batch's updates
-                    old_logp = F.log_softmax(logits.detach().float() / args.temperature, -1).gather(
-                        -1, actions[..., None]).squeeze(-1)
+                    old_logp = token_log_probs(logits.detach(), actions, args.temperature)
                 loss, stats = rl_loss(logits, ref_logits, actions, advantages, mask, kl_coef=args.kl_coef,
                                       alpha=args.alpha, old_logp=old_logp, temperature=args.temperature,
                                       kl_estimator=args.kl_estimator, certainty_kind=args.certainty,
@@ -489,7 +502,8 @@ def main(argv=None):
             for k in ("kl", "kl_weighted", "policy_loss", "kl_weight"):
                 window[k].append(stats[k])
             bar.set_postfix(reward=f"{rewards.mean().item():.2f}", kl=f"{stats['kl']:.4f}")
-            if episode // args.eval_every > (episode - len(problems)) // args.eval_every or it == iterations - 1:
+            crossed = episode // args.eval_every > (episode - len(problems)) // args.eval_every  # passed k * eval_every
+            if crossed or it == iterations - 1:
                 last = log(evaluation(episode)[0], it + 1)
     except KeyboardInterrupt:
         sys.exit(f"\ninterrupted at episode {episode}: {run_dir} holds the run up to its last evaluation "
