@@ -362,12 +362,32 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be used; the message says why and what to do."""
 
 
-def atomic_save(obj, path):
-    """torch.save to a temporary file, then rename: a run cut off mid-write leaves the old file intact."""
+def replace_atomically(path, write):
+    """write(tmp) to a temporary file beside path, then rename it to path: a run cut off mid-write leaves
+    the old file intact (and at most a stale temporary file, which the scripts remove at start)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
+    write(tmp)
     os.replace(tmp, path)
+
+
+def atomic_save(obj, path):
+    replace_atomically(path, lambda tmp: torch.save(obj, tmp))
+
+
+def write_text(path, text):
+    """A text file (table, log) written atomically; says so on stderr."""
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            f.write(text)
+    replace_atomically(path, write)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def save_figure(fig, path):
+    """A matplotlib figure as a PNG, written atomically."""
+    replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def save_checkpoint(path, model, **meta):

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 import data
 from model import (atomic_save, autocast_dtype, CheckpointError, load_checkpoint, mixed_precision, pick_device,
-                   save_checkpoint, seed_everything, set_threads, too_big)
+                   save_checkpoint, seed_everything, set_threads, too_big, write_text)
 
 # -----------------------------------------------------------------------------
 # the paper's idea: the loss, then what it calls
@@ -345,9 +345,7 @@ def prepare_run_dir(args, config):
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         with open(metrics_path) as f:  # a kill between logging a row and saving the state leaves one row more
             rows = [line for line in f if line.strip() and json.loads(line)["episode"] <= state["episode"]]
-        with open(metrics_path + ".tmp", "w") as f:
-            f.writelines(rows)
-        os.replace(metrics_path + ".tmp", metrics_path)
+        write_text(metrics_path, "".join(rows))
         return run_dir, state
     if os.path.exists(run_dir) and os.listdir(run_dir) and not args.force:
         sys.exit(f"error: {run_dir} already holds a run; choose another --name, continue it with --resume, or "

@@ -26,8 +26,8 @@ from model import load_checkpoint  # noqa: E402
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "256", "--batch-size", "8",
         "--eval-size", "4", "--threads", "1"]
-PRETRAIN = ["--digits", "2", "--steps", "60", "--eval-every", "7", "--pool", "4", *TINY]
-RL = ["--episodes", "32", "--batch-size", "2", "--group-size", "2", "--eval-every", "4", "--eval-size", "2",
+PRETRAIN = ["--digits", "2", "--steps", "240", "--eval-every", "7", "--pool", "4", *TINY]
+RL = ["--episodes", "96", "--batch-size", "2", "--group-size", "2", "--eval-every", "4", "--eval-size", "2",
       "--threads", "1", "--no-save"]
 
 
@@ -57,7 +57,7 @@ def metrics(run_dir):
         return [{k: v for k, v in json.loads(line).items() if k != "minutes"} for line in f]
 
 
-def pretrain_kills(folder, kills, rng):
+def pretrain_kills(folder, kills, rng, resumed):
     reference = os.path.join(folder, "whole.pt")
     seconds, _ = run("pretrain.py", [*PRETRAIN, "--out", reference])
     expected = weights(reference)
@@ -77,10 +77,11 @@ def pretrain_kills(folder, kills, rng):
               f"{'bit-identical' if same else 'DIFFERENT'}{', leftover ' + str(leftovers) if leftovers else ''}")
         if not same or leftovers:
             failures.append(f"pre-training kill {i + 1}")
+        resumed.append(resume == ["--resume"])
     return failures
 
 
-def rl_kills(folder, kills, rng):
+def rl_kills(folder, kills, rng, resumed):
     ckpt = os.path.join(folder, "whole.pt")  # the pre-training run above, as the RL start
     seconds, _ = run("rl.py", [*RL, "--ckpt", ckpt, "--out", folder, "--name", "rl_whole"])
     expected = metrics(os.path.join(folder, "rl_whole"))
@@ -97,6 +98,7 @@ def rl_kills(folder, kills, rng):
               f"{'resumed' if resume == ['--resume'] else 'restarted'}: {'same metrics' if same else 'DIFFERENT'}")
         if not same:
             failures.append(f"RL kill {i + 1}")
+        resumed.append(resume == ["--resume"])
     return failures
 
 
@@ -107,11 +109,14 @@ def main():
     p.add_argument("--seed", type=int, default=0, help="seeds the kill moments")
     args = p.parse_args()
     rng = random.Random(args.seed)
+    resumed = []  # per kill: whether it came after the first save (else the run restarts from scratch)
     with tempfile.TemporaryDirectory() as folder:
-        failures = pretrain_kills(folder, args.pretrain_kills, rng) + rl_kills(folder, args.rl_kills, rng)
+        failures = (pretrain_kills(folder, args.pretrain_kills, rng, resumed)
+                    + rl_kills(folder, args.rl_kills, rng, resumed))
     if failures:
         sys.exit(f"error: {len(failures)} kill(s) did not resume exactly: {', '.join(failures)}")
-    print(f"all {args.pretrain_kills + args.rl_kills} kills resumed exactly")
+    print(f"all {len(resumed)} kills ended exactly like an uninterrupted run: {sum(resumed)} resumed from a save, "
+          f"{len(resumed) - sum(resumed)} killed before the first save and restarted")
 
 
 if __name__ == "__main__":

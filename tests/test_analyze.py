@@ -1,3 +1,4 @@
+import json
 import math
 import os
 import re
@@ -7,6 +8,8 @@ import sys
 import pytest
 
 import analyze
+import curves
+import probe
 import data
 import torch
 
@@ -16,14 +19,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_describe_error_is_none_for_the_exact_scratchpad():
-    assert analyze.describe_error(data.scratchpad(12345678, 87654321), 12345678, 87654321) is None
+    assert probe.describe_error(data.scratchpad(12345678, 87654321), 12345678, 87654321) is None
 
 
 def test_describe_error_finds_an_early_closed_operand_list():
     a, b = 12345678, 87654321
     truth = data.scratchpad(a, b)
     wrong = truth.replace("[1,2,3,4,5,6,7,8]", "[1,2,3,4,5,6,7]", 1)
-    e = analyze.describe_error(wrong, a, b)
+    e = probe.describe_error(wrong, a, b)
     assert e["line"] == 1 and e["field"] == "operand 1" and e["index"] == 7
     assert e["expected"] == "," and e["wrote"] == "]"
     assert e["kind"] == "closed the list too early (']' for ',')"
@@ -35,23 +38,23 @@ def test_describe_error_finds_a_skipped_digit_on_line_two_of_the_second_operand(
     line2 = truth.splitlines()[3]
     assert line2.startswith("[1,2,3,4,5,6,7] + [8,7,6,5,4,3,2]")
     wrong = truth.replace(line2, line2.replace("[8,7,6,5,4,3,2]", "[8,7,6,4,3,2]"))
-    e = analyze.describe_error(wrong, a, b)
+    e = probe.describe_error(wrong, a, b)
     assert (e["line"], e["field"], e["index"], e["kind"]) == (2, "operand 2", 3, "skipped a digit")
 
 
 def test_describe_error_in_a_sum_and_in_a_truncated_text():
     truth = data.scratchpad(19, 3)
-    assert analyze.describe_error(truth.replace("9+3+0=12", "9+3+0=11"), 19, 3)["field"] == "digit sum"
-    assert analyze.describe_error(truth.replace("9+3+0=12", "9+4+0=13"), 19, 3)["field"] == "sum operands"
-    assert analyze.describe_error(truth.replace("C->1\n", "C->0\n"), 19, 3)["field"] == "new carry"
-    assert analyze.describe_error(truth.replace("A=[2] , C=1", "A=[2] , C=0"), 19, 3)["field"] == "carry"
-    assert analyze.describe_error(truth[:20], 19, 3)["wrote"] == "(end)"
+    assert probe.describe_error(truth.replace("9+3+0=12", "9+3+0=11"), 19, 3)["field"] == "digit sum"
+    assert probe.describe_error(truth.replace("9+3+0=12", "9+4+0=13"), 19, 3)["field"] == "sum operands"
+    assert probe.describe_error(truth.replace("C->1\n", "C->0\n"), 19, 3)["field"] == "new carry"
+    assert probe.describe_error(truth.replace("A=[2] , C=1", "A=[2] , C=0"), 19, 3)["field"] == "carry"
+    assert probe.describe_error(truth[:20], 19, 3)["wrote"] == "(end)"
 
 
 def test_wilson_interval():
-    low, high = analyze.wilson_interval(50, 100)
+    low, high = probe.wilson_interval(50, 100)
     assert low < 50 < high and abs((low + high) / 2 - 50) < 1e-9
-    assert analyze.wilson_interval(0, 1000)[0] == 0.0 and analyze.wilson_interval(1000, 1000)[1] == 100.0
+    assert probe.wilson_interval(0, 1000)[0] == 0.0 and probe.wilson_interval(1000, 1000)[1] == 100.0
 
 
 @pytest.mark.parametrize("command", [["accuracy", "--extra", "1"], ["errors"]])
@@ -66,27 +69,27 @@ def test_subcommands_run(tiny_checkpoint, tmp_path, command):
 
 
 def test_mean_ci_matches_a_hand_computed_t_interval():
-    mean, half = analyze.mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
+    mean, half = curves.mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
     # sd = sqrt(2.5), t(0.975, 4 df) = 2.776
     assert mean == pytest.approx(3.0) and half == pytest.approx(2.776 * (2.5 ** 0.5) / 5 ** 0.5, rel=1e-4)
-    mean, half = analyze.mean_ci([7.0])
+    mean, half = curves.mean_ci([7.0])
     assert mean == 7.0 and math.isnan(half)  # one seed: no interval, and the table says so
-    assert analyze.plus_minus(mean, half) == "7.0 (1 seed)"
+    assert curves.plus_minus(mean, half) == "7.0 (1 seed)"
 
 
 def test_area_under_curve_is_the_time_average():
     rows = [{"episode": 0, "acc_plus": 0.0}, {"episode": 100, "acc_plus": 100.0}, {"episode": 300, "acc_plus": 100.0}]
-    assert analyze.area_under_curve(rows) == pytest.approx((50 * 100 + 100 * 200) / 300)
+    assert curves.area_under_curve(rows) == pytest.approx((50 * 100 + 100 * 200) / 300)
 
 
 def _fake_run(root, name, alpha, seed, final, kl_coef=10.0, kl=0.001, episodes=512, **config):
     run = root / name
     run.mkdir()
-    (run / "config.json").write_text(analyze.json.dumps({"alpha": alpha, "kl_coef": kl_coef, "seed": seed, "name": name,
+    (run / "config.json").write_text(json.dumps({"alpha": alpha, "kl_coef": kl_coef, "seed": seed, "name": name,
                                                          "episodes": 512, **config}))
     rows = [{"episode": e, "acc_plus": acc, "acc_comfort": 100.0, "critical_p": 0.9, "kl": kl}
             for e, acc in ((0, 50.0), (256, (50.0 + final) / 2), (512, final)) if e <= episodes]
-    (run / "metrics.jsonl").write_text("".join(analyze.json.dumps(r) + "\n" for r in rows))
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def test_curves_groups_seeds_and_writes_table_and_figure(tmp_path):
@@ -96,7 +99,7 @@ def test_curves_groups_seeds_and_writes_table_and_figure(tmp_path):
         _fake_run(runs, f"a0_s{seed}", 0.0, seed, final)
         _fake_run(runs, f"a30_s{seed}", 30.0, seed, final + 10)
     (runs / "empty").mkdir()  # a run that never logged is skipped, not an error
-    groups = analyze.group_runs(analyze.find_runs([str(runs)]))
+    groups = curves.group_runs(curves.find_runs([str(runs)]))
     assert [(label, len(members)) for label, _, members in groups] == [("alpha=0.0", 2), ("alpha=30.0", 2)]
     out = subprocess.run([sys.executable, "analyze.py", "curves", str(runs), "--name", "fig", "--results",
                           str(tmp_path / "res")], cwd=ROOT, capture_output=True, text=True)
@@ -112,7 +115,7 @@ def test_runs_measured_differently_or_cut_off_are_not_averaged_in(tmp_path):
     _fake_run(runs, "s1", 0.0, 1, 80.0, eval_size=200)
     _fake_run(runs, "small_eval", 0.0, 2, 90.0, eval_size=50)  # another evaluation set size: its own group
     _fake_run(runs, "cut", 0.0, 3, 10.0, eval_size=200, episodes=256)  # stopped at 256 of 512 episodes
-    table = analyze.summarize(analyze.group_runs(analyze.find_runs([str(runs)])))
+    table = curves.summarize(curves.group_runs(curves.find_runs([str(runs)])))
     assert [(r["group"], r["seeds"], r["unfinished"], r["final"]) for r in table] == \
         [("eval_size=50", 1, 0, 90.0), ("eval_size=200", 2, 1, 75.0)]
     out = subprocess.run([sys.executable, "analyze.py", "curves", str(runs), "--results", str(tmp_path)], cwd=ROOT,
@@ -123,9 +126,9 @@ def test_runs_measured_differently_or_cut_off_are_not_averaged_in(tmp_path):
 def test_damage_is_a_comfort_loss_a_fall_below_the_start_or_a_non_finite_value():
     run = lambda comfort, plus, kl=0.001: {"rows": [{"episode": 0, "acc_plus": 60.0, "acc_comfort": 100.0},
                                                     {"episode": 512, "acc_plus": plus, "acc_comfort": comfort, "kl": kl}]}
-    assert not analyze.damaged(run(96.0, 80.0))
-    assert analyze.damaged(run(95.0, 80.0)) and analyze.damaged(run(100.0, 59.5))
-    assert analyze.damaged(run(100.0, 80.0, kl=float("nan")))
+    assert not curves.damaged(run(96.0, 80.0))
+    assert curves.damaged(run(95.0, 80.0)) and curves.damaged(run(100.0, 59.5))
+    assert curves.damaged(run(100.0, 80.0, kl=float("nan")))
 
 
 def test_frontier_says_which_prioritized_runs_lie_above_the_uniform_frontier(tmp_path):
@@ -136,9 +139,9 @@ def test_frontier_says_which_prioritized_runs_lie_above_the_uniform_frontier(tmp
         _fake_run(runs, f"std_s{seed}", 0.0, seed, 75.0 + seed, kl=0.002)
         _fake_run(runs, f"prio_s{seed}", 100.0, seed, 90.0 + seed, kl=0.002)  # above: no uniform >= at <= KL
         _fake_run(runs, f"weak_s{seed}", 3.0, seed, 70.0 + seed, kl=0.003)  # below: std is better at less KL
-    table = analyze.summarize(analyze.group_runs(analyze.find_runs([str(runs)])))
-    verdict = {r["group"]: [u["group"] for u in analyze.beaten_by(r, table)] for r in table
-               if not analyze.is_uniform(r["settings"])}
+    table = curves.summarize(curves.group_runs(curves.find_runs([str(runs)])))
+    verdict = {r["group"]: [u["group"] for u in curves.beaten_by(r, table)] for r in table
+               if not curves.is_uniform(r["settings"])}
     assert verdict == {"alpha=100.0, kl_coef=10.0": [], "alpha=3.0, kl_coef=10.0": ["alpha=0.0, kl_coef=10.0"]}
     out = subprocess.run([sys.executable, "analyze.py", "frontier", str(runs), "--name", "fr", "--results",
                           str(tmp_path / "res")], cwd=ROOT, capture_output=True, text=True)
@@ -210,8 +213,8 @@ def test_probe_finds_the_one_hesitant_decisive_token():
     problems = [(1234, 5678), (4321, 8765)]
     offset = data.critical_positions(1234, 5678, 3)[0]  # the n+1 comma of line 1, operand 1, in both
     model = Scripted(offset, "]")
-    greedy = analyze.solve(model, problems, "cpu", None)
-    tested, certainty = analyze.probe(model, 3, problems, greedy, "cpu", None, controls=3, samples=8)
+    greedy = probe.solve(model, problems, "cpu", None)
+    tested, certainty = probe.probe(model, 3, problems, greedy, "cpu", None, controls=3, samples=8)
     critical = [r for r in tested if r["critical"]]
     assert [(r["problem"], r["t"]) for r in critical] == [(p, offset) for p in problems]
     hit = critical[0]
@@ -224,7 +227,7 @@ def test_probe_finds_the_one_hesitant_decisive_token():
     # the baseline: this model fails after any wrong character, so every random place is decisive too;
     # what sets the critical token apart is its certainty alone
     assert all(r["decisive"] and not r["critical"] for r in randoms if r["t"] != offset)
-    rows = {r["positions"]: r for r in analyze.table1(tested, certainty, drop=0.05)}
+    rows = {r["positions"]: r for r in probe.table1(tested, certainty, drop=0.05)}
     selected = rows["low certainty and decisive (selected by Delta J)"]
     assert selected["n"] == 2 and selected["mean"] == pytest.approx(hit["delta"], abs=1e-3) and selected["below"] == 1
     assert rows["the paper's n+1 comma, lines 1-3 (fixed places)"]["n"] == 2 * 2 * 3  # 2 operands x 3 lines
@@ -233,9 +236,9 @@ def test_probe_finds_the_one_hesitant_decisive_token():
 
 def test_decisiveness_needs_a_gap_with_intervals():
     """A token is decisive only when the right character's wins and the wrong one's are 95% intervals apart."""
-    assert analyze.decisive(8, 0, 8) and analyze.decisive(7, 1, 8) and analyze.decisive(40, 25, 50)
-    assert not analyze.decisive(6, 2, 8) and not analyze.decisive(8, 4, 8) and not analyze.decisive(0, 0, 8)
-    assert not analyze.decisive(1, 8, 8)  # the wrong character doing better is not decisive either
+    assert probe.decisive(8, 0, 8) and probe.decisive(7, 1, 8) and probe.decisive(40, 25, 50)
+    assert not probe.decisive(6, 2, 8) and not probe.decisive(8, 4, 8) and not probe.decisive(0, 0, 8)
+    assert not probe.decisive(1, 8, 8)  # the wrong character doing better is not decisive either
 
 
 def test_probe_subcommand_writes_table_and_figure(tiny_checkpoint, tmp_path):
@@ -276,14 +279,14 @@ def test_runs_side_by_side_log_what_runs_one_by_one_log(tiny_checkpoint, tmp_pat
         runs = [(str(tmp_path / f"jobs{jobs}"), f"alpha{a}", ["--alpha", str(a)]) for a in (0, 100)]
         analyze.run_rl(runs, budget, jobs)
         for out, name, _ in runs:
-            rows = analyze.read_run(os.path.join(out, name))["rows"]
+            rows = curves.read_run(os.path.join(out, name))["rows"]
             logs[jobs, name] = [{k: v for k, v in row.items() if k != "minutes"} for row in rows]
     assert logs[1, "alpha0"] == logs[2, "alpha0"] and logs[1, "alpha100"] == logs[2, "alpha100"]
     assert [row["episode"] for row in logs[2, "alpha0"]] == [0, 2, 4]
 
 
 def test_ansi_rendering_keeps_every_character_and_marks_the_unsure_one():
-    out = analyze.ansi_certainty("[1,2]\n", [1.0, 1.0, 0.5, 1.0, 1.0, 1.0], low=0.5)
+    out = probe.ansi_certainty("[1,2]\n", [1.0, 1.0, 0.5, 1.0, 1.0, 1.0], low=0.5)
     plain = re.sub(r"\x1b\[[0-9;]*m", "", out)
     assert plain == "[1,2]\u21b5\n"
     black = "\x1b[38;2;0;0;0m"

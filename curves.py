@@ -1,0 +1,319 @@
+"""
+Learning curves of rl.py runs: runs that differ only in the seed are grouped, and every figure is a mean
+with a 95% t-interval over seeds. Run through analyze.py:
+
+    python analyze.py curves runs/sweep       # final accuracy, area under the curve, comfort zone, damage
+    python analyze.py frontier runs/sweep     # final accuracy against KL to the reference, uniform vs prioritized
+
+Each writes <results>/<name>.md, whose first line is the exact command that rewrote it, and <name>.png.
+"""
+import json
+import math
+import os
+import sys
+
+from model import save_figure, write_text
+
+# -----------------------------------------------------------------------------
+# learning curves of rl.py runs: mean and 95% interval over seeds
+
+# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond 30, 1.96 is close enough)
+T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042]
+# what varies between seeds of one experiment, or does not change what is learned
+# (eval_every and eval_size change what was measured, so they do split groups)
+NOT_A_SETTING = {"seed", "name", "out", "device", "save", "threads", "fast_generate", "force", "resume"}
+
+
+def mean_ci(values):
+    """Mean and the half-width of its 95% t-interval (nan for a single value: no interval)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan")
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, (T_975[n - 2] if n - 1 <= len(T_975) else 1.96) * sd / math.sqrt(n)
+
+
+RETIRED = {"reward": "01"}  # --reward pm1 was the 0/1 reward with a doubled advantage under the group baseline
+REQUIRED = ("episode", "acc_plus", "acc_comfort")  # what every metrics.jsonl row must have
+
+
+def read_run(run_dir):
+    """config.json and the rows of metrics.jsonl of one rl.py run; None if it has not logged anything.
+    A file that cannot be read is an error naming the file and line, not a run silently dropped."""
+    config_path, metrics_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "metrics.jsonl")
+    if not (os.path.exists(config_path) and os.path.exists(metrics_path)):
+        return None
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        sys.exit(f"error: {config_path} is not readable JSON ({e}); remove the run or repair the file")
+    for flag, value in RETIRED.items():  # a flag rl.py no longer has, at the value every run now uses
+        if config.get(flag) == value:
+            del config[flag]
+    rows = []
+    with open(metrics_path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                sys.exit(f"error: {metrics_path} line {number} is not JSON; remove the line or the run")
+            missing = [k for k in REQUIRED if not isinstance(row, dict) or row.get(k) is None]
+            if missing:
+                sys.exit(f"error: {metrics_path} line {number} lacks {', '.join(missing)}; remove the line or the run")
+            rows.append(row)
+    return {"dir": run_dir, "config": config, "rows": rows} if rows else None
+
+
+def run_finished(run):
+    """Whether a run logged its last evaluation (a run cut off early has no final accuracy)."""
+    return run["rows"][-1]["episode"] >= run["config"].get("episodes", 0)
+
+
+def damaged(run):
+    """Issue-10's damage test for one run: the comfort zone lost 5 points or more, or the N+k accuracy
+    ended below its start, or a logged value is not finite."""
+    first, last = run["rows"][0], run["rows"][-1]
+    values = [v for r in run["rows"] for v in r.values() if isinstance(v, float)]
+    return (first["acc_comfort"] - last["acc_comfort"] >= 5 or last["acc_plus"] < first["acc_plus"]
+            or any(r.get(k) is None for r in run["rows"] for k in ("acc_plus", "acc_comfort"))
+            or not all(math.isfinite(v) for v in values))
+
+
+def plus_minus(mean, half, digits=1):
+    """'mean +- half', 'mean (1 seed)' where there is no interval, 'n/a' where nothing was measured."""
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.{digits}f} " + ("(1 seed)" if math.isnan(half) else f"+- {half:.{digits}f}")
+
+
+def area_under_curve(rows, key="acc_plus"):
+    """Mean of `key` over training (trapezoids over episodes), in the curve's units: 100 = perfect throughout."""
+    xs, ys = [r["episode"] for r in rows], [r[key] for r in rows]
+    if len(xs) < 2 or xs[-1] == xs[0]:
+        return ys[-1]
+    return sum((x1 - x0) * (y0 + y1) / 2 for x0, x1, y0, y1 in zip(xs, xs[1:], ys, ys[1:])) / (xs[-1] - xs[0])
+
+
+def group_runs(runs):
+    """Runs that share every setting except the seed form one group. Returns [(label, settings, runs)],
+    the label naming only the settings that differ between groups."""
+    groups = {}
+    for run in runs:
+        settings = {k: v for k, v in run["config"].items() if k not in NOT_A_SETTING}
+        groups.setdefault(json.dumps(settings, sort_keys=True), (settings, []))[1].append(run)
+    all_settings = [s for s, _ in groups.values()]
+    keys = sorted({k for s in all_settings for k in s})
+    varying = [k for k in keys if len({json.dumps(s.get(k)) for s in all_settings}) > 1]
+    out = []
+    for settings, members in groups.values():
+        label = ", ".join(f"{k}={settings.get(k)}" for k in varying) or "all runs"
+        out.append((label, settings, sorted(members, key=lambda r: r["config"].get("seed", 0))))
+    numbers_first = lambda v: (0, v, "") if isinstance(v, (int, float)) else (1, 0, json.dumps(v))
+    return sorted(out, key=lambda g: [numbers_first(g[1].get(k)) for k in varying])
+
+
+def summarize(groups):
+    """One row per group: final accuracy and area under the curve, mean and 95% interval over the seeds
+    that finished (`unfinished` counts the others, left out); groups with no finished run are dropped."""
+    table = []
+    for label, settings, members in groups:
+        done = [r for r in members if run_finished(r)]
+        if not done:
+            continue
+        row = {"group": label, "settings": settings, "seeds": len(done), "unfinished": len(members) - len(done),
+               "episodes": done[0]["rows"][-1]["episode"], "runs": done}
+        for name, values in (("final", [r["rows"][-1]["acc_plus"] for r in done]),
+                             ("val", [r["rows"][-1].get("val_plus", float("nan")) for r in done]),
+                             ("auc", [area_under_curve(r["rows"]) for r in done]),
+                             ("comfort", [r["rows"][-1]["acc_comfort"] for r in done]),
+                             ("critical_p", [r["rows"][-1].get("critical_p", float("nan")) for r in done]),
+                             ("critical_p_all", [r["rows"][-1].get("critical_p_all", float("nan")) for r in done]),
+                             ("kl", [r["rows"][-1].get("kl") or 0.0 for r in done])):
+            row[name], row[name + "_ci"] = mean_ci(values)
+        row["start"] = done[0]["rows"][0]["acc_plus"]
+        row["damaged"] = sum(damaged(r) for r in done)
+        row["sampled"], row["sampled_ci"] = mean_ci([r["rows"][-1].get("acc_plus_sampled", float("nan")) for r in done])
+        table.append(row)
+    return table
+
+
+def find_runs(paths):
+    """Run folders named directly, or found one level below a named folder (runs/sweep -> runs/sweep/*)."""
+    runs = []
+    for path in paths:
+        candidates = [path] if os.path.exists(os.path.join(path, "metrics.jsonl")) else \
+            sorted(os.path.join(path, d) for d in (os.listdir(path) if os.path.isdir(path) else []))
+        runs += [r for r in map(read_run, candidates) if r is not None]
+    return runs
+
+
+def plot_curves(groups, path, title):
+    """Fig. 4: held-out N+k accuracy and critical-token probability against episodes, mean and 95% band."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for (label, _, members), color in zip(groups, plt.cm.viridis([i / max(1, len(groups) - 1) for i in range(len(groups))])):
+        # rows are matched by episode, not by position: a run cut off early adds to the episodes it reached
+        episodes = sorted({r["episode"] for run in members for r in run["rows"]})
+        by_episode = [{r["episode"]: r for r in run["rows"]} for run in members]
+        for ax, key in zip(axes, ("acc_plus", "critical_p", "critical_p_all")):
+            columns = [[rows[e].get(key, float("nan")) for rows in by_episode if e in rows] for e in episodes]
+            stats = [mean_ci(c) for c in columns]
+            mean = [m for m, _ in stats]
+            ax.plot(episodes, mean, color=color, label=f"{label} ({len(members)} seeds)")
+            ax.fill_between(episodes, [m - h for m, h in stats], [m + h for m, h in stats], color=color, alpha=0.2)
+    axes[0].set(xlabel="episodes", ylabel="held-out N+k greedy accuracy (%)", title=title)
+    axes[1].set(xlabel="episodes", ylabel="p(correct ',' at the n+1 comma)", title="critical tokens, lines 1-3 (paper)")
+    axes[2].set(xlabel="episodes", ylabel="p(correct ',' at the n+1 comma)", title="critical tokens, every line")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_alpha(groups, table, path):
+    """Fig. 6: final N+k accuracy and area under the curve against alpha (mean and 95% interval over
+    seeds), one line per combination of the other settings. False if fewer than 3 alphas were run."""
+    series = {}
+    for (label, settings, _), row in zip(groups, table):
+        rest = ", ".join(part for part in label.split(", ") if not part.startswith("alpha=")) or "all runs"
+        series.setdefault(rest, []).append((settings.get("alpha", 0.0), row))
+    if max(len(points) for points in series.values()) < 3:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for rest, points in series.items():
+        points.sort(key=lambda p: p[0])
+        for ax, key in zip(axes, ("final", "auc")):
+            ax.errorbar([a for a, _ in points], [r[key] for _, r in points], yerr=[r[key + "_ci"] for _, r in points],
+                        marker="o", capsize=3, label=f"{rest} (seeds: {', '.join(str(r['seeds']) for _, r in points)})")
+    for ax, what in zip(axes, ("final", "area under the curve of")):
+        ax.set_xscale("symlog", linthresh=1)  # alpha = 0 (the standard penalty) stays on the axis
+        ax.axhline(points[0][1]["start"], color="grey", linestyle=":", label="before RL")
+        ax.set(xlabel="alpha (0 = standard KL)", ylabel=f"{what} N+k greedy accuracy (%)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return True
+
+
+def load_groups(paths):
+    """The rl.py runs under `paths`, grouped by setting and summarized; exits with one line if none."""
+    runs = find_runs(paths)
+    if not runs:
+        sys.exit(f"error: no rl.py runs (folders with metrics.jsonl) in {' '.join(paths)}; run rl.py first")
+    groups = group_runs(runs)
+    table = summarize(groups)
+    unfinished = [r["dir"] for r in runs if not run_finished(r)]
+    if unfinished:
+        print(f"left out, not finished: {', '.join(unfinished)}", file=sys.stderr)
+    return groups, table, unfinished
+
+
+def write_table(args, command, lines, unfinished):
+    text = "\n".join(lines) + "\n" + (f"\nLeft out, not finished: {', '.join(unfinished)}\n" if unfinished else "")
+    print(text, end="")
+    # the first line is the command that rewrites this file from the logs (tests/test_readme.py re-runs it)
+    write_text(os.path.join(args.results, args.name + ".md"),
+               f"`python analyze.py {command} {' '.join(args.runs)} --name {args.name} --results {args.results}`\n\n" + text)
+
+
+def cmd_curves(args):
+    groups, table, unfinished = load_groups(args.runs)
+    lines = ["| runs | seeds | episodes | N+k accuracy: start | final (95% CI) | validation final | area under curve "
+             "(95% CI) | sampled final | comfort zone final (95% CI) | damaged seeds | critical p final, lines 1-3 / "
+             "every line (95% CI) | KL/token final |", "|---" * 12 + "|"]
+    for r in table:
+        lines.append(f"| {r['group']} | {r['seeds']} | {r['episodes']} | {r['start']:.1f} | "
+                     f"{plus_minus(r['final'], r['final_ci'])} | {plus_minus(r['val'], r['val_ci'])} | "
+                     f"{plus_minus(r['auc'], r['auc_ci'])} | {plus_minus(r['sampled'], r['sampled_ci'])} | "
+                     f"{plus_minus(r['comfort'], r['comfort_ci'])} | {r['damaged']}/{r['seeds']} | "
+                     f"{plus_minus(r['critical_p'], r['critical_p_ci'], 4)} / "
+                     f"{plus_minus(r['critical_p_all'], r['critical_p_all_ci'], 4)} | {r['kl']:.4f} |")
+    lines += ["", "At each evaluation (mean and 95% interval over the finished seeds):", "",
+              "| runs | episode | N+k greedy | comfort zone | critical p, lines 1-3 | critical p, every line |",
+              "|---|---|---|---|---|---|"]
+    for r in table:
+        by_episode = {}
+        for run in r["runs"]:
+            for row in run["rows"]:
+                by_episode.setdefault(row["episode"], []).append(row)
+        for episode, rows in sorted(by_episode.items()):
+            cell = lambda key, digits: plus_minus(*mean_ci([x.get(key, float("nan")) for x in rows]), digits)
+            lines.append(f"| {r['group']} | {episode} | {cell('acc_plus', 1)} | {cell('acc_comfort', 1)} | "
+                         f"{cell('critical_p', 4)} | {cell('critical_p_all', 4)} |")
+    write_table(args, "curves", lines, unfinished)
+    plot_curves(groups, os.path.join(args.results, args.name + ".png"), args.name)
+    plot_alpha(groups, table, os.path.join(args.results, args.name + "_vs_alpha.png"))
+
+
+def is_uniform(settings):
+    """The standard penalty (alpha 0) or no penalty (kl_coef 0): every state weighted alike."""
+    return settings.get("alpha", 0) == 0 or settings.get("kl_coef", 0) == 0
+
+
+def beaten_by(row, table):
+    """The uniform groups whose mean final accuracy is at least row's with no more mean KL to the reference
+    (empty: row lies above the uniform frontier)."""
+    return [u for u in table if is_uniform(u["settings"]) and u is not row
+            and u["kl"] <= row["kl"] and u["final"] >= row["final"]]
+
+
+def plot_frontier(table, path, title):
+    """Final and area-under-curve N+k accuracy, and final comfort-zone accuracy, against the final KL to
+    the reference: one small dot per run, the group's mean with 95% intervals on both axes."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for ax, key, ylabel in zip(axes, ("final", "auc", "comfort"), ("final N+k greedy accuracy (%)",
+                               "area under the N+k curve (%)", "final comfort-zone accuracy (%)")):
+        for uniform, color in ((True, "tab:blue"), (False, "tab:orange")):
+            rows = [r for r in table if is_uniform(r["settings"]) == uniform]
+            for r in rows:
+                per_run = {"final": lambda x: x["rows"][-1]["acc_plus"], "auc": lambda x: area_under_curve(x["rows"]),
+                           "comfort": lambda x: x["rows"][-1]["acc_comfort"]}[key]
+                ax.scatter([x["rows"][-1].get("kl") or 0.0 for x in r["runs"]], [per_run(x) for x in r["runs"]],
+                           s=10, color=color, alpha=0.35)
+                ax.errorbar(r["kl"], r[key], xerr=r["kl_ci"], yerr=r[key + "_ci"], color=color, marker="o", capsize=3)
+                short = f"kl {r['settings'].get('kl_coef', 0):g}" if uniform else f"a {r['settings'].get('alpha', 0):g}"
+                ax.annotate(short, (r["kl"], r[key]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            ax.plot([], [], color=color, marker="o", label="uniform: alpha 0 or kl_coef 0" if uniform else
+                    "prioritized: alpha > 0 (at its kl_coef)")
+        # the uniform frontier: the best uniform group mean at no more KL than x
+        uniform = sorted((r["kl"], r[key]) for r in table if is_uniform(r["settings"]))
+        steps = [(x, max(y for x2, y in uniform if x2 <= x)) for x, _ in uniform]
+        if steps and key != "comfort":
+            right = max(r["kl"] for r in table) * 1.1
+            ax.step([x for x, _ in steps] + [right], [y for _, y in steps] + [steps[-1][1]], where="post",
+                    color="tab:blue", linestyle="--", linewidth=1, label="uniform frontier (group means)")
+        ax.set(xlabel="KL/token to the reference at the end (k2 estimate, training batches)", ylabel=ylabel)
+        ax.set_xlim(left=0)
+    axes[0].set_title(title)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def cmd_frontier(args):
+    _, table, unfinished = load_groups(args.runs)
+    lines = ["| runs | penalty | seeds | KL/token final (95% CI) | N+k final (95% CI) | validation final | area under "
+             "curve (95% CI) | comfort zone final (95% CI) | uniform groups with >= accuracy at <= KL |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(table, key=lambda r: r["kl"]):
+        uniform = is_uniform(r["settings"])
+        verdict = "" if uniform else ("; ".join(f"{u['group']} ({u['final']:.1f} at {u['kl']:.4f})"
+                                                for u in beaten_by(r, table)) or "none: above the frontier")
+        lines.append(f"| {r['group']} | {'uniform' if uniform else 'prioritized'} | {r['seeds']} | "
+                     f"{plus_minus(r['kl'], r['kl_ci'], 4)} | {plus_minus(r['final'], r['final_ci'])} | {plus_minus(r['val'], r['val_ci'])} | "
+                     f"{plus_minus(r['auc'], r['auc_ci'])} | {plus_minus(r['comfort'], r['comfort_ci'])} | {verdict} |")
+    write_table(args, "frontier", lines, unfinished)
+    plot_frontier(table, os.path.join(args.results, args.name + ".png"), args.name)

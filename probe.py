@@ -1,0 +1,403 @@
+"""
+Looking inside a pre-trained model: where its generations first go wrong, and which tokens are critical
+(the paper's Section 6: Table 1 and Fig. 5). Run through analyze.py:
+
+    python analyze.py errors --ckpt checkpoints/add7.pt     # the first wrong character of each failure
+    python analyze.py probe --ckpt checkpoints/add7.pt      # Table 1, decisiveness, J^alpha per alpha
+
+Certainty J is Eq. 2 (rl.certainty) of the model's next-character distribution with the correct
+scratchpad teacher-forced; Delta J is a character's J minus the mean J of the other characters of its text.
+A token is decisive when continuations sampled after the right character succeed clearly more often than
+after the model's most likely wrong one (README: "The critical-token probe").
+"""
+import math
+import os
+import sys
+from collections import Counter
+
+import torch
+
+import data
+import rl
+from model import CheckpointError, load_checkpoint, mixed_precision, save_figure, write_text
+
+def wilson_interval(successes, n, z=1.96):
+    """95% confidence interval (percent) for a binomial proportion; sound near 0% and 100%."""
+    if n == 0:
+        return 0.0, 100.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
+
+
+def load(path, device):
+    try:
+        return load_checkpoint(path, device, with_meta=True)
+    except CheckpointError as e:
+        sys.exit(f"error: {e}")
+
+
+def pretrain_digits(meta, path):
+    try:
+        return int(meta["args"]["digits"])
+    except (KeyError, TypeError, ValueError):
+        sys.exit(f"error: {path} does not record its pre-training digits; pass a checkpoint made by pretrain.py")
+
+
+def solve(model, problems, device, dtype, temperature=0.0):
+    with mixed_precision(device, dtype):
+        return data.complete(model, problems, temperature=temperature, device=device)
+
+# -----------------------------------------------------------------------------
+# where does a generation first go wrong?
+
+def locate(a, b, i):
+    """Where character i of scratchpad(a, b) sits: line (1 = first after '<scratch>'), field, index (for
+    an operand list, how many of its digits come before it), the character, and the line's text/column."""
+    truth = data.scratchpad(a, b)
+    line_start = truth.rfind("\n", 0, i) + 1
+    line_end = truth.find("\n", i)
+    line = truth[line_start:line_end if line_end >= 0 else len(truth)]
+    col = i - line_start
+    field, index = _field(line, col)
+    return {"offset": i, "line": truth.count("\n", 0, i) - 1, "field": field, "index": index,
+            "expected": truth[i]}, line, col
+
+
+def describe_error(completion, a, b):
+    """None if the completion is the exact scratchpad, else a dict describing the first wrong character."""
+    i = data.first_error(completion, a, b)
+    if i is None:
+        return None
+    where, line, col = locate(a, b, i)
+    wrote = completion[i] if i < len(completion) else "(end)"
+    return {**where, "wrote": wrote, "kind": _kind(where["field"], where["expected"], wrote, line, col)}
+
+
+def _field(line, col):
+    """Which part of a scratchpad line the column falls in, and for an operand list how many of its
+    digits come before the column (so the comma after the 7th digit has index 7)."""
+    if not line.startswith("["):
+        return ("answer line" if line[:1].isdigit() else "other"), None
+    first_end = line.index("]")
+    second_start = line.index("[", first_end)
+    second_end = line.index("]", second_start)
+    if col <= first_end:
+        return "operand 1", sum(ch.isdigit() for ch in line[1:col])
+    if second_start <= col <= second_end:
+        return "operand 2", sum(ch.isdigit() for ch in line[second_start + 1:col])
+    if col < line.index("A="):
+        return "separator", None
+    acc_end = line.index("]", line.index("A="))
+    if col <= acc_end:
+        return "A", None
+    if line.endswith("END"):
+        return "carry (last line)", None
+    plus = line.index("+", acc_end)
+    boundaries = [(plus, "carry"), (line.index("=", plus), "sum operands"),
+                  (line.index(" , A->", acc_end), "digit sum"), (line.index(" , C->", acc_end), "new digit")]
+    return next((name for end, name in boundaries if col < end), "new carry"), None
+
+
+def _kind(field, expected, wrote, line, col):
+    if not field.startswith("operand"):
+        return f"wrong character in {field}"
+    if expected == "," and wrote == "]":
+        return "closed the list too early (']' for ',')"
+    if expected == "]" and wrote == ",":
+        return "kept the list open (',' for ']')"
+    if expected.isdigit() and wrote.isdigit():
+        rest = line[col:line.index("]", col)].replace(",", "")
+        if len(rest) > 1 and wrote == rest[1]:
+            return "skipped a digit"
+        return "wrong digit"
+    return f"wrote {wrote!r} for {expected!r}"
+
+
+# -----------------------------------------------------------------------------
+# the critical-token probe (paper section 6, Table 1, Fig. 5)
+
+
+def scratchpad_certainty(model, problems, device, dtype):
+    """For each problem, the model's certainty J (Eq. 2) at every character of the correct scratchpad,
+    teacher-forced (the same states as its own generation up to its first error), and the character it
+    would most likely write there instead of the right one. Returns a list of (J, wrong) pairs."""
+    with mixed_precision(device, dtype):
+        logits = rl.completion_logits(model, problems)
+    out = []
+    for (a, b), rows in zip(problems, logits):
+        J = rl.certainty(rows).cpu()
+        rows[torch.arange(len(rows)), torch.tensor(data.encode(data.scratchpad(a, b)), device=rows.device)] = float("-inf")
+        rows[:, data.PAD_ID] = float("-inf")  # the right character and padding are not alternatives
+        out.append((J, [data.VOCAB[t] for t in rows.argmax(-1).tolist()]))
+    return out
+
+
+@torch.no_grad()
+def continue_from(model, problems, prefixes, device, dtype, temperature=0.0, generator=None, batch_size=256):
+    """The completion prefix + the model's continuation of prompt + prefix (greedy, or sampled at
+    `temperature` with `generator`), for each pair."""
+    order = sorted(range(len(problems)), key=lambda i: len(prefixes[i]) - data.sequence_length(*problems[i]))
+    completions = [None] * len(problems)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        batch, heads = [problems[i] for i in chunk], [prefixes[i] for i in chunk]
+        idx = data.prompt_batch(batch, device, prefixes=heads)
+        room = min(max(data.max_new_tokens(a, b) - len(h) for (a, b), h in zip(batch, heads)),
+                   model.config.block_size - idx.size(1))
+        with mixed_precision(device, dtype):
+            out = model.generate(idx, max(1, room), temperature=temperature, generator=generator)
+        for i, head, row in zip(chunk, heads, out[:, idx.size(1):].tolist()):
+            completions[i] = head + data.decode(row)
+    return completions
+
+
+def probe(model, n, problems, greedy, device, dtype, drop=0.05, controls=4, samples=8, low_tested=4,
+          temperature=1.0, seed=0):
+    """Test tokens on the correct path of each problem, chosen in ways that do and do not look at the
+    certainty J, for the two properties of a critical token:
+      low certainty: Delta J = J(token) - mean J(other tokens of the text) below -drop;
+      decisive: `samples` continuations sampled at `temperature` after the right character succeed
+          clearly more often than after the model's most likely wrong one (95% Wilson intervals apart).
+    Delta J is measured at the paper's n+1 commas (every line), the first wrong character of each failed
+    greedy completion in `greedy`, every low-certainty token and `controls` uniformly random places per
+    problem (whatever their J). Decisiveness, which costs 2 x `samples` generations per token, is tested
+    at the commas of lines 1-3, the first errors, the random places and up to `low_tested` random
+    low-certainty tokens per problem ("decisive" is None elsewhere). Returns one dict per token ("why":
+    how it was chosen) and {problem: J at every character}."""
+    rng = torch.Generator().manual_seed(seed)
+    tested, certainty = [], {}
+    for (a, b), text, (J, wrong) in zip(problems, greedy, scratchpad_certainty(model, problems, device, dtype)):
+        certainty[(a, b)] = J.tolist()
+        delta = delta_j(J)
+        end = data.scratchpad(a, b).index("</scratch>")  # the answer line only copies A: not probed
+        why = {}
+        for t in data.critical_positions(a, b, n, lines=None):
+            why.setdefault(t, set()).add("every line")
+        for t in data.critical_positions(a, b, n, lines=3):
+            why.setdefault(t, set()).add("paper")
+        error = data.first_error(text, a, b)
+        if error is not None and error < len(J):
+            why.setdefault(error, set()).add("first error")
+        for t in range(end):
+            if delta[t] < -drop:
+                why.setdefault(t, set()).add("low")
+        for t in torch.randperm(end, generator=rng)[:controls].tolist():
+            why.setdefault(t, set()).add("random")
+        low = [t for t, reasons in why.items() if "low" in reasons]
+        test_low = {low[i] for i in torch.randperm(len(low), generator=rng)[:low_tested].tolist()}
+        for t, reasons in sorted(why.items()):
+            tested.append({"problem": (a, b), "t": t, "J": J[t].item(), "delta": delta[t].item(), "why": reasons,
+                           "low": delta[t].item() < -drop, "wrote": wrong[t], **locate(a, b, t)[0],
+                           "test": t in test_low or bool(reasons & {"paper", "first error", "random"})})
+    # decisiveness: the same number of sampled continuations after the right and after the wrong character
+    for row in tested:
+        row["decisive"] = row["critical"] = None
+    tested, untested = [r for r in tested if r["test"]], [r for r in tested if not r["test"]]
+    truths = [data.scratchpad(*row["problem"]) for row in tested]
+    probs = [row["problem"] for row in tested for _ in range(samples)]
+    generator = torch.Generator(device).manual_seed(seed)
+    for key, prefix in (("right_wins", lambda s, r: s[:r["t"] + 1]), ("wrong_wins", lambda s, r: s[:r["t"]] + r["wrote"])):
+        texts = continue_from(model, probs, [prefix(s, r) for s, r in zip(truths, tested) for _ in range(samples)],
+                              device, dtype, temperature, generator)
+        for i, row in enumerate(tested):
+            row[key] = sum(data.reward(c, *row["problem"]) for c in texts[i * samples:(i + 1) * samples])
+    for row in tested:
+        row["decisive"] = decisive(row["right_wins"], row["wrong_wins"], samples)
+        row["critical"] = row["low"] and row["decisive"]
+    return sorted(tested + untested, key=lambda r: (problems.index(r["problem"]), r["t"])), certainty
+
+
+def decisive(right_wins, wrong_wins, samples):
+    """Whether continuations after the right character succeed clearly more often than after the wrong one:
+    the 95% Wilson intervals of the two success rates do not overlap."""
+    return wilson_interval(right_wins, samples)[0] > wilson_interval(wrong_wins, samples)[1]
+
+
+def delta_j(J):
+    """Delta J: each token's certainty minus the mean certainty of the other tokens of the same text."""
+    return J - (J.sum() - J) / (len(J) - 1)
+
+
+# Table 1's rows: which tested tokens each one takes, and how they were chosen
+TABLE1_ROWS = [
+    ("the paper's n+1 comma, lines 1-3 (fixed places)", lambda r: "paper" in r["why"]),
+    ("the n+1 comma, every line (fixed places)", lambda r: "every line" in r["why"]),
+    ("first wrong character of failed greedy texts", lambda r: "first error" in r["why"]),
+    ("random places (J not looked at)", lambda r: "random" in r["why"]),
+    ("random places found decisive (no Delta J filter)", lambda r: "random" in r["why"] and r["decisive"]),
+    ("low certainty (Delta J below -drop: selected by Delta J)", lambda r: r["low"]),
+    ("low certainty and decisive (selected by Delta J)", lambda r: r["critical"]),
+]
+
+
+def table1(tested, certainty, drop):
+    """Table 1: for each way of choosing tokens, Delta J (mean and sd), how many, the share below -drop,
+    and how many of those tested for decisiveness are decisive; last, every token of the texts."""
+    def row(name, deltas, decisive):
+        v = torch.tensor(deltas)
+        return {"positions": name, "n": len(deltas), "mean": v.mean().item() if deltas else float("nan"),
+                "sd": v.std().item() if len(deltas) > 1 else float("nan"),
+                "below": (v < -drop).float().mean().item() if deltas else float("nan"), "decisive": decisive}
+    rows = []
+    for name, take in TABLE1_ROWS:
+        chosen = [r for r in tested if take(r)]
+        judged = [r for r in chosen if r["decisive"] is not None]
+        rows.append(row(name, [r["delta"] for r in chosen], f"{sum(r['decisive'] for r in judged)}/{len(judged)}"))
+    every = [d for J in certainty.values() for d in delta_j(torch.tensor(J)).tolist()]
+    rows.append(row("every token of the texts", every, "n/a"))
+    return rows
+
+
+def ansi_certainty(text, J, low):
+    """The text with each character's background coloured by J: white at 1, red at `low` and below."""
+    out = []
+    for ch, j in zip(text, J):
+        x = max(0.0, min(1.0, (j - low) / (1 - low)))
+        colour = f"\x1b[48;2;255;{int(80 + 175 * x)};{int(80 + 175 * x)}m\x1b[38;2;0;0;0m"
+        out.append(colour + ("\u21b5" if ch == "\n" else ch) + "\x1b[0m" + ("\n" if ch == "\n" else ""))
+    return "".join(out)
+
+
+def plot_certainty(text, J, low, path, title):
+    """Fig. 5: the text on a grid, each cell coloured by the certainty J of the model writing it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    lines = text.split("\n")
+    width = max(len(line) for line in lines) + 1
+    grid = torch.full((len(lines), width), float("nan"))
+    row = col = 0
+    for ch, j in zip(text, J):
+        grid[row, col] = j
+        row, col = (row + 1, 0) if ch == "\n" else (row, col + 1)
+    fig, ax = plt.subplots(figsize=(0.085 * width + 1.5, 0.25 * len(lines) + 0.8))
+    image = ax.imshow(grid.numpy(), cmap="Reds_r", vmin=low, vmax=1.0, aspect="auto", interpolation="nearest")
+    for r, line in enumerate(lines):
+        for c, ch in enumerate(line):
+            dark = grid[r, c] < (low + 1) / 2
+            ax.text(c, r, ch, ha="center", va="center", family="monospace", fontsize=7,
+                    color="white" if dark else "black")
+    ax.set_xticks([]), ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01, label="certainty J")
+    save_figure(fig, path)
+
+
+ALPHAS = [0, 1, 3, 10, 30, 100, 300, 1000, 10000]
+
+
+def cmd_probe(args, device, dtype):
+    summary = ["| checkpoint | N | N+1 greedy accuracy | " + " | ".join(name for name, _ in TABLE1_ROWS) +
+               " | every token |", "|---" * (len(TABLE1_ROWS) + 4) + "|"]
+    report = []
+    for path in args.ckpt:
+        model, meta = load(path, device)
+        n = pretrain_digits(meta, path)
+        if data.sequence_length(10 ** (n + 1) - 1, 10 ** (n + 1) - 1) > model.config.block_size:
+            sys.exit(f"error: {path} has too few positions for {n + 1}-digit problems")
+        problems = data.eval_set("identical", n + 1, args.n)
+        completions = solve(model, problems, device, dtype)
+        accuracy = 100 * sum(data.reward(c, a, b) for c, (a, b) in zip(completions, problems)) / len(problems)
+        tested, certainty = probe(model, n, problems, completions, device, dtype, drop=args.drop,
+                                  controls=args.controls, samples=args.samples, low_tested=args.low_tested)
+        rows = table1(tested, certainty, args.drop)
+        show = lambda r: "n/a" if r["n"] == 0 else f"{r['mean']:+.3f} +- {r['sd']:.3f} (n={r['n']})"
+        summary.append(f"| {path} | {n} | {accuracy:.1f}% | " + " | ".join(show(r) for r in rows) + " |")
+        randoms = [r for r in tested if "random" in r["why"]]
+        right = sum(r["right_wins"] for r in randoms) / max(1, len(randoms) * args.samples)
+        wrong = sum(r["wrong_wins"] for r in randoms) / max(1, len(randoms) * args.samples)
+        critical = [r for r in tested if r["critical"]]
+        report += [f"## {path} (N = {n}): {len(problems)} problems of {n + 1}+{n + 1} digits, greedy accuracy "
+                   f"{accuracy:.1f}%", "",
+                   "| tokens chosen as | tokens | Delta J (mean +- sd) | Delta J below -" f"{args.drop:g} | decisive |",
+                   "|---|---|---|---|---|"]
+        for r in rows:
+            measured = r["n"] > 0
+            report.append(f"| {r['positions']} | {r['n']} | " + (f"{r['mean']:+.4f} +- {r['sd']:.4f} | "
+                          f"{100 * r['below']:.0f}%" if measured else "n/a | n/a") + f" | {r['decisive']} |")
+        report += ["", f"Decisive = {args.samples} continuations sampled at T = 1 after the right character succeed "
+                   f"clearly more often (95% Wilson intervals apart) than {args.samples} after the model's most likely "
+                   f"wrong one. The baseline, at the random places: after the right character {100 * right:.0f}% of "
+                   f"the continuations succeed, after the wrong one {100 * wrong:.0f}%."]
+        if accuracy == 0 or right < 0.05:
+            report.append(f"This model solves {accuracy:.0f}% of these problems: its continuations fail after the "
+                          "right character too, so the test cannot tell decisive tokens from the others here.")
+        report += ["", "Where the low-certainty decisive tokens are:", "",
+                   "| line | field | digits before | right -> likely wrong (most common) | tokens | mean Delta J | "
+                   "paper's place |", "|---|---|---|---|---|---|---|"]
+        places = {}
+        for r in critical:
+            places.setdefault((r["line"], r["field"], r["index"]), []).append(r)
+        for (line, field, index), members in sorted(places.items(), key=lambda item: -len(item[1]))[:args.top]:
+            (right_char, wrote), _ = Counter((r["expected"], r["wrote"]) for r in members).most_common(1)[0]
+            report.append(f"| {line} | {field} | {'' if index is None else index} | {right_char!r} -> {wrote!r} | "
+                          f"{len(members)} | {sum(r['delta'] for r in members) / len(members):+.3f} | "
+                          f"{'yes' if 'paper' in members[0]['why'] else ''} |")
+        # which alpha does what: the penalty's weight where this model decides its errors, and elsewhere
+        with mixed_precision(device, dtype):
+            decisive, elsewhere = rl.certainty_at_errors(model, data.eval_set("rl", 1, args.alpha_n, n=n),
+                                                         device=device)
+        report += ["", f"Which alpha does what: the weight J^alpha of the KL term on {args.alpha_n} held-out "
+                   f"'N+1' problems (rl.py's training distribution), at the first wrong character of the "
+                   f"{len(decisive)} failed greedy generations and on average over the {len(elsewhere)} "
+                   f"characters written right:", "",
+                   "| alpha | " + " | ".join(f"{a:g}" for a in ALPHAS) + " |", "|---" * (len(ALPHAS) + 1) + "|"]
+        for name, values in (("at the first error", decisive), ("elsewhere", elsewhere)):
+            report.append(f"| {name} | " + " | ".join("n/a" if not values else f"{rl.mean_weight(values, a):.3f}"
+                                                      for a in ALPHAS) + " |")
+        report.append("")
+        # Fig. 5: the first problem with a critical token, as the model writes it from its prompt
+        if critical:
+            a, b = critical[0]["problem"]
+            text = completions[problems.index((a, b))]
+            with mixed_precision(device, dtype):
+                J = rl.certainty(rl.completion_logits(model, [(a, b)], [text])[0]).cpu().tolist()
+            low_j = min(J)
+            if sys.stdout.isatty():  # colours only for a terminal, not for a file or a pipe
+                print(f"\n{path}: {a}+{b}, coloured by certainty J (red = {low_j:.2f}, white = 1), "
+                      f"{'right' if data.reward(text, a, b) else 'wrong'} answer\n{ansi_certainty(text, J, low_j)}")
+            stem = os.path.splitext(os.path.basename(path))[0]
+            plot_certainty(text, J, low_j, os.path.join(args.results, f"certainty_{stem}.png"),
+                           f"{stem}: {a}+{b}, each character coloured by the certainty J of the model writing it")
+    text = "\n".join(["# Critical-token probe (`python analyze.py probe`)", "",
+                      "Table 1: Delta J = certainty on the token minus the mean certainty on the other tokens of its "
+                      "text, mean +- sd (n tokens), for tokens chosen in different ways. The two low-certainty columns "
+                      "choose by Delta J (below -drop by construction); the paper reports critical tokens.",
+                      "", *summary, "", *report])
+    write_text(os.path.join(args.results, "probe.md"), text + "\n")
+    print(text)
+
+
+def cmd_errors(args, device, dtype):
+    model, meta = load(args.ckpt, device)
+    n = pretrain_digits(meta, args.ckpt)
+    k = args.digits or n + 1
+    if data.sequence_length(10 ** k - 1, 10 ** k - 1) > model.config.block_size:
+        sys.exit(f"error: {k}-digit problems do not fit {args.ckpt} ({model.config.block_size} positions); "
+                 f"choose a smaller --digits")
+    problems = data.eval_set("identical", k, args.n)
+    completions = solve(model, problems, device, dtype)
+    failures = [(c, a, b) for c, (a, b) in zip(completions, problems) if not data.reward(c, a, b)]
+    errors = [describe_error(c, a, b) for c, a, b in failures]  # never None: a perfect scratchpad ends right
+    in_lists = [e for e in errors if e["field"].startswith("operand") and e["line"] <= 3]
+    at_critical = {lines: sum(e["offset"] in data.critical_positions(a, b, n, lines)
+                              for e, (c, a, b) in zip(errors, failures)) for lines in (3, None)}
+    print(f"{args.ckpt}: {k}+{k} greedy accuracy {100 * (1 - len(failures) / len(problems)):.1f}% "
+          f"({len(failures)} of {len(problems)} failed)")
+    if failures:
+        share = lambda count: f"{count} of {len(failures)} failures ({100 * count / len(failures):.1f}%)"
+        print(f"- first error in an operand list on lines 1-3: {share(len(in_lists))}")
+        print(f"- first error at the paper's critical comma on lines 1-3: {share(at_critical[3])}")
+        print(f"- first error at the critical comma of any line (a list longer than pre-training ever showed on "
+              f"that line, closed where pre-training closed it): {share(at_critical[None])}")
+        print("\n| line | field | digits before | expected | wrote | kind | count |\n|---|---|---|---|---|---|---|")
+        where = Counter((e["line"], e["field"], e["index"], e["expected"], e["wrote"], e["kind"]) for e in errors)
+        for (line, field, index, expected, wrote, kind), count in where.most_common(args.top):
+            print(f"| {line} | {field} | {'' if index is None else index} | {expected!r} | {wrote!r} | {kind} | {count} |")
+        print("\n| kind | count |\n|---|---|")
+        for kind, count in Counter(e["kind"] for e in errors).most_common(args.top):
+            print(f"| {kind} | {count} |")
+    for c, a, b in failures[:args.show]:
+        print(f"\nclaims {a}+{b}={data.parse_answer(c)}, truth {a + b}; first error: {describe_error(c, a, b)}")
