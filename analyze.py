@@ -45,7 +45,7 @@ def cmd_accuracy(args, device, dtype):
         n = pretrain_digits(meta, path)
         for kind in ("identical", "varying"):
             for k in range(n, n + args.extra + 1):
-                if data.sequence_length(10 ** k - 1, 10 ** k - 1) > model.config.block_size:
+                if data.longest_sequence(k) > model.config.block_size:
                     continue
                 problems = data.eval_set(kind, k, args.n)
                 completions = solve(model, problems, device, dtype)

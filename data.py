@@ -229,17 +229,22 @@ def sequence_length(a: int, b: int) -> int:
     return len(prompt(a, b)) + len(scratchpad(a, b))
 
 
+def longest_sequence(k: int) -> int:
+    """Positions the longest K+K problem needs (two K-digit nines): whether K digits fit a model."""
+    return sequence_length(10 ** k - 1, 10 ** k - 1)
+
+
 # -----------------------------------------------------------------------------
 # completions and accuracy (the model is passed in: anything with GPT's generate() works)
 
-def max_new_tokens(a: int, b: int) -> int:
+def room_for(a: int, b: int) -> int:
     """Room for the correct scratchpad plus slack for a wrong one that runs long."""
     return len(scratchpad(a, b)) * 5 // 4 + 16
 
 
 def generation_budget(model, problems, prompt_width: int) -> int:
     """New tokens to allow a batch: the longest problem's room, capped by the model's positions."""
-    return min(max(max_new_tokens(a, b) for a, b in problems), model.config.block_size - prompt_width)
+    return min(max(room_for(a, b) for a, b in problems), model.config.block_size - prompt_width)
 
 
 @torch.no_grad()

@@ -77,7 +77,7 @@ def get_args(argv=None):
     for ok, message in checks:
         if not ok:
             p.error(message)
-    longest = data.sequence_length(10 ** args.digits - 1, 10 ** args.digits - 1)
+    longest = data.longest_sequence(args.digits)
     if longest > args.block_size:
         p.error(f"{args.digits}-digit problems need {longest} positions; raise --block-size")
     args.out = args.out or f"runs/add{args.digits}.pt"
@@ -106,7 +106,7 @@ def evaluate(model, digits, size, device, dtype):
     """Greedy exact-match accuracy (percent) on held-out K+K problems, K = 1..digits+1 (those that fit)."""
     model.eval()
     fits = [k for k in range(1, digits + 2)
-            if data.sequence_length(10 ** k - 1, 10 ** k - 1) <= model.config.block_size]
+            if data.longest_sequence(k) <= model.config.block_size]
     with mixed_precision(device, dtype):
         result = {k: data.accuracy(model, data.eval_set("identical", k, size), device=device) for k in fits}
     model.train()
@@ -155,7 +155,7 @@ def main(argv=None):
     device = pick_device(args.device)
     dtype = autocast_dtype(args.dtype, device)
     config = GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
-    longest = data.sequence_length(10 ** args.digits - 1, 10 ** args.digits - 1)
+    longest = data.longest_sequence(args.digits)
     if message := too_big(config, args.batch_size, longest, device):
         sys.exit(f"error: {message}; lower --batch-size or the model's size")
     state = check_out(args)  # for --resume: model, optimizer, RNGs and step, all from one file

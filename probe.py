@@ -295,7 +295,7 @@ def cmd_probe(args, device, dtype):
     for path in args.ckpt:
         model, meta = load(path, device)
         n = pretrain_digits(meta, path)
-        if data.sequence_length(10 ** (n + 1) - 1, 10 ** (n + 1) - 1) > model.config.block_size:
+        if data.longest_sequence(n + 1) > model.config.block_size:
             sys.exit(f"error: {path} has too few positions for {n + 1}-digit problems")
         problems = data.eval_set("identical", n + 1, args.n)
         completions = solve(model, problems, device, dtype)
@@ -374,7 +374,7 @@ def cmd_errors(args, device, dtype):
     model, meta = load(args.ckpt, device)
     n = pretrain_digits(meta, args.ckpt)
     k = args.digits or n + 1
-    if data.sequence_length(10 ** k - 1, 10 ** k - 1) > model.config.block_size:
+    if data.longest_sequence(k) > model.config.block_size:
         sys.exit(f"error: {k}-digit problems do not fit {args.ckpt} ({model.config.block_size} positions); "
                  f"choose a smaller --digits")
     problems = data.eval_set("identical", k, args.n)

@@ -212,11 +212,6 @@ def mean_weight(certainties, alpha):
     return sum(j ** alpha for j in certainties) / len(certainties) if certainties else None
 
 
-def critical_probability(model, problems, n, temperature, lines=3):
-    """critical_probabilities for one choice of lines."""
-    return critical_probabilities(model, problems, n, temperature, (lines,))[0]
-
-
 VALIDATION_SEED = 4321  # data.eval_set's default seed 1234 draws the evaluation (test) set
 
 
@@ -391,7 +386,7 @@ def main(argv=None):
     n = meta.get("args", {}).get("digits")
     if not isinstance(n, int):
         sys.exit(f"error: {args.ckpt} does not record its pre-training digits; use a checkpoint made by pretrain.py")
-    longest = data.sequence_length(10 ** (n + args.digits_plus) - 1, 10 ** (n + args.digits_plus) - 1)
+    longest = data.longest_sequence(n + args.digits_plus)
     if longest > policy.config.block_size:
         sys.exit(f"error: {n + args.digits_plus}-digit problems need {longest} positions but {args.ckpt} has "
                  f"{policy.config.block_size}; lower --digits-plus")

@@ -174,7 +174,7 @@ def test_critical_probability_reads_the_comma():
             logits[..., data.STOI[","]] = 0.0
             return logits, None
     model = Oracle(GPTConfig(block_size=256, n_layer=1, n_head=1, n_embd=8))
-    assert rl.critical_probability(model, [(1234, 5678)], 3, 1.0) == pytest.approx(1.0)
+    assert rl.critical_probabilities(model, [(1234, 5678)], 3, 1.0, lines=(3,))[0] == pytest.approx(1.0)
 
 
 def test_smoke_run_writes_metrics_and_checkpoint(tiny_checkpoint, tmp_path):
