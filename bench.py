@@ -102,9 +102,10 @@ def main(argv=None):
           f"{k}+{k} problems | batch {args.batch_size} | {steps} new tokens per row")
 
     with mixed_precision(device, dtype):
-        model.generate(prompts[:2], 8, temperature=0)  # warm-up
-        cached, t_cache = timed(lambda: model.generate(prompts, steps, temperature=0), device)
-        plain, t_plain = timed(lambda: model.generate(prompts, steps, temperature=0, fast=False), device)
+        model.generate(prompts[:2], 8, temperature=0, stop=data.AnswerLineStop)  # warm-up
+        cached, t_cache = timed(lambda: model.generate(prompts, steps, temperature=0, stop=data.AnswerLineStop), device)
+        plain, t_plain = timed(lambda: model.generate(prompts, steps, temperature=0, fast=False,
+                                                             stop=data.AnswerLineStop), device)
         t_full, agree = time_recompute(model, cached, prompts.size(1), args.recompute_every, device)
     width = prompts.size(1)
     written = cached[:, width:] != data.PAD_ID  # rows stop after their answer line

@@ -237,6 +237,24 @@ def longest_sequence(k: int) -> int:
 # -----------------------------------------------------------------------------
 # completions and accuracy (the model is passed in: anything with GPT's generate() works)
 
+class AnswerLineStop:
+    """GPT.generate's stop rule for this task: a row is finished at the second newline after '</scratch>'
+    (the end of its answer line). Holds each row's state; keep(rows) follows the rows that stay in a batch."""
+
+    def __init__(self, rows, device):
+        self.seen_slash = torch.zeros(rows, dtype=torch.bool, device=device)
+        self.newlines = torch.zeros(rows, dtype=torch.long, device=device)
+
+    def __call__(self, tok):
+        """Take each row's new token; return which rows are finished."""
+        self.seen_slash |= tok == SLASH_ID
+        self.newlines += (self.seen_slash & (tok == NEWLINE_ID)).long()
+        return self.newlines >= 2
+
+    def keep(self, rows):
+        self.seen_slash, self.newlines = self.seen_slash[rows], self.newlines[rows]
+
+
 def room_for(a: int, b: int) -> int:
     """Room for the correct scratchpad plus slack for a wrong one that runs long."""
     return len(scratchpad(a, b)) * 5 // 4 + 16
@@ -260,7 +278,7 @@ def complete(model, problems, temperature=0.0, batch_size=250, device="cpu", gen
         chunk = order[start:start + batch_size]
         batch = [problems[i] for i in chunk]
         idx = prompt_batch(batch, device)
-        out = model.generate(idx, generation_budget(model, batch, idx.size(1)), temperature=temperature,
+        out = model.generate(idx, generation_budget(model, batch, idx.size(1)), temperature=temperature, stop=AnswerLineStop,
                              generator=generator, fast=fast)
         for i, row in zip(chunk, out[:, idx.size(1):].tolist()):
             completions[i] = decode(row)

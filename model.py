@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from data import NEWLINE_ID, PAD_ID, SLASH_ID, VOCAB
+from data import PAD_ID, VOCAB
 
 NEVER = -1e4  # the padding token's logit: probability e^-10000 = 0, and 0 * log p stays finite
 
@@ -153,31 +153,31 @@ class GPT(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, generator=None, fast=True):
+    def generate(self, idx, max_new_tokens, temperature=1.0, generator=None, fast=True, stop=None):
         """Continue left-padded prompts idx (B, T); returns (B, T + new) with new <= max_new_tokens.
 
-        temperature = 0 is greedy decoding. A row is finished once its answer line is complete
-        ('</scratch>' then the next newline but one); finished rows are filled with padding and the
-        loop ends when every row is finished. fast=True takes `_generate_fast`, which gives the same
-        tokens (and, with the same generator, the same samples) with less work; the loop below is the
-        plain reference that it is tested against.
+        temperature = 0 is greedy decoding. stop: the task's stop rule, made per call as stop(B, device)
+        (data.AnswerLineStop: a row is finished once its answer line is complete); finished rows are
+        filled with padding and the loop ends when every row is finished. None: no row stops early.
+        fast=True takes `_generate_fast`, which gives the same tokens (and, with the same generator, the
+        same samples) with less work; the loop below is the plain reference that it is tested against.
         """
         if fast:
-            return self._generate_fast(idx, max_new_tokens, temperature, generator)
+            return self._generate_fast(idx, max_new_tokens, temperature, generator, stop)
         B, T = idx.shape
         real, caches, logits = self._prefill(idx, max_new_tokens)
         key_ok = torch.ones(B, 1, 1, T + max_new_tokens, dtype=torch.bool, device=idx.device)
         key_ok[:, 0, 0, :T] = real  # left padding is never attended to
         next_pos = real.sum(1)
-        seen_slash = torch.zeros(B, dtype=torch.bool, device=idx.device)
-        newlines = torch.zeros(B, dtype=torch.long, device=idx.device)
+        rule = stop(B, idx.device) if stop else None
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)
         out = []
         for step in range(max_new_tokens):
             tok = sample(logits, temperature, generator)
             tok = torch.where(done, PAD_ID, tok)
             out.append(tok)
-            _follow_stop_rule(tok, seen_slash, newlines, done)
+            if rule:
+                done |= rule(tok)
             if done.all() or step == max_new_tokens - 1:
                 break
             logits = self._run(tok[:, None], next_pos[:, None], key_ok[:, :, :, :T + step + 1], caches, T + step)[:, -1]
@@ -185,7 +185,7 @@ class GPT(nn.Module):
         return torch.cat([idx, torch.stack(out, 1)], 1)
 
     @torch.no_grad()
-    def _generate_fast(self, idx, max_new_tokens, temperature=1.0, generator=None):
+    def _generate_fast(self, idx, max_new_tokens, temperature=1.0, generator=None, stop=None):
         """`generate` with two savings, same tokens:
           - the padding mask is built once as an additive bias in the cache's dtype, instead of a bool
             mask that attention converts at every layer of every step;
@@ -200,14 +200,14 @@ class GPT(nn.Module):
         out = torch.full((B, max_new_tokens), PAD_ID, dtype=torch.long, device=idx.device)
         rows = torch.arange(B, device=idx.device)  # which original row each batch row is
         next_pos = real.sum(1)
-        seen_slash = torch.zeros(B, dtype=torch.bool, device=idx.device)
-        newlines = torch.zeros(B, dtype=torch.long, device=idx.device)
+        rule = stop(B, idx.device) if stop else None
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)
         for step in range(max_new_tokens):
             tok = sample(logits, temperature, generator, rows=rows, batch=B)
             tok = torch.where(done, PAD_ID, tok)
             out[rows, step] = tok
-            _follow_stop_rule(tok, seen_slash, newlines, done)
+            if rule:
+                done |= rule(tok)
             finished = int(done.sum())
             if finished == len(rows) or step == max_new_tokens - 1:
                 break
@@ -215,7 +215,8 @@ class GPT(nn.Module):
                 keep = (~done).nonzero().squeeze(1)
                 caches = [(k[keep], v[keep]) for k, v in caches]
                 rows, tok, next_pos, key_bias = rows[keep], tok[keep], next_pos[keep], key_bias[keep]
-                seen_slash, newlines, done = seen_slash[keep], newlines[keep], done[keep]
+                done = done[keep]
+                rule.keep(keep)
             logits = self._run(tok[:, None], next_pos[:, None], key_bias[..., :T + step + 1], caches, T + step)[:, -1]
             next_pos = next_pos + 1
         return torch.cat([idx, out[:, :step + 1]], 1)
@@ -236,14 +237,6 @@ class GPT(nn.Module):
         dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else self.wte.weight.dtype
         return [tuple(torch.empty(B, self.config.n_head, length, head_dim, device=device, dtype=dtype)
                       for _ in range(2)) for _ in self.blocks]
-
-
-def _follow_stop_rule(tok, seen_slash, newlines, done):
-    """Update, in place, each row's stop state with its new token: a row is done at the second newline
-    after '</scratch>' (the end of its answer line)."""
-    seen_slash |= tok == SLASH_ID
-    newlines += (seen_slash & (tok == NEWLINE_ID)).long()
-    done |= newlines >= 2
 
 
 def sample(logits, temperature, generator=None, rows=None, batch=None):

@@ -144,10 +144,11 @@ def continue_from(model, problems, prefixes, device, dtype, temperature=0.0, gen
         chunk = order[start:start + batch_size]
         batch, heads = [problems[i] for i in chunk], [prefixes[i] for i in chunk]
         idx = data.prompt_batch(batch, device, prefixes=heads)
-        room = min(max(data.max_new_tokens(a, b) - len(h) for (a, b), h in zip(batch, heads)),
+        room = min(max(data.room_for(a, b) - len(h) for (a, b), h in zip(batch, heads)),
                    model.config.block_size - idx.size(1))
         with mixed_precision(device, dtype):
-            out = model.generate(idx, max(1, room), temperature=temperature, generator=generator)
+            out = model.generate(idx, max(1, room), temperature=temperature, generator=generator,
+                                 stop=data.AnswerLineStop)
         for i, head, row in zip(chunk, heads, out[:, idx.size(1):].tolist()):
             completions[i] = head + data.decode(row)
     return completions

@@ -149,7 +149,8 @@ def rollout(policy, problems, args, device, generator):
     inputs[:, t], and mask is 1 where that token was generated, 0 on the prompt and on padding."""
     prompts = data.prompt_batch(problems, device)
     sequences = policy.generate(prompts, data.generation_budget(policy, problems, prompts.size(1)),
-                                temperature=args.temperature, generator=generator, fast=args.fast_generate)
+                                temperature=args.temperature, generator=generator, fast=args.fast_generate,
+                                stop=data.AnswerLineStop)
     completions = [data.decode(row) for row in sequences[:, prompts.size(1):].tolist()]
     rewards = torch.tensor([data.reward(c, a, b) for c, (a, b) in zip(completions, problems)], device=device)
     # move each row's left padding to its end (not data.make_batch from the decoded texts: decoding drops

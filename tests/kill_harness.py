@@ -98,6 +98,10 @@ def rl_kills(folder, kills, rng, resumed):
               f"{'resumed' if resume == ['--resume'] else 'restarted'}: {'same metrics' if same else 'DIFFERENT'}")
         if not same:
             failures.append(f"RL kill {i + 1}")
+            got = metrics(os.path.join(folder, name))
+            first = next((j for j, (x, y) in enumerate(zip(got, expected)) if x != y), min(len(got), len(expected)))
+            print(f"  {len(got)} rows against {len(expected)}; first difference at row {first}:\n  "
+                  f"{got[first] if first < len(got) else None}\n  {expected[first] if first < len(expected) else None}")
         resumed.append(resume == ["--resume"])
     return failures
 

@@ -145,7 +145,7 @@ class Writer(GPT):
         super().__init__(GPTConfig(block_size=256, n_layer=1, n_head=1, n_embd=8))
         self.texts = texts
 
-    def generate(self, idx, max_new_tokens, temperature=1.0, generator=None, fast=True):
+    def generate(self, idx, max_new_tokens, temperature=1.0, generator=None, fast=True, stop=None):
         width = max(len(t) for t in self.texts)
         new = torch.tensor([data.encode(t) + [data.PAD_ID] * (width - len(t)) for t in self.texts])
         return torch.cat([idx, new], 1)
@@ -258,7 +258,7 @@ def test_a_tiny_model_learns_a_trivial_reward():
     mask = torch.zeros(32, prompts.size(1))
     mask[:, -1] = 1.0  # the loss on the generated token only
     for _ in range(30):
-        seq = policy.generate(prompts, 1, temperature=1.0)
+        seq = policy.generate(prompts, 1, temperature=1.0, stop=data.AnswerLineStop)
         rewards = (seq[:, -1] == seven).float()
         adv = rl.group_advantages(rewards, 32)
         logits, _ = policy(seq[:, :-1])
