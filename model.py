@@ -120,7 +120,7 @@ class GPT(nn.Module):
             raise ValueError(f"sequence needs position {longest - 1} but the model has block_size "
                              f"{self.config.block_size}; use fewer digits or a model with a larger --block-size")
 
-    def _run(self, idx, positions, mask=None, caches=None, start=0):
+    def _forward_cached(self, idx, positions, mask=None, caches=None, start=0):
         x = self.wte(idx) + self.wpe(positions)
         for i, block in enumerate(self.blocks):
             x = block(x, mask, None if caches is None else caches[i], start)
@@ -146,7 +146,7 @@ class GPT(nn.Module):
         if offset is not None:
             positions = positions + offset[:, None]
         self._check_length(positions)
-        logits = self._run(idx, positions, mask)
+        logits = self._forward_cached(idx, positions, mask)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
@@ -166,8 +166,8 @@ class GPT(nn.Module):
             return self._generate_fast(idx, max_new_tokens, temperature, generator, stop)
         B, T = idx.shape
         real, caches, logits = self._prefill(idx, max_new_tokens)
-        key_ok = torch.ones(B, 1, 1, T + max_new_tokens, dtype=torch.bool, device=idx.device)
-        key_ok[:, 0, 0, :T] = real  # left padding is never attended to
+        may_attend = torch.ones(B, 1, 1, T + max_new_tokens, dtype=torch.bool, device=idx.device)
+        may_attend[:, 0, 0, :T] = real  # left padding is never attended to
         next_pos = real.sum(1)
         rule = stop(B, idx.device) if stop else None
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)
@@ -180,7 +180,7 @@ class GPT(nn.Module):
                 done |= rule(tok)
             if done.all() or step == max_new_tokens - 1:
                 break
-            logits = self._run(tok[:, None], next_pos[:, None], key_ok[:, :, :, :T + step + 1], caches, T + step)[:, -1]
+            logits = self._forward_cached(tok[:, None], next_pos[:, None], may_attend[:, :, :, :T + step + 1], caches, T + step)[:, -1]
             next_pos = next_pos + 1
         return torch.cat([idx, torch.stack(out, 1)], 1)
 
@@ -217,7 +217,7 @@ class GPT(nn.Module):
                 rows, tok, next_pos, key_bias = rows[keep], tok[keep], next_pos[keep], key_bias[keep]
                 done = done[keep]
                 rule.keep(keep)
-            logits = self._run(tok[:, None], next_pos[:, None], key_bias[..., :T + step + 1], caches, T + step)[:, -1]
+            logits = self._forward_cached(tok[:, None], next_pos[:, None], key_bias[..., :T + step + 1], caches, T + step)[:, -1]
             next_pos = next_pos + 1
         return torch.cat([idx, out[:, :step + 1]], 1)
 
@@ -228,7 +228,7 @@ class GPT(nn.Module):
         positions = (real.cumsum(1) - 1).clamp(min=0)
         self._check_length(positions.max(1).values + max_new_tokens)
         caches = self._empty_caches(idx.size(0), idx.size(1) + max_new_tokens, idx.device)
-        return real, caches, self._run(idx, positions, _causal_mask(real), caches, 0)[:, -1]
+        return real, caches, self._forward_cached(idx, positions, _causal_mask(real), caches, 0)[:, -1]
 
     def _empty_caches(self, B, length, device):
         """Per block, (keys, values) buffers of shape (B, n_head, length, head_dim). Under autocast keys

@@ -168,9 +168,9 @@ def probe(model, n, problems, greedy, device, dtype, drop=0.05, controls=4, samp
     low-certainty tokens per problem ("decisive" is None elsewhere). Returns one dict per token ("why":
     how it was chosen) and {problem: J at every character}."""
     rng = torch.Generator().manual_seed(seed)
-    tested, certainty = [], {}
+    tested, j_by_problem = [], {}
     for (a, b), text, (J, wrong) in zip(problems, greedy, scratchpad_certainty(model, problems, device, dtype)):
-        certainty[(a, b)] = J.tolist()
+        j_by_problem[(a, b)] = J.tolist()
         delta = delta_j(J)
         end = data.scratchpad(a, b).index("</scratch>")  # the answer line only copies A: not probed
         why = {}
@@ -207,7 +207,7 @@ def probe(model, n, problems, greedy, device, dtype, drop=0.05, controls=4, samp
     for row in tested:
         row["decisive"] = decisive(row["right_wins"], row["wrong_wins"], samples)
         row["critical"] = row["low"] and row["decisive"]
-    return sorted(tested + untested, key=lambda r: (problems.index(r["problem"]), r["t"])), certainty
+    return sorted(tested + untested, key=lambda r: (problems.index(r["problem"]), r["t"])), j_by_problem
 
 
 def decisive(right_wins, wrong_wins, samples):
@@ -233,7 +233,7 @@ TABLE1_ROWS = [
 ]
 
 
-def table1(tested, certainty, drop):
+def table1(tested, j_by_problem, drop):
     """Table 1: for each way of choosing tokens, Delta J (mean and sd), how many, the share below -drop,
     and how many of those tested for decisiveness are decisive; last, every token of the texts."""
     def row(name, deltas, decisive):
@@ -246,7 +246,7 @@ def table1(tested, certainty, drop):
         chosen = [r for r in tested if take(r)]
         judged = [r for r in chosen if r["decisive"] is not None]
         rows.append(row(name, [r["delta"] for r in chosen], f"{sum(r['decisive'] for r in judged)}/{len(judged)}"))
-    every = [d for J in certainty.values() for d in delta_j(torch.tensor(J)).tolist()]
+    every = [d for J in j_by_problem.values() for d in delta_j(torch.tensor(J)).tolist()]
     rows.append(row("every token of the texts", every, "n/a"))
     return rows
 
@@ -301,9 +301,9 @@ def cmd_probe(args, device, dtype):
         problems = data.eval_set("identical", n + 1, args.n)
         completions = solve(model, problems, device, dtype)
         accuracy = 100 * sum(data.reward(c, a, b) for c, (a, b) in zip(completions, problems)) / len(problems)
-        tested, certainty = probe(model, n, problems, completions, device, dtype, drop=args.drop,
+        tested, j_by_problem = probe(model, n, problems, completions, device, dtype, drop=args.drop,
                                   controls=args.controls, samples=args.samples, low_tested=args.low_tested)
-        rows = table1(tested, certainty, args.drop)
+        rows = table1(tested, j_by_problem, args.drop)
         show = lambda r: "n/a" if r["n"] == 0 else f"{r['mean']:+.3f} +- {r['sd']:.3f} (n={r['n']})"
         summary.append(f"| {path} | {n} | {accuracy:.1f}% | " + " | ".join(show(r) for r in rows) + " |")
         randoms = [r for r in tested if "random" in r["why"]]

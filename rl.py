@@ -74,7 +74,8 @@ def rl_loss(logits, ref_logits, actions, advantages, mask, *, kl_coef, alpha, ol
 
     tokens = mask.sum().clamp(min=1)
     loss = (per_token * mask).sum() / tokens
-    mean = lambda t: ((t.detach() * mask).sum() / tokens).item()
+    def mean(t):
+        return ((t.detach() * mask).sum() / tokens).item()
     return loss, {"policy_loss": mean(policy_term), "kl": mean(kl), "kl_weighted": mean(kl_weight * kl),
                   "kl_weight": mean(kl_weight)}
 
@@ -452,7 +453,8 @@ def main(argv=None):
             at_errors = certainty_at_errors(reference, sets["plus"], args.certainty, args.certainty_temperature,
                                             device, completions=greedy)
         decisive, elsewhere = (mean_weight(j, args.alpha) for j in at_errors)
-        show = lambda v: "n/a" if v is None else f"{v:.3f}"
+        def show(v):
+            return "n/a" if v is None else f"{v:.3f}"
         tqdm.write(f"KL weight J_ref^alpha (alpha {args.alpha:g}): {show(decisive)} at the states where the "
                    f"pre-trained model makes its first error, {show(elsewhere)} on average elsewhere")
         last = log({**first, "weight_decisive": decisive, "weight_elsewhere": elsewhere}, 0)

@@ -69,7 +69,7 @@ class ScriptedGPT(GPT):
         super().__init__(TINY)
         self.script = data.encode(text)
 
-    def _run(self, idx, positions, mask=None, caches=None, start=0):
+    def _forward_cached(self, idx, positions, mask=None, caches=None, start=0):
         B, T = idx.shape
         if start == 0:  # the prompts: positions[:, -1] is each prompt's length - 1
             self.width, self.shortest = T, int(positions[:, -1].min()) + 1
