@@ -192,6 +192,19 @@ def eval_set(kind: str, k: int, size: int, seed: int = 1234, n: int | None = Non
     return problems
 
 
+VALIDATION_SEED = 4321  # eval_set's default seed, 1234, draws the evaluation (test) set
+
+
+def rl_eval_sets(n: int, k: int, size: int) -> dict[str, list[tuple[int, int]]]:
+    """The sets an RL run from an n-digit model is evaluated on, `size` held-out problems each: 'plus', the
+    N+k test set that results are reported on; 'val', the same distribution but disjoint, that
+    hyper-parameters are chosen on; 'comfort', 1..n digits (what pre-training taught); 'critical', n+1 digits
+    each (the critical-token probability)."""
+    plus = eval_set("rl", k, size, n=n)
+    return {"plus": plus, "val": eval_set("rl", k, size, seed=VALIDATION_SEED, n=n, exclude=plus),
+            "comfort": eval_set("pretrain", n, size), "critical": eval_set("identical", n + 1, size)}
+
+
 # -----------------------------------------------------------------------------
 # batches
 

@@ -16,8 +16,6 @@ step on the mean over generated tokens (`--algo ppo`: several clipped epochs per
 softmax(logits / temperature), as sampling does, so the update is on-policy.
 """
 import argparse
-import glob
-import json
 import math
 import os
 import random
@@ -29,8 +27,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from model import (atomic_save, autocast_dtype, CheckpointError, load_checkpoint, mixed_precision, pick_device,
-                   save_checkpoint, seed_everything, set_threads, too_big, write_text)
+import run_folder
+from model import (autocast_dtype, CheckpointError, load_checkpoint, mixed_precision, pick_device, save_checkpoint,
+                   seed_everything, set_threads, too_big)
 
 # -----------------------------------------------------------------------------
 # the paper's idea: the loss, then what it calls
@@ -214,9 +213,6 @@ def mean_weight(certainties, alpha):
     return sum(j ** alpha for j in certainties) / len(certainties) if certainties else None
 
 
-VALIDATION_SEED = 4321  # data.eval_set's default seed 1234 draws the evaluation (test) set
-
-
 def evaluate(policy, sets, args, n, device, dtype):
     """Greedy accuracy on N+k (the evaluation set, and the validation set that hyper-parameters are
     chosen on) and on the comfort zone, sampled accuracy on N+k, critical-token probability.
@@ -317,55 +313,6 @@ def get_args(argv=None):
     return args
 
 
-RESUME_MAY_DIFFER = {"threads", "resume", "force", "fast_generate", "save", "device"}  # no effect on the numbers
-
-
-def prepare_run_dir(args, config):
-    """Make --out/--name for a new run (refusing to replace one without --force) and write its config;
-    or, with --resume, check that the run was made with the same settings and return its saved state,
-    with metrics.jsonl cut back to the evaluation the state was saved at."""
-    run_dir = os.path.join(args.out, args.name)
-    state_path, config_path = os.path.join(run_dir, "state.pt"), os.path.join(run_dir, "config.json")
-    metrics_path = os.path.join(run_dir, "metrics.jsonl")
-    for stale in glob.glob(os.path.join(glob.escape(run_dir), "*.tmp*")):
-        os.remove(stale)  # left by a run killed in the middle of a save
-    if args.resume:
-        if not (os.path.exists(state_path) and os.path.exists(config_path) and os.path.exists(metrics_path)):
-            sys.exit(f"error: --resume needs {state_path}, config.json and metrics.jsonl (an evaluation saves "
-                     f"them); start the run without --resume")
-        with open(config_path) as f:
-            old = json.load(f)
-        differ = [f"--{k.replace('_', '-')} {old.get(k)} (now {v})" for k, v in config.items()
-                  if k not in RESUME_MAY_DIFFER and old.get(k) != v]
-        if differ:
-            sys.exit(f"error: --resume with other settings than {run_dir} was made with: {'; '.join(differ)}")
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        with open(metrics_path) as f:  # a kill between logging a row and saving the state leaves one row more
-            rows = [line for line in f if line.strip() and json.loads(line)["episode"] <= state["episode"]]
-        write_text(metrics_path, "".join(rows))
-        return run_dir, state
-    if os.path.exists(run_dir) and os.listdir(run_dir) and not args.force:
-        sys.exit(f"error: {run_dir} already holds a run; choose another --name, continue it with --resume, or "
-                 f"pass --force to replace it")
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-        for stale in ("metrics.jsonl", "model.pt", "state.pt"):  # --force: nothing of the old run stays
-            if os.path.exists(os.path.join(run_dir, stale)):
-                os.remove(os.path.join(run_dir, stale))
-        with open(config_path, "w") as f:
-            json.dump(config, f, indent=2)
-    except OSError as e:
-        sys.exit(f"error: cannot write the run folder {run_dir}: {e.strerror}; choose another --out")
-    return run_dir, None
-
-
-def append_row(path, row):
-    """One evaluation as one JSON line; a value that is not finite is written as null (valid JSON)."""
-    with open(path, "a") as f:
-        f.write(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None
-                            for k, v in row.items()}) + "\n")
-
-
 def one_line(row, digits_plus):
     """The progress line printed at each evaluation."""
     line = (f"episode {row['episode']} | N+{digits_plus} greedy {row['acc_plus']:.1f}% sampled "
@@ -398,18 +345,13 @@ def main(argv=None):
     policy.train()
     optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0)
 
-    run_dir, state = prepare_run_dir(args, {**vars(args), "pretrain_digits": n, "device": device})
-    sets = {"plus": data.eval_set("rl", args.digits_plus, args.eval_size, n=n),
-            "comfort": data.eval_set("pretrain", n, args.eval_size),
-            "critical": data.eval_set("identical", n + 1, args.eval_size)}
-    # choose hyper-parameters on val_plus, report acc_plus: same distribution, disjoint problems
-    sets["val"] = data.eval_set("rl", args.digits_plus, args.eval_size, seed=VALIDATION_SEED, n=n, exclude=sets["plus"])
+    run_dir, state = run_folder.prepare(args, {**vars(args), "pretrain_digits": n, "device": device})
+    sets = data.rl_eval_sets(n, args.digits_plus, args.eval_size)  # choose on val_plus, report acc_plus
     rng = random.Random(args.seed)
     generator = torch.Generator(device).manual_seed(args.seed)
     per_iteration = args.batch_size * args.group_size
     iterations = -(-args.episodes // per_iteration)
 
-    metrics_path = os.path.join(run_dir, "metrics.jsonl")
     t0 = time.time() - 60 * (state["minutes"] if state else 0.0)
     window = {"reward": [], "kl": [], "kl_weighted": [], "policy_loss": [], "kl_weight": []}
 
@@ -427,25 +369,17 @@ def main(argv=None):
 
     def log(row, iteration):
         """Append the row to metrics.jsonl, print it, and save the run's state for --resume."""
-        append_row(metrics_path, row)
+        run_folder.append_row(run_dir, row)
         tqdm.write(one_line(row, args.digits_plus))
-        atomic_save({"policy": policy.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.getstate(),
-                     "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "iteration": iteration,
-                     "episode": row["episode"], "minutes": row["minutes"]}, os.path.join(run_dir, "state.pt"))
+        run_folder.save_state(run_dir, policy, optimizer, rng, generator, iteration, row)
         return row
 
     if state:  # --resume: back to the last evaluation, where the state was saved
-        policy.load_state_dict(state["policy"])
-        optimizer.load_state_dict(state["optimizer"])
-        rng.setstate(state["rng"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        with open(metrics_path) as f:
-            rows = [json.loads(line) for line in f]
-        first, last, start = rows[0], rows[-1], state["iteration"]
+        start = run_folder.restore_state(state, policy, optimizer, rng, generator)
+        rows = run_folder.read_rows(run_dir)
+        first, last = rows[0], rows[-1]
         tqdm.write(f"resuming {run_dir} at episode {state['episode']}")
     else:
-        open(metrics_path, "w").close()
         # how much of the penalty alpha removes where it matters (README: "Step 2"); at the start the
         # policy is the reference, so the first evaluation's greedy completions are the reference's
         first, greedy = evaluation(0)
@@ -453,10 +387,9 @@ def main(argv=None):
             at_errors = certainty_at_errors(reference, sets["plus"], args.certainty, args.certainty_temperature,
                                             device, completions=greedy)
         decisive, elsewhere = (mean_weight(j, args.alpha) for j in at_errors)
-        def show(v):
-            return "n/a" if v is None else f"{v:.3f}"
-        tqdm.write(f"KL weight J_ref^alpha (alpha {args.alpha:g}): {show(decisive)} at the states where the "
-                   f"pre-trained model makes its first error, {show(elsewhere)} on average elsewhere")
+        shown = ["n/a" if w is None else f"{w:.3f}" for w in (decisive, elsewhere)]
+        tqdm.write(f"KL weight J_ref^alpha (alpha {args.alpha:g}): {shown[0]} at the states where the "
+                   f"pre-trained model makes its first error, {shown[1]} on average elsewhere")
         last = log({**first, "weight_decisive": decisive, "weight_elsewhere": elsewhere}, 0)
         start = 0
     episode = start * per_iteration
@@ -494,9 +427,8 @@ def main(argv=None):
                 optimizer.step()
             # 4. log: an evaluation every eval_every episodes and at the end
             episode += len(problems)
-            window["reward"].append(rewards.mean().item())
-            for k in ("kl", "kl_weighted", "policy_loss", "kl_weight"):
-                window[k].append(stats[k])
+            for k, v in {"reward": rewards.mean().item(), **stats}.items():
+                window[k].append(v)
             bar.set_postfix(reward=f"{rewards.mean().item():.2f}", kl=f"{stats['kl']:.4f}")
             crossed = episode // args.eval_every > (episode - len(problems)) // args.eval_every  # passed k * eval_every
             if crossed or it == iterations - 1:
@@ -507,7 +439,7 @@ def main(argv=None):
     if args.save:
         save_checkpoint(os.path.join(run_dir, "model.pt"), policy, rl_args=vars(args), args=meta.get("args", {}),
                         episodes=episode)
-    os.remove(os.path.join(run_dir, "state.pt"))  # only an unfinished run keeps it (for --resume)
+    run_folder.finish(run_dir)
     print(f"done: N+{args.digits_plus} ({n + args.digits_plus} digits) greedy accuracy "
           f"{first['acc_plus']:.1f}% -> {last['acc_plus']:.1f}% | "
           f"comfort zone {first['acc_comfort']:.1f}% -> {last['acc_comfort']:.1f}% | "

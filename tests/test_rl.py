@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import data
 import rl
+import run_folder
 from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -218,17 +219,17 @@ def test_an_interrupted_run_resumes_to_the_same_metrics(tiny_checkpoint, tmp_pat
     flags = ["--ckpt", tiny_checkpoint, "--episodes", "16", "--batch-size", "2", "--group-size", "2", "--eval-every",
              "4", "--eval-size", "2", "--out", str(tmp_path), "--threads", "1", "--no-save"]
     rl.main([*flags, "--name", "whole"])
-    save = rl.atomic_save
+    save = run_folder.atomic_save  # the run's state is written by run_folder.save_state
 
     def save_then_stop(obj, path):  # Ctrl-C right after the evaluation at episode 8 was saved
         save(obj, path)
         if obj["episode"] == 8:
             raise KeyboardInterrupt
-    monkeypatch.setattr(rl, "atomic_save", save_then_stop)
+    monkeypatch.setattr(run_folder, "atomic_save", save_then_stop)
     with pytest.raises(SystemExit) as e:
         rl.main([*flags, "--name", "cut"])
     assert "continue with the same command and --resume" in e.value.code
-    monkeypatch.setattr(rl, "atomic_save", save)
+    monkeypatch.setattr(run_folder, "atomic_save", save)
     with open(tmp_path / "cut" / "metrics.jsonl", "a") as f:  # as if killed between a row and its state
         f.write(json.dumps({"episode": 12}) + "\n")
     with pytest.raises(SystemExit, match="other settings"):

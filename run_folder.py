@@ -1,0 +1,96 @@
+"""
+An RL run's folder, --out/--name, as rl.py writes it and curves.py reads it:
+
+    config.json     every flag of the run (and the pre-training digits)
+    metrics.jsonl   one JSON line per evaluation (a value that is not finite is written as null)
+    state.pt        while the run is unfinished: all that --resume needs (policy, optimizer, RNGs)
+    model.pt        at the end, unless --no-save
+
+A run folder is never replaced without --force, and --resume refuses settings that differ from the run's.
+"""
+import glob
+import json
+import math
+import os
+import sys
+
+import torch
+
+from model import atomic_save, write_text
+
+RESUME_MAY_DIFFER = {"threads", "resume", "force", "fast_generate", "save", "device"}  # no effect on the numbers
+
+
+def prepare(args, config):
+    """Make --out/--name for a new run (refusing to replace one without --force) and write its config;
+    or, with --resume, check that the run was made with the same settings and return its saved state,
+    with metrics.jsonl cut back to the evaluation the state was saved at. Returns (run_dir, state or None)."""
+    run_dir = os.path.join(args.out, args.name)
+    state_path, config_path = os.path.join(run_dir, "state.pt"), os.path.join(run_dir, "config.json")
+    metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    for stale in glob.glob(os.path.join(glob.escape(run_dir), "*.tmp*")):
+        os.remove(stale)  # left by a run killed in the middle of a save
+    if args.resume:
+        if not (os.path.exists(state_path) and os.path.exists(config_path) and os.path.exists(metrics_path)):
+            sys.exit(f"error: --resume needs {state_path}, config.json and metrics.jsonl (an evaluation saves "
+                     f"them); start the run without --resume")
+        with open(config_path) as f:
+            old = json.load(f)
+        differ = [f"--{k.replace('_', '-')} {old.get(k)} (now {v})" for k, v in config.items()
+                  if k not in RESUME_MAY_DIFFER and old.get(k) != v]
+        if differ:
+            sys.exit(f"error: --resume with other settings than {run_dir} was made with: {'; '.join(differ)}")
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        with open(metrics_path) as f:  # a kill between logging a row and saving the state leaves one row more
+            rows = [line for line in f if line.strip() and json.loads(line)["episode"] <= state["episode"]]
+        write_text(metrics_path, "".join(rows))
+        return run_dir, state
+    if os.path.exists(run_dir) and os.listdir(run_dir) and not args.force:
+        sys.exit(f"error: {run_dir} already holds a run; choose another --name, continue it with --resume, or "
+                 f"pass --force to replace it")
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        for stale in ("metrics.jsonl", "model.pt", "state.pt"):  # --force: nothing of the old run stays
+            if os.path.exists(os.path.join(run_dir, stale)):
+                os.remove(os.path.join(run_dir, stale))
+        with open(config_path, "w") as f:
+            json.dump(config, f, indent=2)
+        open(metrics_path, "w").close()
+    except OSError as e:
+        sys.exit(f"error: cannot write the run folder {run_dir}: {e.strerror}; choose another --out")
+    return run_dir, None
+
+
+def read_rows(run_dir):
+    """The rows of metrics.jsonl, oldest first."""
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def append_row(run_dir, row):
+    """One evaluation as one JSON line; a value that is not finite is written as null (valid JSON)."""
+    with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None
+                            for k, v in row.items()}) + "\n")
+
+
+def save_state(run_dir, policy, optimizer, rng, generator, iteration, row):
+    """Everything --resume needs to go on as if the run had never stopped, in one atomic write."""
+    atomic_save({"policy": policy.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.getstate(),
+                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "iteration": iteration,
+                 "episode": row["episode"], "minutes": row["minutes"]}, os.path.join(run_dir, "state.pt"))
+
+
+def restore_state(state, policy, optimizer, rng, generator):
+    """Put a saved state back in place; returns the iteration to go on from."""
+    policy.load_state_dict(state["policy"])
+    optimizer.load_state_dict(state["optimizer"])
+    rng.setstate(state["rng"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["iteration"]
+
+
+def finish(run_dir):
+    """A finished run keeps no state.pt (only an unfinished one can be resumed)."""
+    os.remove(os.path.join(run_dir, "state.pt"))
