@@ -290,6 +290,8 @@ ALPHAS = [0, 1, 3, 10, 30, 100, 300, 1000, 10000]
 
 
 def cmd_probe(args, device, dtype):
+    """probe.md: Table 1 of every checkpoint in one summary, then per checkpoint its Table 1 in full,
+    the decisiveness baseline, where the critical tokens are, and J^alpha per alpha; Fig. 5 as a figure."""
     summary = ["| checkpoint | N | N+1 greedy accuracy | " + " | ".join(name for name, _ in TABLE1_ROWS) +
                " | every token |", "|---" * (len(TABLE1_ROWS) + 4) + "|"]
     report = []
@@ -302,66 +304,16 @@ def cmd_probe(args, device, dtype):
         completions = solve(model, problems, device, dtype)
         accuracy = 100 * sum(data.reward(c, a, b) for c, (a, b) in zip(completions, problems)) / len(problems)
         tested, j_by_problem = probe(model, n, problems, completions, device, dtype, drop=args.drop,
-                                  controls=args.controls, samples=args.samples, low_tested=args.low_tested)
+                                     controls=args.controls, samples=args.samples, low_tested=args.low_tested)
         rows = table1(tested, j_by_problem, args.drop)
-        show = lambda r: "n/a" if r["n"] == 0 else f"{r['mean']:+.3f} +- {r['sd']:.3f} (n={r['n']})"
-        summary.append(f"| {path} | {n} | {accuracy:.1f}% | " + " | ".join(show(r) for r in rows) + " |")
-        randoms = [r for r in tested if "random" in r["why"]]
-        right = sum(r["right_wins"] for r in randoms) / max(1, len(randoms) * args.samples)
-        wrong = sum(r["wrong_wins"] for r in randoms) / max(1, len(randoms) * args.samples)
+        summary.append(f"| {path} | {n} | {accuracy:.1f}% | " + " | ".join(map(short_cell, rows)) + " |")
         critical = [r for r in tested if r["critical"]]
         report += [f"## {path} (N = {n}): {len(problems)} problems of {n + 1}+{n + 1} digits, greedy accuracy "
-                   f"{accuracy:.1f}%", "",
-                   "| tokens chosen as | tokens | Delta J (mean +- sd) | Delta J below -" f"{args.drop:g} | decisive |",
-                   "|---|---|---|---|---|"]
-        for r in rows:
-            measured = r["n"] > 0
-            report.append(f"| {r['positions']} | {r['n']} | " + (f"{r['mean']:+.4f} +- {r['sd']:.4f} | "
-                          f"{100 * r['below']:.0f}%" if measured else "n/a | n/a") + f" | {r['decisive']} |")
-        report += ["", f"Decisive = {args.samples} continuations sampled at T = 1 after the right character succeed "
-                   f"clearly more often (95% Wilson intervals apart) than {args.samples} after the model's most likely "
-                   f"wrong one. The baseline, at the random places: after the right character {100 * right:.0f}% of "
-                   f"the continuations succeed, after the wrong one {100 * wrong:.0f}%."]
-        if accuracy == 0 or right < 0.05:
-            report.append(f"This model solves {accuracy:.0f}% of these problems: its continuations fail after the "
-                          "right character too, so the test cannot tell decisive tokens from the others here.")
-        report += ["", "Where the low-certainty decisive tokens are:", "",
-                   "| line | field | digits before | right -> likely wrong (most common) | tokens | mean Delta J | "
-                   "paper's place |", "|---|---|---|---|---|---|---|"]
-        places = {}
-        for r in critical:
-            places.setdefault((r["line"], r["field"], r["index"]), []).append(r)
-        for (line, field, index), members in sorted(places.items(), key=lambda item: -len(item[1]))[:args.top]:
-            (right_char, wrote), _ = Counter((r["expected"], r["wrote"]) for r in members).most_common(1)[0]
-            report.append(f"| {line} | {field} | {'' if index is None else index} | {right_char!r} -> {wrote!r} | "
-                          f"{len(members)} | {sum(r['delta'] for r in members) / len(members):+.3f} | "
-                          f"{'yes' if 'paper' in members[0]['why'] else ''} |")
-        # which alpha does what: the penalty's weight where this model decides its errors, and elsewhere
-        with mixed_precision(device, dtype):
-            decisive, elsewhere = rl.certainty_at_errors(model, data.eval_set("rl", 1, args.alpha_n, n=n),
-                                                         device=device)
-        report += ["", f"Which alpha does what: the weight J^alpha of the KL term on {args.alpha_n} held-out "
-                   f"'N+1' problems (rl.py's training distribution), at the first wrong character of the "
-                   f"{len(decisive)} failed greedy generations and on average over the {len(elsewhere)} "
-                   f"characters written right:", "",
-                   "| alpha | " + " | ".join(f"{a:g}" for a in ALPHAS) + " |", "|---" * (len(ALPHAS) + 1) + "|"]
-        for name, values in (("at the first error", decisive), ("elsewhere", elsewhere)):
-            report.append(f"| {name} | " + " | ".join("n/a" if not values else f"{rl.mean_weight(values, a):.3f}"
-                                                      for a in ALPHAS) + " |")
-        report.append("")
-        # Fig. 5: the first problem with a critical token, as the model writes it from its prompt
+                   f"{accuracy:.1f}%", "", *table1_markdown(rows, args.drop), "",
+                   *decisiveness_note(tested, args.samples, accuracy), "",
+                   *places_markdown(critical, args.top), "", *alpha_markdown(model, n, args.alpha_n, device, dtype), ""]
         if critical:
-            a, b = critical[0]["problem"]
-            text = completions[problems.index((a, b))]
-            with mixed_precision(device, dtype):
-                J = rl.certainty(rl.completion_logits(model, [(a, b)], [text])[0]).cpu().tolist()
-            low_j = min(J)
-            if sys.stdout.isatty():  # colours only for a terminal, not for a file or a pipe
-                print(f"\n{path}: {a}+{b}, coloured by certainty J (red = {low_j:.2f}, white = 1), "
-                      f"{'right' if data.reward(text, a, b) else 'wrong'} answer\n{ansi_certainty(text, J, low_j)}")
-            stem = os.path.splitext(os.path.basename(path))[0]
-            plot_certainty(text, J, low_j, os.path.join(args.results, f"certainty_{stem}.png"),
-                           f"{stem}: {a}+{b}, each character coloured by the certainty J of the model writing it")
+            fig5(model, critical[0]["problem"], problems, completions, path, args.results, device, dtype)
     text = "\n".join(["# Critical-token probe (`python analyze.py probe`)", "",
                       "Table 1: Delta J = certainty on the token minus the mean certainty on the other tokens of its "
                       "text, mean +- sd (n tokens), for tokens chosen in different ways. The two low-certainty columns "
@@ -369,6 +321,81 @@ def cmd_probe(args, device, dtype):
                       "", *summary, "", *report])
     write_text(os.path.join(args.results, "probe.md"), text + "\n")
     print(text)
+
+
+def short_cell(row):
+    """A Table 1 row as one cell of the summary: mean +- sd (n)."""
+    return "n/a" if row["n"] == 0 else f"{row['mean']:+.3f} +- {row['sd']:.3f} (n={row['n']})"
+
+
+def table1_markdown(rows, drop):
+    lines = ["| tokens chosen as | tokens | Delta J (mean +- sd) | Delta J below -" f"{drop:g} | decisive |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        measured = r["n"] > 0
+        lines.append(f"| {r['positions']} | {r['n']} | " + (f"{r['mean']:+.4f} +- {r['sd']:.4f} | "
+                     f"{100 * r['below']:.0f}%" if measured else "n/a | n/a") + f" | {r['decisive']} |")
+    return lines
+
+
+def decisiveness_note(tested, samples, accuracy):
+    """What 'decisive' means, and how often continuations succeed at random places (the baseline)."""
+    randoms = [r for r in tested if "random" in r["why"]]
+    right = sum(r["right_wins"] for r in randoms) / max(1, len(randoms) * samples)
+    wrong = sum(r["wrong_wins"] for r in randoms) / max(1, len(randoms) * samples)
+    lines = [f"Decisive = {samples} continuations sampled at T = 1 after the right character succeed clearly more "
+             f"often (95% Wilson intervals apart) than {samples} after the model's most likely wrong one. The "
+             f"baseline, at the random places: after the right character {100 * right:.0f}% of the continuations "
+             f"succeed, after the wrong one {100 * wrong:.0f}%."]
+    if accuracy == 0 or right < 0.05:
+        lines.append(f"This model solves {accuracy:.0f}% of these problems: its continuations fail after the "
+                     "right character too, so the test cannot tell decisive tokens from the others here.")
+    return lines
+
+
+def places_markdown(critical, top):
+    """The `top` places (line, field, digit) that hold the most critical tokens."""
+    lines = ["Where the low-certainty decisive tokens are:", "",
+             "| line | field | digits before | right -> likely wrong (most common) | tokens | mean Delta J | "
+             "paper's place |", "|---|---|---|---|---|---|---|"]
+    places = {}
+    for r in critical:
+        places.setdefault((r["line"], r["field"], r["index"]), []).append(r)
+    for (line, field, index), members in sorted(places.items(), key=lambda item: -len(item[1]))[:top]:
+        (right_char, wrote), _ = Counter((r["expected"], r["wrote"]) for r in members).most_common(1)[0]
+        lines.append(f"| {line} | {field} | {'' if index is None else index} | {right_char!r} -> {wrote!r} | "
+                     f"{len(members)} | {sum(r['delta'] for r in members) / len(members):+.3f} | "
+                     f"{'yes' if 'paper' in members[0]['why'] else ''} |")
+    return lines
+
+
+def alpha_markdown(model, n, size, device, dtype):
+    """Which alpha does what: the penalty's weight J^alpha where this model decides its errors, and elsewhere."""
+    with mixed_precision(device, dtype):
+        decisive, elsewhere = rl.certainty_at_errors(model, data.eval_set("rl", 1, size, n=n), device=device)
+    lines = [f"Which alpha does what: the weight J^alpha of the KL term on {size} held-out 'N+1' problems (rl.py's "
+             f"training distribution), at the first wrong character of the {len(decisive)} failed greedy "
+             f"generations and on average over the {len(elsewhere)} characters written right:", "",
+             "| alpha | " + " | ".join(f"{a:g}" for a in ALPHAS) + " |", "|---" * (len(ALPHAS) + 1) + "|"]
+    for name, values in (("at the first error", decisive), ("elsewhere", elsewhere)):
+        lines.append(f"| {name} | " + " | ".join("n/a" if not values else f"{rl.mean_weight(values, a):.3f}"
+                                                for a in ALPHAS) + " |")
+    return lines
+
+
+def fig5(model, problem, problems, completions, path, results, device, dtype):
+    """Fig. 5: a problem with a critical token, as the model writes it, each character coloured by J."""
+    a, b = problem
+    text = completions[problems.index((a, b))]
+    with mixed_precision(device, dtype):
+        J = rl.certainty(rl.completion_logits(model, [(a, b)], [text])[0]).cpu().tolist()
+    low_j = min(J)
+    if sys.stdout.isatty():  # colours only for a terminal, not for a file or a pipe
+        print(f"\n{path}: {a}+{b}, coloured by certainty J (red = {low_j:.2f}, white = 1), "
+              f"{'right' if data.reward(text, a, b) else 'wrong'} answer\n{ansi_certainty(text, J, low_j)}")
+    stem = os.path.splitext(os.path.basename(path))[0]
+    plot_certainty(text, J, low_j, os.path.join(results, f"certainty_{stem}.png"),
+                   f"{stem}: {a}+{b}, each character coloured by the certainty J of the model writing it")
 
 
 def cmd_errors(args, device, dtype):
@@ -388,7 +415,8 @@ def cmd_errors(args, device, dtype):
     print(f"{args.ckpt}: {k}+{k} greedy accuracy {100 * (1 - len(failures) / len(problems)):.1f}% "
           f"({len(failures)} of {len(problems)} failed)")
     if failures:
-        share = lambda count: f"{count} of {len(failures)} failures ({100 * count / len(failures):.1f}%)"
+        def share(count):
+            return f"{count} of {len(failures)} failures ({100 * count / len(failures):.1f}%)"
         print(f"- first error in an operand list on lines 1-3: {share(len(in_lists))}")
         print(f"- first error at the paper's critical comma on lines 1-3: {share(at_critical[3])}")
         print(f"- first error at the critical comma of any line (a list longer than pre-training ever showed on "
