@@ -163,12 +163,15 @@ def plot_curves(groups, path, title):
         # rows are matched by episode, not by position: a run cut off early adds to the episodes it reached
         episodes = sorted({r["episode"] for run in members for r in run["rows"]})
         by_episode = [{r["episode"]: r for r in run["rows"]} for run in members]
-        for ax, key in zip(axes, ("acc_plus", "critical_p", "critical_p_all")):
+        for ax, key, top in zip(axes, ("acc_plus", "critical_p", "critical_p_all"), (100, 1, 1)):
             columns = [[rows[e].get(key, float("nan")) for rows in by_episode if e in rows] for e in episodes]
             stats = [mean_ci(c) for c in columns]
             mean = [m for m, _ in stats]
             ax.plot(episodes, mean, color=color, label=f"{label} ({len(members)} seeds)")
-            ax.fill_between(episodes, [m - h for m, h in stats], [m + h for m, h in stats], color=color, alpha=0.2)
+            # the band is the t-interval of the mean, cut to the range the quantity can take
+            low, high = ([v if math.isnan(v) else min(max(v, 0), top) for v in band]
+                         for band in ([m - h for m, h in stats], [m + h for m, h in stats]))
+            ax.fill_between(episodes, low, high, color=color, alpha=0.2)
     axes[0].set(xlabel="episodes", ylabel="held-out N+k greedy accuracy (%)", title=title)
     axes[1].set(xlabel="episodes", ylabel="p(correct ',' at the n+1 comma)", title="critical tokens, lines 1-3 (paper)")
     axes[2].set(xlabel="episodes", ylabel="p(correct ',' at the n+1 comma)", title="critical tokens, every line")
