@@ -153,6 +153,11 @@ def find_runs(paths):
     return runs
 
 
+def clipped(value, top):
+    """value cut to [0, top], the range the quantity can take; nan (no data) stays nan."""
+    return value if math.isnan(value) else min(max(value, 0), top)
+
+
 def plot_curves(groups, path, title):
     """Fig. 4: held-out N+k accuracy and critical-token probability against episodes, mean and 95% band."""
     import matplotlib
@@ -169,9 +174,8 @@ def plot_curves(groups, path, title):
             mean = [m for m, _ in stats]
             ax.plot(episodes, mean, color=color, label=f"{label} ({len(members)} seeds)")
             # the band is the t-interval of the mean, cut to the range the quantity can take
-            low, high = ([v if math.isnan(v) else min(max(v, 0), top) for v in band]
-                         for band in ([m - h for m, h in stats], [m + h for m, h in stats]))
-            ax.fill_between(episodes, low, high, color=color, alpha=0.2)
+            ax.fill_between(episodes, [clipped(m - h, top) for m, h in stats], [clipped(m + h, top) for m, h in stats],
+                            color=color, alpha=0.2)
     axes[0].set(xlabel="episodes", ylabel="held-out N+k greedy accuracy (%)", title=title)
     axes[1].set(xlabel="episodes", ylabel="p(correct ',' at the n+1 comma)", title="critical tokens, lines 1-3 (paper)")
     axes[2].set(xlabel="episodes", ylabel="p(correct ',' at the n+1 comma)", title="critical tokens, every line")

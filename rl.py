@@ -345,7 +345,7 @@ def main(argv=None):
     policy.train()
     optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0)
 
-    run_dir, state = run_folder.prepare(args, {**vars(args), "pretrain_digits": n, "device": device})
+    run_dir, state, rows = run_folder.prepare(args, {**vars(args), "pretrain_digits": n, "device": device})
     sets = data.rl_eval_sets(n, args.digits_plus, args.eval_size)  # choose on val_plus, report acc_plus
     rng = random.Random(args.seed)
     generator = torch.Generator(device).manual_seed(args.seed)
@@ -376,7 +376,6 @@ def main(argv=None):
 
     if state:  # --resume: back to the last evaluation, where the state was saved
         start = run_folder.restore_state(state, policy, optimizer, rng, generator)
-        rows = run_folder.read_rows(run_dir)
         first, last = rows[0], rows[-1]
         tqdm.write(f"resuming {run_dir} at episode {state['episode']}")
     else:

@@ -23,8 +23,9 @@ RESUME_MAY_DIFFER = {"threads", "resume", "force", "fast_generate", "save", "dev
 
 def prepare(args, config):
     """Make --out/--name for a new run (refusing to replace one without --force) and write its config;
-    or, with --resume, check that the run was made with the same settings and return its saved state,
-    with metrics.jsonl cut back to the evaluation the state was saved at. Returns (run_dir, state or None)."""
+    or, with --resume, check that the run was made with the same settings and return its saved state and
+    its rows, with metrics.jsonl cut back to the evaluation the state was saved at.
+    Returns (run_dir, state or None, the rows logged so far)."""
     run_dir = os.path.join(args.out, args.name)
     state_path, config_path = os.path.join(run_dir, "state.pt"), os.path.join(run_dir, "config.json")
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
@@ -42,9 +43,10 @@ def prepare(args, config):
             sys.exit(f"error: --resume with other settings than {run_dir} was made with: {'; '.join(differ)}")
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         with open(metrics_path) as f:  # a kill between logging a row and saving the state leaves one row more
-            rows = [line for line in f if line.strip() and json.loads(line)["episode"] <= state["episode"]]
-        write_text(metrics_path, "".join(rows))
-        return run_dir, state
+            rows = [json.loads(line) for line in f if line.strip()]
+        rows = [row for row in rows if row["episode"] <= state["episode"]]
+        write_text(metrics_path, "".join(json.dumps(row) + "\n" for row in rows))
+        return run_dir, state, rows
     if os.path.exists(run_dir) and os.listdir(run_dir) and not args.force:
         sys.exit(f"error: {run_dir} already holds a run; choose another --name, continue it with --resume, or "
                  f"pass --force to replace it")
@@ -58,13 +60,7 @@ def prepare(args, config):
         open(metrics_path, "w").close()
     except OSError as e:
         sys.exit(f"error: cannot write the run folder {run_dir}: {e.strerror}; choose another --out")
-    return run_dir, None
-
-
-def read_rows(run_dir):
-    """The rows of metrics.jsonl, oldest first."""
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+    return run_dir, None, []
 
 
 def append_row(run_dir, row):
