@@ -21,7 +21,8 @@ import time
 import torch
 
 import data
-from model import autocast_dtype, CheckpointError, load_checkpoint, mixed_precision, pick_device, set_threads
+from model import (DTYPE_HELP, DTYPES, autocast_dtype, CheckpointError, generation_dtype, load_checkpoint, mixed_precision, pick_device,
+                   set_threads)
 
 
 def timed(fn, device):
@@ -78,6 +79,7 @@ def main(argv=None):
                    help="time the full recompute at every K-th new token and scale by K (default 16; 1: exact)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.recompute_every < 1 or (args.digits is not None and args.digits < 1):
         p.error("--batch-size, --recompute-every and --digits must be at least 1")
@@ -87,21 +89,22 @@ def main(argv=None):
         p.error("--threads must be at least 1")
     set_threads(args.threads)
     device = pick_device(args.device)
-    dtype = autocast_dtype("auto", device)
+    dtype = autocast_dtype(args.dtype, device)
     try:
         model, meta = load_checkpoint(args.ckpt, device, with_meta=True)
     except CheckpointError as e:
         sys.exit(f"error: {e}")
+    gen_dtype = generation_dtype(args.dtype, device)
     k = args.digits or meta.get("args", {}).get("digits", 7) + 1
     problems = data.eval_set("identical", k, args.batch_size)
     prompts = data.prompt_batch(problems, device)
     steps = max(len(data.scratchpad(a, b)) for a, b in problems)
     if prompts.size(1) + steps > model.config.block_size:
         sys.exit(f"error: {k}-digit problems do not fit in the model's {model.config.block_size} positions")
-    print(f"{args.ckpt} on {device} | autocast {dtype or 'off'} | threads {torch.get_num_threads()} | "
+    print(f"{args.ckpt} on {device} | autocast {dtype or 'off'}, generation {gen_dtype or 'float32'} | threads {torch.get_num_threads()} | "
           f"{k}+{k} problems | batch {args.batch_size} | {steps} new tokens per row")
 
-    with mixed_precision(device, dtype):
+    with mixed_precision(device, gen_dtype):
         model.generate(prompts[:2], 8, temperature=0, stop=data.AnswerLineStop)  # warm-up
         cached, t_cache = timed(lambda: model.generate(prompts, steps, temperature=0, stop=data.AnswerLineStop), device)
         plain, t_plain = timed(lambda: model.generate(prompts, steps, temperature=0, fast=False,
@@ -139,9 +142,10 @@ def main(argv=None):
     generated = forward_flops(model, [p + t for row, p in zip(written.tolist(), prompt_lengths)
                                       for t, real in enumerate(row, 1) if real])
     trained = 3 * forward_flops(model, [t for _ in range(x.size(0)) for t in range(1, x.size(1) + 1)])  # + backward
-    peak = matmul_peak(device, dtype)
+    peaks = {d: matmul_peak(device, d) for d in (dtype, gen_dtype)}  # the precision of each part
+    shown = " and ".join(f"{peak:.1f}{'' if i else ' GFLOP/s'} in {d or torch.float32}" for i, (d, peak) in enumerate(peaks.items()))
     print(f"arithmetic: generation {generated / t_cache / 1e9:.1f} GFLOP/s, training {trained * repeats / t_train / 1e9:.1f} "
-          f"GFLOP/s, matmul peak {peak:.1f} GFLOP/s ({dtype or torch.float32}, 2048 x 2048, measured now)")
+          f"GFLOP/s, matmul peak {shown} (2048 x 2048, measured now)")
     print(f"kv-cache speedup: {t_full / t_cache:.1f}x")
 
 

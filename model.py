@@ -317,8 +317,13 @@ def pick_device(name):
     return name
 
 
+DTYPES = ["auto", "float32", "bfloat16"]
+DTYPE_HELP = "autocast precision (default auto: bfloat16 where supported, but float32 to generate on a CPU)"
+
+
 def autocast_dtype(name, device):
-    """bfloat16 autocast where it is fast (recent NVIDIA GPUs, CPUs with AMX or AVX512-BF16), else None."""
+    """The autocast dtype for --dtype name (auto, float32, bfloat16): None means float32.
+    auto: bfloat16 where the hardware supports it (recent NVIDIA GPUs, CPUs with AMX or AVX512-BF16)."""
     if name == "float32":
         return None
     supported = {"cuda": lambda: torch.cuda.is_bf16_supported(),
@@ -327,6 +332,14 @@ def autocast_dtype(name, device):
     if name == "bfloat16" or supported:
         return torch.bfloat16
     return None
+
+
+def generation_dtype(name, device):
+    """The autocast dtype to generate with: autocast_dtype's, except float32 on a CPU with --dtype auto.
+    Decoding one token reads the whole KV cache; on a CPU that ran 1.7x faster in float32 than in bfloat16
+    (2-core AMD EPYC with AVX512-BF16, 64 rows: results/speed.md), and the tiny test models decode faster
+    in float32 too. Where bfloat16 is faster (it may be with AMX), --dtype bfloat16 generates in it."""
+    return None if name == "auto" and device == "cpu" else autocast_dtype(name, device)
 
 
 def mixed_precision(device, dtype):

@@ -25,8 +25,8 @@ import torch
 from tqdm import tqdm
 
 import data
-from model import (GPT, GPTConfig, atomic_save, autocast_dtype, mixed_precision, pick_device, save_checkpoint,
-                   seed_everything, set_threads, too_big)
+from model import (DTYPE_HELP, DTYPES, GPT, GPTConfig, atomic_save, autocast_dtype, generation_dtype, mixed_precision,
+                   pick_device, save_checkpoint, seed_everything, set_threads, too_big)
 
 
 def get_args(argv=None):
@@ -51,8 +51,7 @@ def get_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seeds random, numpy and torch")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                   help="autocast precision; auto = bfloat16 where the hardware supports it")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
     p.add_argument("--out", default=None, help="checkpoint path (default runs/add{digits}.pt; the shipped ones "
                    "are in checkpoints/)")
     p.add_argument("--resume", action="store_true", help="continue from --out.state (written with every checkpoint)")
@@ -160,6 +159,7 @@ def main(argv=None):
         sys.exit(f"error: {message}; lower --batch-size or the model's size")
     state = check_out(args)  # for --resume: model, optimizer, RNGs and step, all from one file
     model = GPT(config).to(device)
+    eval_dtype = generation_dtype(args.dtype, device)
     model.train()
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -177,7 +177,7 @@ def main(argv=None):
         for _ in range(start_step):  # replay the data stream: the same batches as an uninterrupted run
             next(stream)
     print(f"model: {model.num_params() / 1e6:.2f}M parameters | device {device} | "
-          f"autocast {dtype or 'off'} | steps {start_step}..{args.steps}")
+          f"autocast {dtype or 'off'} (generation {eval_dtype or 'float32'}) | steps {start_step}..{args.steps}")
 
     def save(step):
         """The resume state first (one file, one atomic write, all that --resume needs), then the checkpoint."""
@@ -213,7 +213,7 @@ def main(argv=None):
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
                 elapsed = time.time() - t0
-                evals[step + 1] = acc = evaluate(model, args.digits, args.eval_size, device, dtype)
+                evals[step + 1] = acc = evaluate(model, args.digits, args.eval_size, device, eval_dtype)
                 tqdm.write(f"step {step + 1} | loss {loss.item():.4f} | {elapsed / 60:.1f} min | greedy acc K+K: "
                            + " ".join(f"{k}:{a:.0f}" for k, a in acc.items()))
                 save(step + 1)

@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 import data
 import run_folder
-from model import (autocast_dtype, CheckpointError, load_checkpoint, mixed_precision, pick_device, save_checkpoint,
-                   seed_everything, set_threads, too_big)
+from model import (DTYPE_HELP, DTYPES, autocast_dtype, CheckpointError, generation_dtype, load_checkpoint, mixed_precision,
+                   pick_device, save_checkpoint, seed_everything, set_threads, too_big)
 
 # -----------------------------------------------------------------------------
 # the paper's idea: the loss, then what it calls
@@ -273,6 +273,7 @@ def get_args(argv=None):
     run.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
     run.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores; 1 per run when "
                      "runs share a machine)")
+    run.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
     run.add_argument("--fast-generate", action=argparse.BooleanOptionalAction, default=True,
                      help="GPT.generate's optimized loop (same tokens); --no-fast-generate: the plain reference loop")
     run.add_argument("--out", default="runs", help="folder for runs/<name>/")
@@ -326,7 +327,6 @@ def main(argv=None):
     set_threads(args.threads)
     seed_everything(args.seed)
     device = pick_device(args.device)
-    dtype = autocast_dtype("auto", device)
     try:
         policy, meta = load_checkpoint(args.ckpt, device, with_meta=True)
         reference = load_checkpoint(args.ckpt, device)
@@ -342,10 +342,12 @@ def main(argv=None):
     if message := too_big(policy.config, args.batch_size * args.group_size, longest, device):
         sys.exit(f"error: {message}; lower --batch-size or --group-size")
     reference.requires_grad_(False)
+    dtype, gen_dtype = autocast_dtype(args.dtype, device), generation_dtype(args.dtype, device)  # update, sampling
     policy.train()
     optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0)
 
-    run_dir, state, rows = run_folder.prepare(args, {**vars(args), "pretrain_digits": n, "device": device})
+    recorded = {"pretrain_digits": n, "device": device, "generation_dtype": str(gen_dtype or torch.float32)[6:]}
+    run_dir, state, rows = run_folder.prepare(args, {**vars(args), **recorded})
     sets = data.rl_eval_sets(n, args.digits_plus, args.eval_size)  # choose on val_plus, report acc_plus
     rng = random.Random(args.seed)
     generator = torch.Generator(device).manual_seed(args.seed)
@@ -358,7 +360,7 @@ def main(argv=None):
     def evaluation(episode):
         """The evaluation metrics and the training averages since the last one; and the greedy N+k texts."""
         policy.eval()
-        metrics, greedy = evaluate(policy, sets, args, n, device, dtype)
+        metrics, greedy = evaluate(policy, sets, args, n, device, gen_dtype)
         policy.train()
         row = {"episode": episode, **metrics}
         row.update({k: (sum(v) / len(v) if v else None) for k, v in window.items()})
@@ -399,7 +401,7 @@ def main(argv=None):
             problems = [p for p in (data.rl_problem(n, args.digits_plus, rng) for _ in range(args.batch_size))
                         for _ in range(args.group_size)]
             policy.eval()
-            with mixed_precision(device, dtype):
+            with mixed_precision(device, gen_dtype):
                 inputs, actions, mask, rewards = rollout(policy, problems, args, device, generator)
             policy.train()
             # 2. advantages
@@ -439,9 +441,8 @@ def main(argv=None):
         save_checkpoint(os.path.join(run_dir, "model.pt"), policy, rl_args=vars(args), args=meta.get("args", {}),
                         episodes=episode)
     run_folder.finish(run_dir)
-    print(f"done: N+{args.digits_plus} ({n + args.digits_plus} digits) greedy accuracy "
-          f"{first['acc_plus']:.1f}% -> {last['acc_plus']:.1f}% | "
-          f"comfort zone {first['acc_comfort']:.1f}% -> {last['acc_comfort']:.1f}% | "
+    print(f"done: N+{args.digits_plus} ({n + args.digits_plus} digits) greedy accuracy {first['acc_plus']:.1f}% -> "
+          f"{last['acc_plus']:.1f}% | comfort zone {first['acc_comfort']:.1f}% -> {last['acc_comfort']:.1f}% | "
           f"{(time.time() - t0) / 60:.1f} min | {run_dir}")
 
 

@@ -44,6 +44,7 @@ CASES = [
     ("rl", ["--alpha", "-1"], "non-negative"),
     ("rl", ["--temperature", "0"], "--temperature must be positive"),
     ("rl", ["--kl-estimator", "k9"], "invalid choice"),
+    ("rl", ["--dtype", "half"], "invalid choice"),
     ("rl", ["--kl-estimator", "k1"], "zero expected gradient"),
     ("rl", ["--lr", "inf"], "finite"),
     ("rl", ["--kl-coef", "inf"], "finite"),
@@ -79,6 +80,7 @@ CASES = [
     ("analyze", ["unknown"], "invalid choice"),
     # bench.py
     ("bench", ["--batch-size", "0"], "at least 1"),
+    ("bench", ["--dtype", "float16"], "invalid choice"),
     ("bench", ["--batch-size", "100000000"], "at most 65536"),
     ("bench", ["--ckpt", "{tmp}/nope.pt"], "no checkpoint at"),
     ("bench", ["--ckpt", "{ckpt}", "--digits", "30"], "do not fit"),

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import data
-from model import GPT, CheckpointError, GPTConfig, load_checkpoint, save_checkpoint
+from model import GPT, CheckpointError, GPTConfig, generation_dtype, load_checkpoint, save_checkpoint
 
 TINY = GPTConfig(block_size=512, n_layer=2, n_head=2, n_embd=32)
 PROBLEMS = [(1234, 567), (5, 7), (99, 1), (31, 4096)]
@@ -245,3 +245,8 @@ def test_logits_are_float32_under_bfloat16_autocast():
     full, _ = model(x)
     assert low.dtype == torch.float32 and 0 < (low - full).abs().max() < 0.05  # the body ran in bfloat16
     assert (low != low.bfloat16().float()).float().mean() > 0.9  # the head did not round to bfloat16's 8 bits
+
+
+def test_generation_runs_in_float32_on_a_cpu_unless_a_precision_is_asked_for():
+    assert generation_dtype("auto", "cpu") is None  # float32: decoding is faster in it on CPUs (model.py)
+    assert generation_dtype("bfloat16", "cpu") is torch.bfloat16 and generation_dtype("float32", "cpu") is None

@@ -189,7 +189,8 @@ def test_smoke_run_writes_metrics_and_checkpoint(tiny_checkpoint, tmp_path):
     assert "weight_decisive" in rows[0] and "KL weight J_ref^alpha (alpha 3)" in r.stdout
     for key in ("acc_plus", "val_plus", "acc_comfort", "acc_plus_sampled", "kl", "reward", "critical_p"):
         assert key in rows[-1]
-    assert json.load(open(tmp_path / "smoke" / "config.json"))["alpha"] == 3.0
+    config = json.load(open(tmp_path / "smoke" / "config.json"))
+    assert config["alpha"] == 3.0 and config["generation_dtype"] == "float32"  # on a CPU, --dtype auto
     assert (tmp_path / "smoke" / "model.pt").exists()
 
 
