@@ -21,8 +21,8 @@ import time
 import torch
 
 import data
-from model import (DTYPE_HELP, DTYPES, autocast_dtype, CheckpointError, generation_dtype, load_checkpoint, mixed_precision, pick_device,
-                   set_threads)
+from model import (DTYPE_HELP, DTYPES, autocast_dtype, CheckpointError, generation_dtype, load_checkpoint,
+                   mixed_precision, pick_device, set_threads)
 
 
 def timed(fn, device):
@@ -101,8 +101,8 @@ def main(argv=None):
     steps = max(len(data.scratchpad(a, b)) for a, b in problems)
     if prompts.size(1) + steps > model.config.block_size:
         sys.exit(f"error: {k}-digit problems do not fit in the model's {model.config.block_size} positions")
-    print(f"{args.ckpt} on {device} | autocast {dtype or 'off'}, generation {gen_dtype or 'float32'} | threads {torch.get_num_threads()} | "
-          f"{k}+{k} problems | batch {args.batch_size} | {steps} new tokens per row")
+    print(f"{args.ckpt} on {device} | autocast {dtype or 'off'}, generation {gen_dtype or torch.float32} | "
+          f"threads {torch.get_num_threads()} | {k}+{k} problems | batch {args.batch_size} | {steps} new tokens per row")
 
     with mixed_precision(device, gen_dtype):
         model.generate(prompts[:2], 8, temperature=0, stop=data.AnswerLineStop)  # warm-up
@@ -143,9 +143,10 @@ def main(argv=None):
                                       for t, real in enumerate(row, 1) if real])
     trained = 3 * forward_flops(model, [t for _ in range(x.size(0)) for t in range(1, x.size(1) + 1)])  # + backward
     peaks = {d: matmul_peak(device, d) for d in (dtype, gen_dtype)}  # the precision of each part
-    shown = " and ".join(f"{peak:.1f}{'' if i else ' GFLOP/s'} in {d or torch.float32}" for i, (d, peak) in enumerate(peaks.items()))
-    print(f"arithmetic: generation {generated / t_cache / 1e9:.1f} GFLOP/s, training {trained * repeats / t_train / 1e9:.1f} "
-          f"GFLOP/s, matmul peak {shown} (2048 x 2048, measured now)")
+    shown = " and ".join(f"{peak:.1f}{'' if i else ' GFLOP/s'} in {d or torch.float32}"
+                         for i, (d, peak) in enumerate(peaks.items()))
+    print(f"arithmetic: generation {generated / t_cache / 1e9:.1f} GFLOP/s, "
+          f"training {trained * repeats / t_train / 1e9:.1f} GFLOP/s, matmul peak {shown} (2048 x 2048, measured now)")
     print(f"kv-cache speedup: {t_full / t_cache:.1f}x")
 
 

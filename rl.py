@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 import data
 import run_folder
-from model import (DTYPE_HELP, DTYPES, autocast_dtype, CheckpointError, generation_dtype, load_checkpoint, mixed_precision,
-                   pick_device, save_checkpoint, seed_everything, set_threads, too_big)
+from model import (DTYPE_HELP, DTYPES, autocast_dtype, CheckpointError, generation_dtype, load_checkpoint,
+                   mixed_precision, pick_device, save_checkpoint, seed_everything, set_threads, too_big)
 
 # -----------------------------------------------------------------------------
 # the paper's idea: the loss, then what it calls
