@@ -23,7 +23,8 @@ T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.045, 2.042]
 # what varies between seeds of one experiment, or does not change what is learned
 # (eval_every and eval_size change what was measured, so they do split groups)
-NOT_A_SETTING = {"seed", "name", "out", "device", "save", "threads", "fast_generate", "force", "resume"}
+NOT_A_SETTING = {"seed", "name", "out", "device", "save", "threads", "fast_generate", "force", "resume",
+                 "dtype"}  # the flag; the precisions it chose are recorded as training_dtype, generation_dtype
 
 
 def mean_ci(values):
@@ -37,6 +38,9 @@ def mean_ci(values):
 
 
 RETIRED = {"reward": "01"}  # --reward pm1 was the 0/1 reward with a doubled advantage under the group baseline
+# runs made before rl.py recorded its precisions: every one ran on a CPU with bfloat16 support, where the
+# --dtype auto of then trained and generated in bfloat16 (results/speed.md)
+BEFORE_DTYPES = {"training_dtype": "bfloat16", "generation_dtype": "bfloat16"}
 REQUIRED = ("episode", "acc_plus", "acc_comfort")  # what every metrics.jsonl row must have
 
 
@@ -54,6 +58,7 @@ def read_run(run_dir):
     for flag, value in RETIRED.items():  # a flag rl.py no longer has, at the value every run now uses
         if config.get(flag) == value:
             del config[flag]
+    config = {**BEFORE_DTYPES, **config}
     rows = []
     with open(metrics_path) as f:
         for number, line in enumerate(f, 1):

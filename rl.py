@@ -217,15 +217,14 @@ def evaluate(policy, sets, args, n, device, dtype):
     """Greedy accuracy on N+k (the evaluation set, and the validation set that hyper-parameters are
     chosen on) and on the comfort zone, sampled accuracy on N+k, critical-token probability.
     Returns the metrics and the greedy N+k completions (the run's first evaluation reuses them)."""
-    fast = args.fast_generate
     with mixed_precision(device, dtype):
         generator = torch.Generator(device).manual_seed(args.seed)
         paper_lines, all_lines = critical_probabilities(policy, sets["critical"], n, args.temperature)
-        greedy = data.complete(policy, sets["plus"], device=device, fast=fast)
+        greedy = data.complete(policy, sets["plus"], device=device, fast=args.fast_generate)
         sampled = data.complete(policy, sets["plus"], temperature=args.temperature, device=device,
-                                generator=generator, fast=fast)
-        comfort = data.complete(policy, sets["comfort"], device=device, fast=fast)
-        validation = data.complete(policy, sets["val"], device=device, fast=fast)
+                                generator=generator, fast=args.fast_generate)
+        comfort = data.complete(policy, sets["comfort"], device=device, fast=args.fast_generate)
+        validation = data.complete(policy, sets["val"], device=device, fast=args.fast_generate)
     return {
         "acc_plus": data.percent_correct(greedy, sets["plus"]),
         "val_plus": data.percent_correct(validation, sets["val"]),
@@ -346,7 +345,8 @@ def main(argv=None):
     policy.train()
     optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0)
 
-    recorded = {"pretrain_digits": n, "device": device, "generation_dtype": str(gen_dtype or torch.float32)[6:]}
+    recorded = {"pretrain_digits": n, "device": device, "training_dtype": str(dtype or torch.float32)[6:],
+                "generation_dtype": str(gen_dtype or torch.float32)[6:]}  # what --dtype chose on this machine
     run_dir, state, rows = run_folder.prepare(args, {**vars(args), **recorded})
     sets = data.rl_eval_sets(n, args.digits_plus, args.eval_size)  # choose on val_plus, report acc_plus
     rng = random.Random(args.seed)

@@ -92,6 +92,18 @@ def _fake_run(root, name, alpha, seed, final, kl_coef=10.0, kl=0.001, episodes=5
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def test_runs_are_grouped_by_the_precision_they_generated_in(tmp_path):
+    """A run from before rl.py recorded its precisions generated in bfloat16: it groups with one made with
+    --dtype bfloat16, apart from one that generated in float32."""
+    _fake_run(tmp_path, "before", 0.0, 0, 70.0)
+    _fake_run(tmp_path, "pinned", 0.0, 1, 70.0, dtype="bfloat16", training_dtype="bfloat16",
+              generation_dtype="bfloat16")
+    _fake_run(tmp_path, "auto", 0.0, 2, 70.0, dtype="auto", training_dtype="bfloat16", generation_dtype="float32")
+    groups = curves.group_runs(curves.find_runs([str(tmp_path)]))
+    names = {label: [run["config"]["name"] for run in members] for label, _, members in groups}
+    assert names == {"generation_dtype=bfloat16": ["before", "pinned"], "generation_dtype=float32": ["auto"]}
+
+
 def test_curves_groups_seeds_and_writes_table_and_figure(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
