@@ -177,7 +177,7 @@ def main(argv=None):
         for _ in range(start_step):  # replay the data stream: the same batches as an uninterrupted run
             next(stream)
     print(f"model: {model.num_params() / 1e6:.2f}M parameters | device {device} | "
-          f"autocast {dtype or 'off'} (generation {eval_dtype or 'float32'}) | steps {start_step}..{args.steps}")
+          f"autocast {dtype or 'off'} (generation {eval_dtype or torch.float32}) | steps {start_step}..{args.steps}")
 
     def save(step):
         """The resume state first (one file, one atomic write, all that --resume needs), then the checkpoint."""

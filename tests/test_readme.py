@@ -82,3 +82,17 @@ def test_tables_made_from_logs_are_rewritten_identically(tmp_path, monkeypatch, 
         name = argv[argv.index("--name") + 1]
         fresh = open(tmp_path / f"{name}.md").read().splitlines()[1:]  # line 1 names the output folder
         assert fresh == open(source).read().splitlines()[1:], f"{source} differs from its logs"
+
+
+def test_every_file_reads_in_one_sitting():
+    """The reader's contract: each script at most 450 lines, the README at most 250, the paper's idea
+    (`rl_loss`) on rl.py's first screen, and no script but pre-training's own depending on pretrain.py."""
+    for path in glob.glob(os.path.join(ROOT, "*.py")):
+        with open(path) as f:
+            source = f.read()
+        assert source.count("\n") <= 450, f"{os.path.basename(path)} is over 450 lines"
+        assert not re.search(r"^(import pretrain|from pretrain import)", source, re.M) or path.endswith("pretrain.py")
+    with open(os.path.join(ROOT, "README.md")) as f:
+        assert f.read().count("\n") <= 250, "README.md is over 250 lines"
+    with open(os.path.join(ROOT, "rl.py")) as f:
+        assert "def rl_loss(" in "".join(f.readlines()[:60])
