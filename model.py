@@ -391,8 +391,10 @@ def write_text(path, text):
 
 
 def save_figure(fig, path):
-    """A matplotlib figure as a PNG, written atomically."""
+    """A matplotlib figure as a PNG, written atomically; then closed (pyplot keeps open figures alive)."""
+    import matplotlib.pyplot as plt  # here: only the scripts that draw need matplotlib
     replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
     print(f"wrote {path}", file=sys.stderr)
 
 
