@@ -22,7 +22,7 @@ import torch
 
 import data
 from model import (DTYPE_HELP, DTYPES, autocast_dtype, CheckpointError, generation_dtype, load_checkpoint,
-                   mixed_precision, pick_device, set_threads)
+                   mixed_precision, pick_device, precision_name, set_threads)
 
 
 def timed(fn, device):
@@ -101,7 +101,7 @@ def main(argv=None):
     steps = max(len(data.scratchpad(a, b)) for a, b in problems)
     if prompts.size(1) + steps > model.config.block_size:
         sys.exit(f"error: {k}-digit problems do not fit in the model's {model.config.block_size} positions")
-    print(f"{args.ckpt} on {device} | autocast {dtype or 'off'}, generation {gen_dtype or torch.float32} | "
+    print(f"{args.ckpt} on {device} | autocast {dtype or 'off'}, generation {precision_name(gen_dtype)} | "
           f"threads {torch.get_num_threads()} | {k}+{k} problems | batch {args.batch_size} | {steps} new tokens per row")
 
     with mixed_precision(device, gen_dtype):
@@ -143,7 +143,7 @@ def main(argv=None):
                                       for t, real in enumerate(row, 1) if real])
     trained = 3 * forward_flops(model, [t for _ in range(x.size(0)) for t in range(1, x.size(1) + 1)])  # + backward
     peaks = {d: matmul_peak(device, d) for d in (dtype, gen_dtype)}  # the precision of each part
-    shown = " and ".join(f"{peak:.1f}{'' if i else ' GFLOP/s'} in {d or torch.float32}"
+    shown = " and ".join(f"{peak:.1f}{'' if i else ' GFLOP/s'} in {precision_name(d)}"
                          for i, (d, peak) in enumerate(peaks.items()))
     print(f"arithmetic: generation {generated / t_cache / 1e9:.1f} GFLOP/s, "
           f"training {trained * repeats / t_train / 1e9:.1f} GFLOP/s, matmul peak {shown} (2048 x 2048, measured now)")

@@ -336,10 +336,16 @@ def autocast_dtype(name, device):
 
 def generation_dtype(name, device):
     """The autocast dtype to generate with: autocast_dtype's, except float32 on a CPU with --dtype auto.
-    Decoding one token reads the whole KV cache; on a CPU that ran 1.7x faster in float32 than in bfloat16
-    (2-core AMD EPYC with AVX512-BF16, 64 rows: results/speed.md), and the tiny test models decode faster
-    in float32 too. Where bfloat16 is faster (it may be with AMX), --dtype bfloat16 generates in it."""
+    Decoding one token reads the whole KV cache; on a CPU that ran 1.9x faster in float32 than in bfloat16
+    (2-core AMD EPYC with AVX512-BF16, 64 rows: results/speed/epyc/bench_batch64*.txt), and the tiny
+    test models decode faster in float32 too. Where bfloat16 is faster (it may be with AMX), --dtype
+    bfloat16 generates in it."""
     return None if name == "auto" and device == "cpu" else autocast_dtype(name, device)
+
+
+def precision_name(dtype):
+    """The name of an autocast dtype as autocast_dtype returns it: float32 for None, else e.g. bfloat16."""
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
 
 
 def mixed_precision(device, dtype):

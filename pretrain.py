@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 import data
 from model import (DTYPE_HELP, DTYPES, GPT, GPTConfig, atomic_save, autocast_dtype, generation_dtype, mixed_precision,
-                   pick_device, save_checkpoint, seed_everything, set_threads, too_big)
+                   pick_device, precision_name, save_checkpoint, seed_everything, set_threads, too_big)
 
 
 def get_args(argv=None):
@@ -177,7 +177,7 @@ def main(argv=None):
         for _ in range(start_step):  # replay the data stream: the same batches as an uninterrupted run
             next(stream)
     print(f"model: {model.num_params() / 1e6:.2f}M parameters | device {device} | "
-          f"autocast {dtype or 'off'} (generation {eval_dtype or torch.float32}) | steps {start_step}..{args.steps}")
+          f"autocast {dtype or 'off'} (generation {precision_name(eval_dtype)}) | steps {start_step}..{args.steps}")
 
     def save(step):
         """The resume state first (one file, one atomic write, all that --resume needs), then the checkpoint."""

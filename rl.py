@@ -29,7 +29,7 @@ from tqdm import tqdm
 import data
 import run_folder
 from model import (DTYPE_HELP, DTYPES, autocast_dtype, CheckpointError, generation_dtype, load_checkpoint,
-                   mixed_precision, pick_device, save_checkpoint, seed_everything, set_threads, too_big)
+                   mixed_precision, pick_device, precision_name, save_checkpoint, seed_everything, set_threads, too_big)
 
 # -----------------------------------------------------------------------------
 # the paper's idea: the loss, then what it calls
@@ -345,8 +345,8 @@ def main(argv=None):
     policy.train()
     optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0)
 
-    recorded = {"pretrain_digits": n, "device": device, "training_dtype": str(dtype or torch.float32)[6:],
-                "generation_dtype": str(gen_dtype or torch.float32)[6:]}  # what --dtype chose on this machine
+    recorded = {"pretrain_digits": n, "device": device, "training_dtype": precision_name(dtype),
+                "generation_dtype": precision_name(gen_dtype)}  # what --dtype chose on this machine
     run_dir, state, rows = run_folder.prepare(args, {**vars(args), **recorded})
     sets = data.rl_eval_sets(n, args.digits_plus, args.eval_size)  # choose on val_plus, report acc_plus
     rng = random.Random(args.seed)
