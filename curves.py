@@ -118,6 +118,8 @@ def group_runs(runs):
     out = []
     for settings, members in groups.values():
         label = ", ".join(f"{k}={settings.get(k)}" for k in varying) or "all runs"
+        if settings.get("kl_coef") == 0 and "alpha" in varying:
+            label += " (no penalty: alpha unused)"
         out.append((label, settings, sorted(members, key=lambda r: r["config"].get("seed", 0))))
     numbers_first = lambda v: (0, v, "") if isinstance(v, (int, float)) else (1, 0, json.dumps(v))
     return sorted(out, key=lambda g: [numbers_first(g[1].get(k)) for k in varying])

@@ -155,6 +155,7 @@ def test_frontier_says_which_prioritized_runs_lie_above_the_uniform_frontier(tmp
     verdict = {r["group"]: [u["group"] for u in curves.beaten_by(r, table)] for r in table
                if not curves.is_uniform(r["settings"])}
     assert verdict == {"alpha=100.0, kl_coef=10.0": [], "alpha=3.0, kl_coef=10.0": ["alpha=0.0, kl_coef=10.0"]}
+    assert "alpha=0.0, kl_coef=0.0 (no penalty: alpha unused)" in [r["group"] for r in table]
     out = subprocess.run([sys.executable, "analyze.py", "frontier", str(runs), "--name", "fr", "--results",
                           str(tmp_path / "res")], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
