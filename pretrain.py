@@ -47,6 +47,8 @@ def get_args(argv=None):
                    help="start each row at a random position so every position embedding is trained")
     p.add_argument("--pool", type=int, default=16, help="batches drawn at once and sorted by length")
     p.add_argument("--eval-every", type=int, default=2000, help="steps between evaluations and checkpoints")
+    p.add_argument("--save-every", type=int, default=250, help="steps between saves of the resume state, so a killed "
+                   "run loses at most this many steps")
     p.add_argument("--eval-size", type=int, default=100, help="held-out problems per operand length")
     p.add_argument("--seed", type=int, default=0, help="seeds random, numpy and torch")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
@@ -70,6 +72,7 @@ def get_args(argv=None):
               (args.n_embd % args.n_head == 0, "--n-embd must be divisible by --n-head"),
               (args.eval_every >= 1 and args.eval_size >= 1 and args.pool >= 1,
                "--eval-every, --eval-size and --pool must be at least 1"),
+              (args.save_every >= 1, "--save-every must be at least 1"),
               (args.batch_size * args.pool <= 1_000_000 and args.eval_size <= 100_000,
                "--batch-size x --pool must be at most 1000000 and --eval-size at most 100000"),
               (args.threads is None or args.threads >= 1, "--threads must be at least 1")]
@@ -113,7 +116,7 @@ def evaluate(model, digits, size, device, dtype):
 
 
 # flags that may change when a run is resumed: they do not change what is trained
-RESUMABLE = {"steps", "eval_every", "eval_size", "threads", "device", "out", "resume", "force"}
+RESUMABLE = {"steps", "eval_every", "save_every", "eval_size", "threads", "device", "out", "resume", "force"}
 
 
 def check_out(args):
@@ -186,9 +189,10 @@ def main(argv=None):
                      "torch_rng": torch.get_rng_state()}, args.out + ".state")
         save_checkpoint(args.out, model, args=vars(args), step=step, train_seconds=round(elapsed, 1), evals=evals)
 
-    # Ctrl-C asks the loop to stop at the end of the current step, so what is saved is a whole step
+    # Ctrl-C (or a kill's SIGTERM) asks the loop to stop at the end of the current step, so what is saved is a
+    # whole step
     stop = []
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.append(True))
+    previous = {sig: signal.signal(sig, lambda *_: stop.append(True)) for sig in (signal.SIGINT, signal.SIGTERM)}
     t0 = time.time() - elapsed
     bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, desc="pretrain",
                dynamic_ncols=True)
@@ -217,12 +221,16 @@ def main(argv=None):
                 tqdm.write(f"step {step + 1} | loss {loss.item():.4f} | {elapsed / 60:.1f} min | greedy acc K+K: "
                            + " ".join(f"{k}:{a:.0f}" for k, a in acc.items()))
                 save(step + 1)
+            elif (step + 1) % args.save_every == 0:
+                elapsed = time.time() - t0
+                save(step + 1)
             if stop:
                 elapsed = time.time() - t0
                 save(step + 1)
                 sys.exit(f"\ninterrupted after step {step + 1}: saved {args.out}; continue with --resume")
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     elapsed = time.time() - t0
     acc = evals[args.steps]
     beyond = f" | {args.digits + 1}+{args.digits + 1} {acc[args.digits + 1]:.1f}%" if args.digits + 1 in acc else ""
