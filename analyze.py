@@ -31,7 +31,7 @@ import torch
 
 import data
 from curves import cmd_curves, cmd_frontier, read_run
-from model import autocast_dtype, pick_device, set_threads, write_text
+from runtime import DEVICE_HELP, autocast_dtype, pick_device, set_threads, write_text
 from probe import cmd_errors, cmd_probe, load, pretrain_digits, solve, wilson_interval
 
 
@@ -209,12 +209,12 @@ def get_args(argv=None):
     stu.add_argument("--budget", default="small", choices=sorted(BUDGETS), help="small (default) or full")
     stu.add_argument("--runs", default="results", help="run logs go to <runs>/study_<budget>/ (small: commit them)")
     stu.add_argument("--results", default="results", help="tables and figures go to <results>/study_<budget>/")
-    stu.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    stu.add_argument("--device", default="auto", help=DEVICE_HELP)
     stu.add_argument("--jobs", type=int, default=1, help="rl.py runs at once, each with its share of the CPU "
                      "threads or of the GPU (default 1)")
     for s, size in ((acc, 1000), (err, 1000), (pro, 50)):
         s.add_argument("--n", type=int, default=size, help=f"problems per set (default {size})")
-        s.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+        s.add_argument("--device", default="auto", help=DEVICE_HELP)
         s.add_argument("--results", default="results", help="folder for CSV files")
     for s in (acc, err, pro, stu):
         s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")

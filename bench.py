@@ -21,17 +21,17 @@ import time
 import torch
 
 import data
-from model import (DTYPE_HELP, DTYPES, autocast_dtype, CheckpointError, generation_dtype, load_checkpoint,
-                   mixed_precision, pick_device, precision_name, set_threads)
+from model import CheckpointError, load_checkpoint
+from runtime import (DEVICE_HELP, DTYPE_HELP, DTYPES, autocast_dtype, generation_dtype, mixed_precision, pick_device,
+                     precision_name, set_threads, synchronize)
 
 
 def timed(fn, device):
-    if device == "cuda":
-        torch.cuda.synchronize()
+    """fn's result and its seconds; a GPU runs asynchronously, so wait for its queue before and after."""
+    synchronize(device)
     start = time.perf_counter()
     out = fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     return out, time.perf_counter() - start
 
 
@@ -77,7 +77,7 @@ def main(argv=None):
                    help="rows generated at once (default 64: one RL iteration, 16 problems x 4 samples)")
     p.add_argument("--recompute-every", type=int, default=16,
                    help="time the full recompute at every K-th new token and scale by K (default 16; 1: exact)")
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
     args = p.parse_args(argv)

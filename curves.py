@@ -12,7 +12,7 @@ import math
 import os
 import sys
 
-from model import save_figure, write_text
+from runtime import save_figure, write_text
 
 # -----------------------------------------------------------------------------
 # learning curves of rl.py runs: mean and 95% interval over seeds

@@ -10,8 +10,6 @@ Padding (token id 0 of data.VOCAB) never influences a real token: padded keys ar
 """
 import math
 import os
-import random
-import sys
 from dataclasses import asdict, dataclass
 
 import torch
@@ -19,8 +17,10 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from data import PAD_ID, VOCAB
+from runtime import atomic_save
 
 NEVER = -1e4  # the padding token's logit: probability e^-10000 = 0, and 0 * log p stays finite
+CHECK_EVERY_GPU = 16  # decoding steps between looks at which rows are finished, on a GPU (see generate)
 
 
 class CausalSelfAttention(nn.Module):
@@ -153,7 +153,7 @@ class GPT(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, generator=None, fast=True, stop=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, generator=None, fast=True, stop=None, check_every=None):
         """Continue left-padded prompts idx (B, T); returns (B, T + new) with new <= max_new_tokens.
 
         temperature = 0 is greedy decoding. stop: the task's stop rule, made per call as stop(B, device)
@@ -161,9 +161,13 @@ class GPT(nn.Module):
         filled with padding and the loop ends when every row is finished. None: no row stops early.
         fast=True takes `_generate_fast`, which gives the same tokens (and, with the same generator, the
         same samples) with less work; the loop below is the plain reference that it is tested against.
+        check_every: decoding steps between looks at which rows are finished. A look copies a value from
+        the device to Python, which stalls a GPU's queue, so GPUs look every CHECK_EVERY_GPU steps; the
+        extra steps only write padding, which is cut off again: the tokens are the same for any value.
         """
+        check_every = check_every or (1 if idx.device.type == "cpu" else CHECK_EVERY_GPU)
         if fast:
-            return self._generate_fast(idx, max_new_tokens, temperature, generator, stop)
+            return self._generate_fast(idx, max_new_tokens, temperature, generator, stop, check_every)
         B, T = idx.shape
         real, caches, logits = self._prefill(idx, max_new_tokens)
         may_attend = torch.ones(B, 1, 1, T + max_new_tokens, dtype=torch.bool, device=idx.device)
@@ -171,21 +175,24 @@ class GPT(nn.Module):
         next_pos = real.sum(1)
         rule = stop(B, idx.device) if stop else None
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        width = torch.zeros((), dtype=torch.long, device=idx.device)  # new tokens up to the last real one
         out = []
         for step in range(max_new_tokens):
             tok = sample(logits, temperature, generator)
             tok = torch.where(done, PAD_ID, tok)
             out.append(tok)
+            width = torch.where(done.all(), width, step + 1)
             if rule:
                 done |= rule(tok)
-            if done.all() or step == max_new_tokens - 1:
+            if step == max_new_tokens - 1 or ((step + 1) % check_every == 0 and done.all()):
                 break
-            logits = self._forward_cached(tok[:, None], next_pos[:, None], may_attend[:, :, :, :T + step + 1], caches, T + step)[:, -1]
+            logits = self._forward_cached(tok[:, None], next_pos[:, None], may_attend[:, :, :, :T + step + 1],
+                                          caches, T + step)[:, -1]
             next_pos = next_pos + 1
-        return torch.cat([idx, torch.stack(out, 1)], 1)
+        return torch.cat([idx, torch.stack(out, 1)[:, :int(width)]], 1)
 
     @torch.no_grad()
-    def _generate_fast(self, idx, max_new_tokens, temperature=1.0, generator=None, stop=None):
+    def _generate_fast(self, idx, max_new_tokens, temperature=1.0, generator=None, stop=None, check_every=1):
         """`generate` with two savings, same tokens:
           - the padding mask is built once as an additive bias in the cache's dtype, instead of a bool
             mask that attention converts at every layer of every step;
@@ -202,14 +209,19 @@ class GPT(nn.Module):
         next_pos = real.sum(1)
         rule = stop(B, idx.device) if stop else None
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        width = torch.zeros((), dtype=torch.long, device=idx.device)  # new tokens up to the last real one
         for step in range(max_new_tokens):
             tok = sample(logits, temperature, generator, rows=rows, batch=B)
             tok = torch.where(done, PAD_ID, tok)
             out[rows, step] = tok
+            width = torch.where(done.all(), width, step + 1)
             if rule:
                 done |= rule(tok)
-            finished = int(done.sum())
-            if finished == len(rows) or step == max_new_tokens - 1:
+            if step == max_new_tokens - 1:
+                break
+            if (step + 1) % check_every:
+                finished = 0  # no look at the rows this step (see generate's check_every)
+            elif (finished := int(done.sum())) == len(rows):
                 break
             if 4 * finished >= len(rows):  # drop the finished rows
                 keep = (~done).nonzero().squeeze(1)
@@ -217,9 +229,10 @@ class GPT(nn.Module):
                 rows, tok, next_pos, key_bias = rows[keep], tok[keep], next_pos[keep], key_bias[keep]
                 done = done[keep]
                 rule.keep(keep)
-            logits = self._forward_cached(tok[:, None], next_pos[:, None], key_bias[..., :T + step + 1], caches, T + step)[:, -1]
+            logits = self._forward_cached(tok[:, None], next_pos[:, None], key_bias[..., :T + step + 1], caches,
+                                          T + step)[:, -1]
             next_pos = next_pos + 1
-        return torch.cat([idx, out[:, :step + 1]], 1)
+        return torch.cat([idx, out[:, :int(width)]], 1)
 
     def _prefill(self, idx, max_new_tokens):
         """Check that the generation fits, allocate the KV caches and run the left-padded prompts through
@@ -250,6 +263,9 @@ def sample(logits, temperature, generator=None, rows=None, batch=None):
         return logits.argmax(-1)
     probs = F.softmax(logits.float() / temperature, dim=-1)
     noise = torch.empty(batch or probs.size(0), probs.size(1), device=probs.device).exponential_(generator=generator)
+    # a draw of exactly 0 (some backends round to it) would pick its token whatever its probability, padding
+    # included; the smallest positive float keeps p / E finite and leaves every other draw as it is
+    noise = noise.clamp_(min=torch.finfo(noise.dtype).tiny)
     return (probs / (noise if rows is None else noise[rows])).argmax(-1)
 
 
@@ -275,133 +291,11 @@ def _causal_mask(real):
     return ((causal & real[:, None, :]) | eye)[:, None]
 
 
-def training_gb(config, rows, length):
-    """About how much memory (GB) one AdamW step on rows x length tokens needs: per layer some 24 float32
-    activations of width n_embd per token, plus the logits (fused attention stores no T x T map), plus the
-    weights, their gradients and AdamW's two moments. Measured for the default model: 0.40 GB for 16 x 500
-    tokens (estimate 0.40), 0.78 GB for 64 x 300 (estimate 0.95)."""
-    activations = rows * length * (config.n_layer * 24 * config.n_embd + 3 * config.vocab_size)
-    weights = 12 * config.n_layer * config.n_embd ** 2 + (config.vocab_size + config.block_size) * config.n_embd
-    return (activations + 4 * weights) * 4 / 1e9
-
-
-def too_big(config, rows, length, device):
-    """A one-line refusal if training on rows x length tokens would not fit in the device's memory, else None."""
-    need = training_gb(config, rows, length)
-    if str(device).startswith("cuda"):
-        have = torch.cuda.get_device_properties(torch.device(device)).total_memory / 1e9
-    else:
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
-    if need <= have:
-        return None
-    return (f"training this model on {rows} sequences of {length} tokens per step needs about {need:.0f} GB "
-            f"and this machine has {have:.0f} GB")
-
-
-# -----------------------------------------------------------------------------
-# where the model runs: device, precision, threads, seeds (shared by every script)
-
-def pick_device(name):
-    if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: --device cuda but no CUDA GPU is visible; use --device auto or cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        sys.exit("error: --device mps but Apple MPS is not available; use --device auto or cpu")
-    if name not in ("cpu", "cuda", "mps"):
-        sys.exit(f"error: unknown --device {name!r}; use auto, cpu, cuda or mps")
-    return name
-
-
-DTYPES = ["auto", "float32", "bfloat16"]
-DTYPE_HELP = "autocast precision (default auto: bfloat16 where supported, but float32 to generate on a CPU)"
-
-
-def autocast_dtype(name, device):
-    """The autocast dtype for --dtype name (auto, float32, bfloat16): None means float32.
-    auto: bfloat16 where the hardware supports it (recent NVIDIA GPUs, CPUs with AMX or AVX512-BF16)."""
-    if name == "float32":
-        return None
-    supported = {"cuda": lambda: torch.cuda.is_bf16_supported(),
-                 "cpu": lambda: torch.ops.mkldnn._is_mkldnn_bf16_supported(),
-                 "mps": lambda: False}[device]()
-    if name == "bfloat16" or supported:
-        return torch.bfloat16
-    return None
-
-
-def generation_dtype(name, device):
-    """The autocast dtype to generate with: autocast_dtype's, except float32 on a CPU with --dtype auto.
-    Decoding one token reads the whole KV cache; on a CPU that ran 1.9x faster in float32 than in bfloat16
-    (2-core AMD EPYC with AVX512-BF16, 64 rows: results/speed/epyc/bench_batch64*.txt), and the tiny
-    test models decode faster in float32 too. Where bfloat16 is faster (it may be with AMX), --dtype
-    bfloat16 generates in it."""
-    return None if name == "auto" and device == "cpu" else autocast_dtype(name, device)
-
-
-def precision_name(dtype):
-    """The name of an autocast dtype as autocast_dtype returns it: float32 for None, else e.g. bfloat16."""
-    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
-
-
-def mixed_precision(device, dtype):
-    """The autocast context for a dtype chosen by autocast_dtype; does nothing when that is None."""
-    return torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
-def set_threads(threads):
-    """CPU threads for torch's operations; None keeps torch's default (one per core). Two runs that
-    each use every core of a small machine thrash: give each run its share (README: "Speed, threads,
-    and runs side by side")."""
-    if threads is not None:
-        torch.set_num_threads(threads)
-
-
-def seed_everything(seed):
-    """Python's and torch's global generators (numpy's is never used)."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
 # -----------------------------------------------------------------------------
 # checkpoints: config, vocabulary and weights in one file, written atomically
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be used; the message says why and what to do."""
-
-
-def replace_atomically(path, write):
-    """write(tmp) to a temporary file beside path, then rename it to path: a run cut off mid-write leaves
-    the old file intact (and at most a stale temporary file, which the scripts remove at start)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def atomic_save(obj, path):
-    replace_atomically(path, lambda tmp: torch.save(obj, tmp))
-
-
-def write_text(path, text):
-    """A text file (table, log) written atomically; says so on stderr."""
-    def write(tmp):
-        with open(tmp, "w", newline="") as f:
-            f.write(text)
-    replace_atomically(path, write)
-    print(f"wrote {path}", file=sys.stderr)
-
-
-def save_figure(fig, path):
-    """A matplotlib figure as a PNG, written atomically; then closed (pyplot keeps open figures alive)."""
-    import matplotlib.pyplot as plt  # here: only the scripts that draw need matplotlib
-    replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
-    print(f"wrote {path}", file=sys.stderr)
 
 
 def save_checkpoint(path, model, **meta):

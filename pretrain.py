@@ -25,8 +25,9 @@ import torch
 from tqdm import tqdm
 
 import data
-from model import (DTYPE_HELP, DTYPES, GPT, GPTConfig, atomic_save, autocast_dtype, generation_dtype, mixed_precision,
-                   pick_device, precision_name, save_checkpoint, seed_everything, set_threads, too_big)
+from model import GPT, GPTConfig, save_checkpoint
+from runtime import (DEVICE_HELP, DTYPE_HELP, DTYPES, atomic_save, autocast_dtype, generation_dtype, mixed_precision,
+                     pick_device, precision_name, seed_everything, set_threads, too_big)
 
 
 def get_args(argv=None):
@@ -51,7 +52,7 @@ def get_args(argv=None):
                    "run loses at most this many steps")
     p.add_argument("--eval-size", type=int, default=100, help="held-out problems per operand length")
     p.add_argument("--seed", type=int, default=0, help="seeds random, numpy and torch")
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
     p.add_argument("--out", default=None, help="checkpoint path (default runs/add{digits}.pt; the shipped ones "
@@ -115,6 +116,8 @@ def evaluate(model, digits, size, device, dtype):
     return result
 
 
+LOOK_EVERY = 10  # steps between looks at the loss (finite? the progress bar)
+
 # flags that may change when a run is resumed: they do not change what is trained
 RESUMABLE = {"steps", "eval_every", "save_every", "eval_size", "threads", "device", "out", "resume", "force"}
 
@@ -153,8 +156,8 @@ def check_out(args):
 def main(argv=None):
     args = get_args(argv)
     set_threads(args.threads)
-    seed_everything(args.seed)
     device = pick_device(args.device)
+    seed_everything(args.seed, device)
     dtype = autocast_dtype(args.dtype, device)
     config = GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
     longest = data.longest_sequence(args.digits)
@@ -200,21 +203,24 @@ def main(argv=None):
         for step in bar:
             x, y = data.make_batch(next(stream), device)
             offset = None
-            if args.random_offset:  # any start that keeps the whole row inside the block
-                offset = torch.randint(0, args.block_size - x.size(1) + 1, (x.size(0),), device=device)
+            if args.random_offset:  # any start that keeps the whole row inside the block; drawn on the CPU,
+                # whose generator the resume state holds, so a resumed run draws the same offsets on any device
+                offset = torch.randint(0, args.block_size - x.size(1) + 1, (x.size(0),)).to(device)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, args)
             with mixed_precision(device, dtype):
                 _, loss = model(x, y, offset)
-            if not torch.isfinite(loss):  # nothing saved: the last checkpoint stays the last good one
-                sys.exit(f"error: the loss is not finite at step {step + 1}; {args.out} holds the last good "
-                         f"checkpoint (if any); try a lower --lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if args.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
             optimizer.step()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            saving = (step + 1) % args.eval_every == 0 or (step + 1) % args.save_every == 0 or step + 1 == args.steps
+            if saving or stop or (step + 1) % LOOK_EVERY == 0:  # a look at the loss waits for a GPU's queue
+                if not torch.isfinite(loss):  # nothing saved: the last checkpoint stays the last good one
+                    sys.exit(f"error: the loss is not finite by step {step + 1}; {args.out} holds the last good "
+                             f"checkpoint (if any); try a lower --lr")
+                bar.set_postfix(loss=f"{loss.item():.4f}")
             if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
                 elapsed = time.time() - t0
                 evals[step + 1] = acc = evaluate(model, args.digits, args.eval_size, device, eval_dtype)

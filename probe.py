@@ -19,7 +19,8 @@ import torch
 
 import data
 import rl
-from model import CheckpointError, load_checkpoint, mixed_precision, save_figure, write_text
+from model import CheckpointError, load_checkpoint
+from runtime import mixed_precision, save_figure, write_text
 
 def wilson_interval(successes, n, z=1.96):
     """95% confidence interval (percent) for a binomial proportion; sound near 0% and 100%."""

@@ -28,8 +28,9 @@ from tqdm import tqdm
 
 import data
 import run_folder
-from model import (DTYPE_HELP, DTYPES, autocast_dtype, CheckpointError, generation_dtype, load_checkpoint,
-                   mixed_precision, pick_device, precision_name, save_checkpoint, seed_everything, set_threads, too_big)
+from model import CheckpointError, load_checkpoint, save_checkpoint
+from runtime import (DEVICE_HELP, DTYPE_HELP, DTYPES, autocast_dtype, generation_dtype, mixed_precision, pick_device,
+                     precision_name, seed_everything, set_threads, too_big)
 
 # -----------------------------------------------------------------------------
 # the paper's idea: the loss, then what it calls
@@ -187,7 +188,8 @@ def critical_probabilities(model, problems, n, temperature, lines=(3, None)):
     comma = [F.softmax(rows / temperature, dim=-1)[:, data.STOI[","]] for rows in completion_logits(model, problems)]
     means = []
     for limit in lines:
-        values = [p[c].item() for p, (a, b) in zip(comma, problems) for c in data.critical_positions(a, b, n, lines=limit)]
+        at = [p[data.critical_positions(a, b, n, lines=limit)] for p, (a, b) in zip(comma, problems)]
+        values = torch.cat(at).tolist()  # one copy from the device, not one per position
         means.append(sum(values) / max(1, len(values)))
     return means
 
@@ -269,7 +271,7 @@ def get_args(argv=None):
     run.add_argument("--eval-every", type=int, default=512, help="episodes between evaluations (default 512)")
     run.add_argument("--eval-size", type=int, default=200, help="held-out problems per evaluation set")
     run.add_argument("--seed", type=int, default=0, help="seeds Python's and torch's generators")
-    run.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    run.add_argument("--device", default="auto", help=DEVICE_HELP)
     run.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores; 1 per run when "
                      "runs share a machine)")
     run.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
@@ -324,8 +326,8 @@ def one_line(row, digits_plus):
 def main(argv=None):
     args = get_args(argv)
     set_threads(args.threads)
-    seed_everything(args.seed)
     device = pick_device(args.device)
+    seed_everything(args.seed, device)
     try:
         policy, meta = load_checkpoint(args.ckpt, device, with_meta=True)
         reference = load_checkpoint(args.ckpt, device)

@@ -16,9 +16,11 @@ import sys
 
 import torch
 
-from model import atomic_save, write_text
+from runtime import atomic_save, device_type, write_text
 
 RESUME_MAY_DIFFER = {"threads", "resume", "force", "fast_generate", "save", "device"}  # no effect on the numbers
+# ... but the sampling generator's saved state only fits a generator of the same kind of device (cuda:0 and
+# cuda:1 share one): a run goes on on the kind it started on
 
 
 def prepare(args, config):
@@ -41,6 +43,9 @@ def prepare(args, config):
                   if k not in RESUME_MAY_DIFFER and old.get(k) != v]
         if differ:
             sys.exit(f"error: --resume with other settings than {run_dir} was made with: {'; '.join(differ)}")
+        if device_type(old.get("device", "cpu")) != device_type(config["device"]):
+            sys.exit(f"error: {run_dir} ran on {old.get('device', 'cpu')} and its random state cannot move to "
+                     f"{config['device']}; resume it with --device {device_type(old.get('device', 'cpu'))}")
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         with open(metrics_path) as f:  # a kill between logging a row and saving the state leaves one row more
             rows = [json.loads(line) for line in f if line.strip()]

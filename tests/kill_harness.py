@@ -25,10 +25,10 @@ sys.path.insert(0, ROOT)
 from model import load_checkpoint  # noqa: E402
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "256", "--batch-size", "8",
-        "--eval-size", "4", "--threads", "1"]
+        "--eval-size", "4", "--threads", "1", "--device", "cpu"]
 PRETRAIN = ["--digits", "2", "--steps", "240", "--eval-every", "7", "--pool", "4", *TINY]
 RL = ["--episodes", "96", "--batch-size", "2", "--group-size", "2", "--eval-every", "4", "--eval-size", "2",
-      "--threads", "1", "--no-save"]
+      "--threads", "1", "--no-save", "--device", "cpu"]
 
 
 def run(script, flags, kill_after=None):

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 import data
-from model import GPT, CheckpointError, GPTConfig, generation_dtype, load_checkpoint, save_checkpoint
+from model import GPT, CheckpointError, GPTConfig, load_checkpoint, save_checkpoint
+from runtime import generation_dtype
 
 TINY = GPTConfig(block_size=512, n_layer=2, n_head=2, n_embd=32)
 PROBLEMS = [(1234, 567), (5, 7), (99, 1), (31, 4096)]
@@ -250,3 +251,49 @@ def test_logits_are_float32_under_bfloat16_autocast():
 def test_generation_runs_in_float32_on_a_cpu_unless_a_precision_is_asked_for():
     assert generation_dtype("auto", "cpu") is None  # float32: decoding is faster in it on CPUs (model.py)
     assert generation_dtype("bfloat16", "cpu") is torch.bfloat16 and generation_dtype("float32", "cpu") is None
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_looking_at_finished_rows_less_often_gives_the_same_tokens(fast):
+    """A GPU looks at which rows are finished every few steps only (a look stalls its queue); the extra steps
+    write padding that is cut off again, so every check_every gives the tokens of check_every=1."""
+    model = tiny_model()
+    idx = mixed_lengths()
+    for temperature in (0.0, 1.0):
+        runs = [model.generate(idx, 200, temperature, torch.Generator().manual_seed(3), fast=fast,
+                               stop=data.AnswerLineStop, check_every=every) for every in (1, 7, 16)]
+        assert all(torch.equal(runs[0], other) for other in runs[1:])
+        assert (runs[0][:, -1] != data.PAD_ID).any()  # cut back to the last real token, not padded beyond it
+
+
+def test_a_zero_draw_of_the_sampling_noise_never_picks_an_impossible_token(monkeypatch):
+    from model import sample
+    logits = torch.tensor([[-1e4, 0.0, 1.0, -1e4]]).repeat(4, 1)  # tokens 0 and 3 have probability 0
+    monkeypatch.setattr(torch.Tensor, "exponential_", lambda self, generator=None: self.zero_())
+    assert sample(logits, 1.0).tolist() == [2, 2, 2, 2]  # every draw 0: the race falls back to the argmax
+
+
+def test_generation_precision_is_float32_on_every_device_unless_asked_for():
+    for device in ("cpu", "cuda", "cuda:1", "mps"):  # the rule, not the hardware: no GPU needed to check it
+        assert generation_dtype("auto", device) is None and generation_dtype("float32", device) is None
+    assert generation_dtype("bfloat16", "cpu") is torch.bfloat16
+
+
+def test_auto_precision_counts_only_native_bfloat16_on_cuda(monkeypatch):
+    from runtime import autocast_dtype
+    asked = []
+
+    def bf16_supported(including_emulation=True):  # a T4: emulates bfloat16, has no native support
+        asked.append(including_emulation)
+        return including_emulation
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", bf16_supported)
+    assert autocast_dtype("auto", "cuda") is None and asked == [False]
+    assert autocast_dtype("auto", "cuda:1") is None and autocast_dtype("bfloat16", "cuda") is torch.bfloat16
+
+
+def test_the_memory_estimate_counts_attention_maps_where_attention_is_not_fused():
+    from runtime import training_gb
+    config = GPTConfig()
+    fused, unfused = training_gb(config, 64, 700), training_gb(config, 64, 700, attention_maps=True)
+    maps = 2 * 64 * config.n_layer * config.n_head * 700 ** 2 * 4 / 1e9  # probabilities and their gradient
+    assert unfused - fused == pytest.approx(maps)

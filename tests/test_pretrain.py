@@ -13,7 +13,7 @@ from model import load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "256", "--batch-size", "8",
-        "--eval-size", "4", "--seed", "0"]
+        "--eval-size", "4", "--seed", "0", "--device", "cpu"]  # CPU facts: bit-identical resume, float32
 
 
 def run(*args):

@@ -181,7 +181,7 @@ def test_critical_probability_reads_the_comma():
 def test_smoke_run_writes_metrics_and_checkpoint(tiny_checkpoint, tmp_path):
     r = subprocess.run([sys.executable, "rl.py", "--ckpt", tiny_checkpoint, "--episodes", "8", "--batch-size", "2",
                         "--group-size", "2", "--eval-every", "4", "--eval-size", "4", "--out", str(tmp_path),
-                        "--name", "smoke", "--algo", "ppo"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                        "--name", "smoke", "--algo", "ppo", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "done: N+1 (3 digits) greedy accuracy" in r.stdout
     rows = [json.loads(line) for line in open(tmp_path / "smoke" / "metrics.jsonl")]
@@ -190,7 +190,7 @@ def test_smoke_run_writes_metrics_and_checkpoint(tiny_checkpoint, tmp_path):
     for key in ("acc_plus", "val_plus", "acc_comfort", "acc_plus_sampled", "kl", "reward", "critical_p"):
         assert key in rows[-1]
     config = json.load(open(tmp_path / "smoke" / "config.json"))
-    assert config["alpha"] == 3.0 and config["generation_dtype"] == "float32"  # on a CPU, --dtype auto
+    assert config["alpha"] == 3.0 and config["generation_dtype"] == "float32"  # --dtype auto
     assert (tmp_path / "smoke" / "model.pt").exists()
 
 
@@ -209,7 +209,7 @@ def test_a_diverging_run_stops_with_one_line_and_valid_logs(tiny_checkpoint, tmp
     with pytest.raises(SystemExit) as e:
         rl.main(["--ckpt", tiny_checkpoint, "--episodes", "16", "--batch-size", "2", "--group-size", "2",
                  "--eval-every", "8", "--eval-size", "2", "--out", str(tmp_path), "--name", "nan", "--lr", "1e30",
-                 "--grad-clip", "0", "--threads", "1"])
+                 "--grad-clip", "0", "--threads", "1", "--device", "cpu"])
     assert isinstance(e.value.code, str) and "not finite" in e.value.code and "\n" not in e.value.code
     rows = [json.loads(line) for line in open(tmp_path / "nan" / "metrics.jsonl")]  # valid JSON: null, never NaN
     assert rows and not (tmp_path / "nan" / "model.pt").exists()
@@ -218,7 +218,7 @@ def test_a_diverging_run_stops_with_one_line_and_valid_logs(tiny_checkpoint, tmp
 def test_an_interrupted_run_resumes_to_the_same_metrics(tiny_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr(rl.data, "reward", lambda completion, a, b: float(len(completion) % 2))  # some signal
     flags = ["--ckpt", tiny_checkpoint, "--episodes", "16", "--batch-size", "2", "--group-size", "2", "--eval-every",
-             "4", "--eval-size", "2", "--out", str(tmp_path), "--threads", "1", "--no-save"]
+             "4", "--eval-size", "2", "--out", str(tmp_path), "--threads", "1", "--no-save", "--device", "cpu"]
     rl.main([*flags, "--name", "whole"])
     save = run_folder.atomic_save  # the run's state is written by run_folder.save_state
 
@@ -293,3 +293,35 @@ def test_certainty_at_errors_separates_the_decisive_state(monkeypatch):
     assert rl.mean_weight(decisive, 3) == pytest.approx(0.0, abs=1e-6)
     assert rl.mean_weight(elsewhere, 3) == pytest.approx(1.0, abs=1e-4)
     assert rl.mean_weight(decisive, 0) == 1.0 and rl.mean_weight([], 3) is None  # alpha 0: standard penalty
+
+
+def test_critical_probabilities_read_every_position_in_one_copy():
+    """The batched read gives what reading each critical position on its own gives."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=512, n_layer=1, n_head=2, n_embd=16)).eval()
+    problems = [(1234, 5678), (9999, 1), (4321, 87)]
+    got = rl.critical_probabilities(model, problems, 3, 2.0, lines=(3, None))
+    comma = [F.softmax(rows / 2.0, dim=-1)[:, data.STOI[","]] for rows in rl.completion_logits(model, problems)]
+    for limit, value in zip((3, None), got):
+        one_by_one = [p[c].item() for p, (a, b) in zip(comma, problems) for c in data.critical_positions(a, b, 3, limit)]
+        assert len(one_by_one) > 0 and value == sum(one_by_one) / len(one_by_one)
+
+
+def test_a_run_resumes_only_on_the_kind_of_device_it_started_on(tiny_checkpoint, tmp_path):
+    flags = ["--ckpt", tiny_checkpoint, "--episodes", "8", "--batch-size", "2", "--group-size", "2", "--eval-every",
+             "4", "--eval-size", "2", "--out", str(tmp_path), "--name", "moved", "--threads", "1", "--no-save",
+             "--device", "cpu"]
+    save = run_folder.atomic_save
+    with pytest.MonkeyPatch.context() as patch:
+        def save_then_stop(obj, path):
+            save(obj, path)
+            if obj["episode"] == 4:
+                raise KeyboardInterrupt
+        patch.setattr(run_folder, "atomic_save", save_then_stop)
+        with pytest.raises(SystemExit):
+            rl.main(flags)
+    config = json.loads((tmp_path / "moved" / "config.json").read_text())
+    (tmp_path / "moved" / "config.json").write_text(json.dumps({**config, "device": "mps"}))  # as if made on a Mac
+    with pytest.raises(SystemExit) as e:
+        rl.main([*flags, "--resume"])
+    assert "ran on mps" in e.value.code and "--device mps" in e.value.code and "\n" not in e.value.code

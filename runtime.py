@@ -1,0 +1,190 @@
+"""
+Where a run happens: device, precision, threads, seeds, the memory estimate, and files written atomically.
+Every script calls these; none of it is about the model or the task.
+
+    device      pick_device (auto: cuda, then mps, then cpu), device_type, synchronize
+    precision   autocast_dtype (training), generation_dtype (sampling), mixed_precision
+    threads     set_threads; seeds: seed_everything (and deterministic kernels on CUDA)
+    memory      training_gb, too_big: refuse a run that cannot fit before it starts
+    files       replace_atomically, atomic_save, write_text, save_figure: a run cut off mid-write
+                leaves the old file intact
+"""
+import os
+import random
+import sys
+
+import torch
+
+# -----------------------------------------------------------------------------
+# device
+
+DEVICE_HELP = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:INDEX or mps"
+
+
+def pick_device(name):
+    """The device for --device name, as a string torch accepts ('cpu', 'cuda', 'cuda:1', 'mps'); exits with
+    one line if it is not there."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    kind, _, index = name.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+        sys.exit(f"error: unknown --device {name!r}; use {DEVICE_HELP}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"error: --device {name} but no CUDA GPU is visible; use --device auto or cpu")
+    if index and int(index) >= torch.cuda.device_count():
+        sys.exit(f"error: --device {name} but only {torch.cuda.device_count()} CUDA GPU(s) are visible "
+                 f"(indices from 0)")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        sys.exit("error: --device mps but Apple MPS is not available; use --device auto or cpu")
+    return name
+
+
+def device_type(device):
+    """'cuda' for 'cuda:1': what torch.autocast and per-kind rules want."""
+    return str(device).partition(":")[0]
+
+
+def synchronize(device):
+    """Wait until the device has done the work queued so far (GPUs run asynchronously): for timing."""
+    if device_type(device) == "cuda":
+        torch.cuda.synchronize(device)
+    elif device_type(device) == "mps":
+        torch.mps.synchronize()
+
+
+# -----------------------------------------------------------------------------
+# precision
+
+DTYPES = ["auto", "float32", "bfloat16"]
+DTYPE_HELP = "autocast precision (default auto: bfloat16 where supported, but float32 to generate on a CPU)"
+
+
+def autocast_dtype(name, device):
+    """The autocast dtype for --dtype name (auto, float32, bfloat16): None means float32.
+    auto: bfloat16 where the hardware computes in it natively (NVIDIA GPUs from Ampere on, CPUs with AMX or
+    AVX512-BF16). Older GPUs (T4, V100, GTX 16xx, RTX 20xx) only emulate it: slow, and their attention falls
+    back to a kernel that stores the T x T map, so auto keeps float32 there."""
+    if name == "float32":
+        return None
+    supported = {"cuda": lambda: torch.cuda.is_bf16_supported(including_emulation=False),
+                 "cpu": lambda: torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+                 "mps": lambda: False}[device_type(device)]()
+    if name == "bfloat16" or supported:
+        return torch.bfloat16
+    return None
+
+
+def generation_dtype(name, device):
+    """The autocast dtype to generate with: float32 with --dtype auto on every device, else --dtype's.
+    Two reasons. Speed: decoding one token reads the whole KV cache; on a CPU that ran 1.9x faster in
+    float32 than in bfloat16 (2-core AMD EPYC with AVX512-BF16, 64 rows: results/speed/epyc/
+    bench_batch64*.txt), and on a GPU a step of this 0.9M-parameter model is a few microseconds of
+    arithmetic behind some hundred kernel launches, so bfloat16 has nothing to save. Numbers: bfloat16
+    rounding flips near-ties of greedy decoding (add7.pt on 8 digits: 63.5% against 67.5%), so float32
+    everywhere starts every run from the same accuracy. --dtype bfloat16 generates in bfloat16."""
+    return None if name == "auto" else autocast_dtype(name, device)
+
+
+def precision_name(dtype):
+    """The name of an autocast dtype as autocast_dtype returns it: float32 for None, else e.g. bfloat16."""
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def mixed_precision(device, dtype):
+    """The autocast context for a dtype chosen by autocast_dtype; does nothing when that is None."""
+    return torch.autocast(device_type(device), dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+# -----------------------------------------------------------------------------
+# threads and seeds
+
+def set_threads(threads):
+    """CPU threads for torch's operations; None keeps torch's default (one per core). Two runs that
+    each use every core of a small machine thrash: give each run its share (README: "Speed, threads,
+    and runs side by side")."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def seed_everything(seed, device="cpu"):
+    """Python's and torch's global generators (numpy's is never used); on CUDA also deterministic kernels.
+    CUDA: the same seed gives the same numbers run after run only with deterministic kernels and cuBLAS's
+    fixed workspace. warn_only: an operation that has no deterministic kernel warns (naming itself) instead
+    of stopping the run; then repeats agree to rounding only. Apple MPS has no such switch."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if device_type(device) == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before any matmul
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+# -----------------------------------------------------------------------------
+# memory
+
+def training_gb(config, rows, length, attention_maps=False):
+    """About how much memory (GB) one AdamW step on rows x length tokens needs: per layer some 24 float32
+    activations of width n_embd per token, plus the logits, plus the weights, their gradients and AdamW's
+    two moments. Fused attention (CPU, CUDA) stores no T x T map; attention_maps=True adds two per head and
+    layer (the probabilities and their gradient), as attention that is not fused keeps (Apple MPS).
+    Measured for the default model on a CPU: 0.40 GB for 16 x 500 tokens (estimate 0.40), 0.78 GB for
+    64 x 300 (estimate 0.95)."""
+    activations = rows * length * (config.n_layer * 24 * config.n_embd + 3 * config.vocab_size)
+    if attention_maps:
+        activations += 2 * rows * config.n_layer * config.n_head * length ** 2
+    weights = 12 * config.n_layer * config.n_embd ** 2 + (config.vocab_size + config.block_size) * config.n_embd
+    return (activations + 4 * weights) * 4 / 1e9
+
+
+def too_big(config, rows, length, device):
+    """A one-line refusal if training on rows x length tokens would not fit in the device's memory, else None.
+    The budget: a GPU's memory; on Apple MPS what torch recommends at most (RAM shared with the system);
+    on a CPU the physical RAM."""
+    kind = device_type(device)
+    need = training_gb(config, rows, length, attention_maps=kind == "mps")
+    if kind == "cuda":
+        have = torch.cuda.get_device_properties(torch.device(device)).total_memory / 1e9
+    elif kind == "mps":
+        have = torch.mps.recommended_max_memory() / 1e9
+    else:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    if need <= have:
+        return None
+    return (f"training this model on {rows} sequences of {length} tokens per step needs about {need:.0f} GB "
+            f"and this {kind} device has {have:.0f} GB")
+
+
+# -----------------------------------------------------------------------------
+# files, written atomically
+
+def replace_atomically(path, write):
+    """write(tmp) to a temporary file beside path, then rename it to path: a run cut off mid-write leaves
+    the old file intact (and at most a stale temporary file, which the scripts remove at start)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def atomic_save(obj, path):
+    replace_atomically(path, lambda tmp: torch.save(obj, tmp))
+
+
+def write_text(path, text):
+    """A text file (table, log) written atomically; says so on stderr."""
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            f.write(text)
+    replace_atomically(path, write)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def save_figure(fig, path):
+    """A matplotlib figure as a PNG, written atomically; then closed (pyplot keeps open figures alive)."""
+    import matplotlib.pyplot as plt  # here: only the scripts that draw need matplotlib
+    replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+    print(f"wrote {path}", file=sys.stderr)
