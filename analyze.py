@@ -12,7 +12,7 @@ Look inside the models, and make every table and figure of the paper: one comman
         Fig. 5 (a generation coloured by J), the weight J^alpha per alpha                    (probe.py)
     python analyze.py curves runs/sweep [--name curves]
         learning curves of rl.py runs grouped over seeds: final N+k accuracy, area under the curve,
-        comfort zone, damage, mean and 95% t-interval (Fig. 4, and Fig. 6 with three or more alphas)  (curves.py)
+        comfort zone, damage, mean and 95% t-interval (Fig. 4; Fig. 6 with three or more alphas)  (curves.py)
     python analyze.py frontier runs/sweep [--name frontier]
         final accuracy against KL to the reference: uniform against prioritized penalties  (curves.py)
     python analyze.py study [--budget small|full] [--jobs 2]
@@ -49,14 +49,15 @@ def cmd_accuracy(args, device, dtype):
                     continue
                 problems = data.eval_set(kind, k, args.n)
                 completions = solve(model, problems, device, dtype)
-                wins = sum(data.reward(c, a, b) for c, (a, b) in zip(completions, problems))
+                wins = sum(data.reward((a, b), c) for c, (a, b) in zip(completions, problems))
                 low, high = wilson_interval(wins, len(problems))
                 rows.append({"checkpoint": path, "N": n, "set": kind, "K": k, "n": len(problems),
                              "accuracy": round(100 * wins / len(problems), 1), "ci_low": round(low, 1),
                              "ci_high": round(high, 1)})
                 print(f"{path} {kind} K={k}: {rows[-1]['accuracy']:.1f}%", file=sys.stderr)
     lines = ["| checkpoint | set | K | accuracy % | 95% CI |", "|---|---|---|---|---|"]
-    lines += [f"| {r['checkpoint']} | {r['set']} | {r['K']} | {r['accuracy']:.1f} | {r['ci_low']:.1f}-{r['ci_high']:.1f} |"
+    lines += [f"| {r['checkpoint']} | {r['set']} | {r['K']} | {r['accuracy']:.1f} | "
+              f"{r['ci_low']:.1f}-{r['ci_high']:.1f} |"
               for r in rows]
     print("\n".join(lines))
     write_csv(os.path.join(args.results, "accuracy.csv"), rows)
@@ -71,7 +72,8 @@ def cmd_accuracy(args, device, dtype):
 # what each budget runs; the small one takes about an hour on a 2-core CPU (README: "The whole study")
 BUDGETS = {
     "small": {"n": 200, "probe_n": 50, "episodes": 1024, "eval_every": 256, "seeds": 3,
-              "alphas": [0, 3, 10, 100, 1000, 10000], "alpha_seeds": 1, "pretraining_seeds": 1, "pretraining_plus": 1},
+              "alphas": [0, 3, 10, 100, 1000,
+                         10000], "alpha_seeds": 1, "pretraining_seeds": 1, "pretraining_plus": 1},
     "full": {"n": 1000, "probe_n": 50, "episodes": 2048, "eval_every": 512, "seeds": 5,
              "alphas": [0, 3, 10, 30, 100, 300, 1000, 10000], "alpha_seeds": 3, "pretraining_seeds": 3,
              "pretraining_plus": 1},
@@ -103,7 +105,8 @@ def run_rl(runs, budget, jobs):
     def launch(run):
         out, name, flags = run
         command = [sys.executable, "rl.py", "--episodes", str(budget["episodes"]), "--eval-every",
-                   str(budget["eval_every"]), "--out", out, "--name", name, "--no-save", "--threads", str(threads),
+                   str(budget["eval_every"]), "--out", out, "--name", name, "--no-save",
+                   "--threads", str(threads),
                    # a run cut off continues from its last evaluation; one that never got there starts again
                    "--resume" if os.path.exists(os.path.join(out, name, "state.pt")) else "--force",
                    *budget.get("rl_flags", []), *flags]
@@ -129,21 +132,25 @@ def cmd_study(args):
     """Every table and figure: accuracy (Tables 4-5), the probe (Table 1, Fig. 5), standard against
     prioritized KL (Fig. 4), the alpha sweep (Fig. 6) and RL on N+2 after more pre-training (Fig. 3)."""
     budget = BUDGETS[args.budget]
-    out, results = os.path.join(args.runs, f"study_{args.budget}"), os.path.join(args.results, f"study_{args.budget}")
+    out, results = os.path.join(args.runs, f"study_{args.budget}"), os.path.join(args.results,
+                                                                                 f"study_{args.budget}")
     missing = [c for c in CHECKPOINTS if not os.path.exists(c)]
     if missing:
-        sys.exit(f"error: missing {', '.join(missing)}: the study needs the shipped checkpoints (see checkpoints/README.md)")
+        sys.exit(f"error: missing {', '.join(missing)}: the study needs the shipped checkpoints (see "
+                 "checkpoints/README.md)")
     common = ["--device", args.device]
     base = [sys.executable, "analyze.py"]
     for step in (["accuracy", "--ckpt", *CHECKPOINTS, "--n", str(budget["n"])],
                  ["probe", "--ckpt", *CHECKPOINTS, "--n", str(budget["probe_n"])]):
         print("$ analyze.py " + " ".join(step), file=sys.stderr)
-        if subprocess.run([*base, *step, *common, "--results", results], stdout=subprocess.DEVNULL).returncode:
+        if subprocess.run([*base, *step, *common, "--results", results],
+                          stdout=subprocess.DEVNULL).returncode:
             sys.exit(f"error: analyze.py {step[0]} failed")
     figures = study_runs(budget, out, common)
     run_rl([run for runs in (figures["fig6"], figures["fig3"]) for run in runs], budget, args.jobs)
     for name, runs in figures.items():
-        cmd_curves(argparse.Namespace(runs=[os.path.join(o, n) for o, n, _ in runs], name=name, results=results))
+        cmd_curves(argparse.Namespace(runs=[os.path.join(o, n) for o, n, _ in runs], name=name,
+                                      results=results))
 
 
 def study_runs(budget, out, common):
@@ -159,7 +166,8 @@ def study_runs(budget, out, common):
                     fig4.append(sweep[-1])
     for seed in range(budget["pretraining_seeds"]):
         for ckpt in CHECKPOINTS:
-            fig3.append((os.path.join(out, "pretraining"), f"{os.path.splitext(os.path.basename(ckpt))[0]}_seed{seed}",
+            fig3.append((os.path.join(out, "pretraining"),
+                         f"{os.path.splitext(os.path.basename(ckpt))[0]}_seed{seed}",
                          ["--ckpt", ckpt, "--digits-plus", str(budget["pretraining_plus"]), "--alpha", "0",
                           "--seed", str(seed), *common]))
     return {"fig4": fig4, "fig6": sweep, "fig3": fig3}
@@ -189,26 +197,33 @@ def get_args(argv=None):
     pro = sub.add_parser("probe", help="find the critical tokens; Table 1 (Delta J) and Fig. 5")
     pro.add_argument("--ckpt", nargs="+", default=[f"checkpoints/add{n}.pt" for n in (3, 5, 7)],
                      help="checkpoints to probe (default add3, add5, add7)")
-    pro.add_argument("--drop", type=float, default=0.05, help="low certainty: Delta J below -drop (default 0.05)")
+    pro.add_argument("--drop", type=float, default=0.05,
+                     help="low certainty: Delta J below -drop (default 0.05)")
     pro.add_argument("--controls", type=int, default=4, help="random places tested per problem (default 4)")
     pro.add_argument("--low-tested", type=int, default=4, help="low-certainty tokens per problem tested for "
                      "decisiveness (default 4)")
-    pro.add_argument("--samples", type=int, default=8, help="continuations sampled after the right and after the "
+    pro.add_argument("--samples", type=int, default=8,
+                     help="continuations sampled after the right and after the "
                      "wrong character, for decisiveness (default 8)")
     pro.add_argument("--top", type=int, default=12, help="rows per table")
-    pro.add_argument("--alpha-n", type=int, default=200, help="problems for the table of weights J^alpha (default 200)")
+    pro.add_argument("--alpha-n", type=int, default=200,
+                     help="problems for the table of weights J^alpha (default 200)")
     cur = sub.add_parser("curves", help="learning curves of rl.py runs, mean and 95%% interval over seeds")
     cur.add_argument("runs", nargs="+", help="run folders, or folders holding them (runs/sweep)")
     cur.add_argument("--name", default="curves", help="results/<name>.md and results/<name>.png")
     cur.add_argument("--results", default="results", help="folder for the table and the figure")
-    fro = sub.add_parser("frontier", help="final accuracy against KL to the reference: uniform vs prioritized penalties")
+    fro = sub.add_parser("frontier",
+                         help="final accuracy against KL to the reference: uniform vs prioritized penalties")
     fro.add_argument("runs", nargs="+", help="run folders, or folders holding them")
     fro.add_argument("--name", default="frontier", help="results/<name>.md and results/<name>.png")
     fro.add_argument("--results", default="results", help="folder for the table and the figure")
-    stu = sub.add_parser("study", help="every table and figure, runs included (small: about 1 h on 2 CPU cores)")
+    stu = sub.add_parser("study",
+                         help="every table and figure, runs included (small: about 1 h on 2 CPU cores)")
     stu.add_argument("--budget", default="small", choices=sorted(BUDGETS), help="small (default) or full")
-    stu.add_argument("--runs", default="results", help="run logs go to <runs>/study_<budget>/ (small: commit them)")
-    stu.add_argument("--results", default="results", help="tables and figures go to <results>/study_<budget>/")
+    stu.add_argument("--runs", default="results",
+                     help="run logs go to <runs>/study_<budget>/ (small: commit them)")
+    stu.add_argument("--results", default="results",
+                     help="tables and figures go to <results>/study_<budget>/")
     stu.add_argument("--device", default="auto", help=DEVICE_HELP)
     stu.add_argument("--jobs", type=int, default=1, help="rl.py runs at once, each with its share of the CPU "
                      "threads or of the GPU (default 1)")
@@ -238,7 +253,8 @@ def get_args(argv=None):
 def main(argv=None):
     args = get_args(argv)
     set_threads(getattr(args, "threads", None))
-    if args.command in ("curves", "frontier", "study"):  # read run logs, or start other scripts: no model here
+    if args.command in ("curves", "frontier",
+                        "study"):  # read run logs, or start other scripts: no model here
         return {"curves": cmd_curves, "frontier": cmd_frontier, "study": cmd_study}[args.command](args)
     device = pick_device(args.device)
     dtype = autocast_dtype("auto", device)

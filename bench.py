@@ -22,8 +22,9 @@ import torch
 
 import data
 from model import CheckpointError, load_checkpoint
-from runtime import (DEVICE_HELP, DTYPE_HELP, DTYPES, autocast_dtype, generation_dtype, mixed_precision, pick_device,
-                     precision_name, set_threads, synchronize)
+from runtime import (DEVICE_HELP, DTYPE_HELP, DTYPES, autocast_dtype, generation_dtype, mixed_precision,
+                     pick_device,
+                     number, precision_name, set_threads, synchronize)
 
 
 def timed(fn, device):
@@ -72,21 +73,17 @@ def matmul_peak(device, dtype, size=2048, repeats=5):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default="checkpoints/add7.pt", help="model to time")
-    p.add_argument("--digits", type=int, default=None, help="K for the K+K problems (default N+1)")
-    p.add_argument("--batch-size", type=int, default=64,
+    p.add_argument("--digits", type=number("--digits", int, at_least=1), default=None,
+                   help="K for the K+K problems (default N+1)")
+    p.add_argument("--batch-size", type=number("--batch-size", int, at_least=1, at_most=65_536), default=64,
                    help="rows generated at once (default 64: one RL iteration, 16 problems x 4 samples)")
-    p.add_argument("--recompute-every", type=int, default=16,
-                   help="time the full recompute at every K-th new token and scale by K (default 16; 1: exact)")
+    p.add_argument("--recompute-every", type=number("--recompute-every", int, at_least=1), default=16,
+                   help="time the full recompute at every K-th new token, scaled by K (default 16; 1: exact)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=number("--threads", int, at_least=1), default=None,
+                   help="CPU threads (default: all cores)")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
     args = p.parse_args(argv)
-    if args.batch_size < 1 or args.recompute_every < 1 or (args.digits is not None and args.digits < 1):
-        p.error("--batch-size, --recompute-every and --digits must be at least 1")
-    if args.batch_size > 65_536:
-        p.error("--batch-size must be at most 65536 rows")
-    if args.threads is not None and args.threads < 1:
-        p.error("--threads must be at least 1")
     set_threads(args.threads)
     device = pick_device(args.device)
     dtype = autocast_dtype(args.dtype, device)
@@ -98,17 +95,18 @@ def main(argv=None):
     k = args.digits or meta.get("args", {}).get("digits", 7) + 1
     problems = data.eval_set("identical", k, args.batch_size)
     prompts = data.prompt_batch(problems, device)
-    steps = max(len(data.scratchpad(a, b)) for a, b in problems)
+    steps = max(len(data.target(problem)) for problem in problems)
     if prompts.size(1) + steps > model.config.block_size:
         sys.exit(f"error: {k}-digit problems do not fit in the model's {model.config.block_size} positions")
     print(f"{args.ckpt} on {device} | autocast {dtype or 'off'}, generation {precision_name(gen_dtype)} | "
-          f"threads {torch.get_num_threads()} | {k}+{k} problems | batch {args.batch_size} | {steps} new tokens per row")
+          f"threads {torch.get_num_threads()} | {k}+{k} problems | batch {args.batch_size} | "
+          f"{steps} new tokens per row")
 
     with mixed_precision(device, gen_dtype):
-        model.generate(prompts[:2], 8, temperature=0, stop=data.AnswerLineStop)  # warm-up
-        cached, t_cache = timed(lambda: model.generate(prompts, steps, temperature=0, stop=data.AnswerLineStop), device)
+        model.generate(prompts[:2], 8, temperature=0, stop=data.Stop)  # warm-up
+        cached, t_cache = timed(lambda: model.generate(prompts, steps, temperature=0, stop=data.Stop), device)
         plain, t_plain = timed(lambda: model.generate(prompts, steps, temperature=0, fast=False,
-                                                             stop=data.AnswerLineStop), device)
+                                                             stop=data.Stop), device)
         t_full, agree = time_recompute(model, cached, prompts.size(1), args.recompute_every, device)
     width = prompts.size(1)
     written = cached[:, width:] != data.PAD_ID  # rows stop after their answer line
@@ -141,12 +139,14 @@ def main(argv=None):
     prompt_lengths = (prompts != data.PAD_ID).sum(1).tolist()
     generated = forward_flops(model, [p + t for row, p in zip(written.tolist(), prompt_lengths)
                                       for t, real in enumerate(row, 1) if real])
-    trained = 3 * forward_flops(model, [t for _ in range(x.size(0)) for t in range(1, x.size(1) + 1)])  # + backward
+    trained = 3 * forward_flops(model,
+                                [t for _ in range(x.size(0)) for t in range(1, x.size(1) + 1)])  # + backward
     peaks = {d: matmul_peak(device, d) for d in (dtype, gen_dtype)}  # the precision of each part
     shown = " and ".join(f"{peak:.1f}{'' if i else ' GFLOP/s'} in {precision_name(d)}"
                          for i, (d, peak) in enumerate(peaks.items()))
     print(f"arithmetic: generation {generated / t_cache / 1e9:.1f} GFLOP/s, "
-          f"training {trained * repeats / t_train / 1e9:.1f} GFLOP/s, matmul peak {shown} (2048 x 2048, measured now)")
+          f"training {trained * repeats / t_train / 1e9:.1f} GFLOP/s, "
+          f"matmul peak {shown} (2048 x 2048, measured now)")
     print(f"kv-cache speedup: {t_full / t_cache:.1f}x")
 
 

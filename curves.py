@@ -3,7 +3,7 @@ Learning curves of rl.py runs: runs that differ only in the seed are grouped, an
 with a 95% t-interval over seeds. Run through analyze.py:
 
     python analyze.py curves runs/sweep       # final accuracy, area under the curve, comfort zone, damage
-    python analyze.py frontier runs/sweep     # final accuracy against KL to the reference, uniform vs prioritized
+    python analyze.py frontier runs/sweep     # final accuracy against KL to the reference
 
 Each writes <results>/<name>.md, whose first line is the exact command that rewrote it, and <name>.png.
 """
@@ -12,6 +12,7 @@ import math
 import os
 import sys
 
+import rl
 from runtime import save_figure, write_text
 
 # -----------------------------------------------------------------------------
@@ -24,7 +25,7 @@ T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 # what varies between seeds of one experiment, or does not change what is learned
 # (eval_every and eval_size change what was measured, so they do split groups)
 NOT_A_SETTING = {"seed", "name", "out", "device", "save", "threads", "fast_generate", "force", "resume",
-                 "dtype"}  # the flag; the precisions it chose are recorded as training_dtype, generation_dtype
+                 "dtype"}  # the flag; the precisions it chose are recorded: training_dtype, generation_dtype
 
 
 def mean_ci(values):
@@ -37,7 +38,8 @@ def mean_ci(values):
     return mean, (T_975[n - 2] if n - 1 <= len(T_975) else 1.96) * sd / math.sqrt(n)
 
 
-RETIRED = {"reward": "01"}  # --reward pm1 was the 0/1 reward with a doubled advantage under the group baseline
+# --reward pm1 was the 0/1 reward with a doubled advantage under the group baseline
+RETIRED = {"reward": "01"}
 # runs made before rl.py recorded its precisions: every one ran on a CPU with bfloat16 support, where the
 # --dtype auto of then trained and generated in bfloat16 (results/speed.md)
 BEFORE_DTYPES = {"training_dtype": "bfloat16", "generation_dtype": "bfloat16"}
@@ -70,7 +72,8 @@ def read_run(run_dir):
                 sys.exit(f"error: {metrics_path} line {number} is not JSON; remove the line or the run")
             missing = [k for k in REQUIRED if not isinstance(row, dict) or row.get(k) is None]
             if missing:
-                sys.exit(f"error: {metrics_path} line {number} lacks {', '.join(missing)}; remove the line or the run")
+                sys.exit(f"error: {metrics_path} line {number} lacks {', '.join(missing)}; remove the line "
+                         "or the run")
             rows.append(row)
     return {"dir": run_dir, "config": config, "rows": rows} if rows else None
 
@@ -98,7 +101,7 @@ def plus_minus(mean, half, digits=1):
 
 
 def area_under_curve(rows, key="acc_plus"):
-    """Mean of `key` over training (trapezoids over episodes), in the curve's units: 100 = perfect throughout."""
+    """Mean of `key` over training (trapezoids over episodes), in the curve's units (100 = always perfect)."""
     xs, ys = [r["episode"] for r in rows], [r[key] for r in rows]
     if len(xs) < 2 or xs[-1] == xs[0]:
         return ys[-1]
@@ -133,19 +136,22 @@ def summarize(groups):
         done = [r for r in members if run_finished(r)]
         if not done:
             continue
-        row = {"group": label, "settings": settings, "seeds": len(done), "unfinished": len(members) - len(done),
+        row = {"group": label, "settings": settings, "seeds": len(done),
+               "unfinished": len(members) - len(done),
                "episodes": done[0]["rows"][-1]["episode"], "runs": done}
         for name, values in (("final", [r["rows"][-1]["acc_plus"] for r in done]),
                              ("val", [r["rows"][-1].get("val_plus", float("nan")) for r in done]),
                              ("auc", [area_under_curve(r["rows"]) for r in done]),
                              ("comfort", [r["rows"][-1]["acc_comfort"] for r in done]),
                              ("critical_p", [r["rows"][-1].get("critical_p", float("nan")) for r in done]),
-                             ("critical_p_all", [r["rows"][-1].get("critical_p_all", float("nan")) for r in done]),
+                             ("critical_p_all", [r["rows"][-1].get("critical_p_all",
+                                                                   float("nan")) for r in done]),
                              ("kl", [r["rows"][-1].get("kl") or 0.0 for r in done])):
             row[name], row[name + "_ci"] = mean_ci(values)
         row["start"] = done[0]["rows"][0]["acc_plus"]
         row["damaged"] = sum(damaged(r) for r in done)
-        row["sampled"], row["sampled_ci"] = mean_ci([r["rows"][-1].get("acc_plus_sampled", float("nan")) for r in done])
+        row["sampled"], row["sampled_ci"] = mean_ci([r["rows"][-1].get("acc_plus_sampled",
+                                                                       float("nan")) for r in done])
         table.append(row)
     return table
 
@@ -171,7 +177,8 @@ def plot_curves(groups, path, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for (label, _, members), color in zip(groups, plt.cm.viridis([i / max(1, len(groups) - 1) for i in range(len(groups))])):
+    colors = plt.cm.viridis([i / max(1, len(groups) - 1) for i in range(len(groups))])
+    for (label, _, members), color in zip(groups, colors):
         # rows are matched by episode, not by position: a run cut off early adds to the episodes it reached
         episodes = sorted({r["episode"] for run in members for r in run["rows"]})
         by_episode = [{r["episode"]: r for r in run["rows"]} for run in members]
@@ -181,11 +188,14 @@ def plot_curves(groups, path, title):
             mean = [m for m, _ in stats]
             ax.plot(episodes, mean, color=color, label=f"{label} ({len(members)} seeds)")
             # the band is the t-interval of the mean, cut to the range the quantity can take
-            ax.fill_between(episodes, [clipped(m - h, top) for m, h in stats], [clipped(m + h, top) for m, h in stats],
+            ax.fill_between(episodes, [clipped(m - h, top) for m, h in stats], [clipped(m + h, top) for m,
+                                                                                h in stats],
                             color=color, alpha=0.2)
     axes[0].set(xlabel="episodes", ylabel="held-out N+k greedy accuracy (%)", title=title)
-    axes[1].set(xlabel="episodes", ylabel="p(correct ',' at the n+1 comma)", title="critical tokens, lines 1-3 (paper)")
-    axes[2].set(xlabel="episodes", ylabel="p(correct ',' at the n+1 comma)", title="critical tokens, every line")
+    axes[1].set(xlabel="episodes", ylabel="p(correct ',' at the n+1 comma)",
+                title="critical tokens, lines 1-3 (paper)")
+    axes[2].set(xlabel="episodes", ylabel="p(correct ',' at the n+1 comma)",
+                title="critical tokens, every line")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
@@ -207,8 +217,10 @@ def plot_alpha(groups, table, path):
     for rest, points in series.items():
         points.sort(key=lambda p: p[0])
         for ax, key in zip(axes, ("final", "auc")):
-            ax.errorbar([a for a, _ in points], [r[key] for _, r in points], yerr=[r[key + "_ci"] for _, r in points],
-                        marker="o", capsize=3, label=f"{rest} (seeds: {', '.join(str(r['seeds']) for _, r in points)})")
+            seeds = ", ".join(str(r["seeds"]) for _, r in points)
+            ax.errorbar([a for a, _ in points], [r[key] for _, r in points],
+                        yerr=[r[key + "_ci"] for _, r in points], marker="o", capsize=3,
+                        label=f"{rest} (seeds: {seeds})")
     for ax, what in zip(axes, ("final", "area under the curve of")):
         ax.set_xscale("symlog", linthresh=1)  # alpha = 0 (the standard penalty) stays on the axis
         ax.axhline(points[0][1]["start"], color="grey", linestyle=":", label="before RL")
@@ -233,18 +245,19 @@ def load_groups(paths):
 
 
 def write_table(args, command, lines, unfinished):
-    text = "\n".join(lines) + "\n" + (f"\nLeft out, not finished: {', '.join(unfinished)}\n" if unfinished else "")
+    text = "\n".join(lines) + "\n" + ("\nLeft out, not finished: "
+                                      f"{', '.join(unfinished)}\n" if unfinished else "")
     print(text, end="")
     # the first line is the command that rewrites this file from the logs (tests/test_readme.py re-runs it)
-    write_text(os.path.join(args.results, args.name + ".md"),
-               f"`python analyze.py {command} {' '.join(args.runs)} --name {args.name} --results {args.results}`\n\n" + text)
+    rewrite = f"python analyze.py {command} {' '.join(args.runs)} --name {args.name} --results {args.results}"
+    write_text(os.path.join(args.results, args.name + ".md"), f"`{rewrite}`\n\n" + text)
 
 
 def cmd_curves(args):
     groups, table, unfinished = load_groups(args.runs)
-    lines = ["| runs | seeds | episodes | N+k accuracy: start | final (95% CI) | validation final | area under curve "
-             "(95% CI) | sampled final | comfort zone final (95% CI) | damaged seeds | critical p final, lines 1-3 / "
-             "every line (95% CI) | KL/token final |", "|---" * 12 + "|"]
+    lines = ["| runs | seeds | episodes | N+k accuracy: start | final (95% CI) | validation final | "
+             "area under curve (95% CI) | sampled final | comfort zone final (95% CI) | damaged seeds | "
+             "critical p final, lines 1-3 / every line (95% CI) | KL/token final |", "|---" * 12 + "|"]
     for r in table:
         lines.append(f"| {r['group']} | {r['seeds']} | {r['episodes']} | {r['start']:.1f} | "
                      f"{plus_minus(r['final'], r['final_ci'])} | {plus_minus(r['val'], r['val_ci'])} | "
@@ -253,7 +266,8 @@ def cmd_curves(args):
                      f"{plus_minus(r['critical_p'], r['critical_p_ci'], 4)} / "
                      f"{plus_minus(r['critical_p_all'], r['critical_p_all_ci'], 4)} | {r['kl']:.4f} |")
     lines += ["", "At each evaluation (mean and 95% interval over the finished seeds):", "",
-              "| runs | episode | N+k greedy | comfort zone | critical p, lines 1-3 | critical p, every line |",
+              "| runs | episode | N+k greedy | comfort zone | critical p, lines 1-3 | "
+              "critical p, every line |",
               "|---|---|---|---|---|---|"]
     for r in table:
         by_episode = {}
@@ -270,8 +284,10 @@ def cmd_curves(args):
 
 
 def is_uniform(settings):
-    """The standard penalty (alpha 0) or no penalty (kl_coef 0): every state weighted alike."""
-    return settings.get("alpha", 0) == 0 or settings.get("kl_coef", 0) == 0
+    """No penalty (kl_coef 0), or a penalty whose weighting (rl.kl_weight) gives every certainty the same
+    weight (alpha 0: the standard penalty): every state weighted alike."""
+    weights = {rl.kl_weight(j, settings.get("alpha", 0)) for j in (0.0, 0.25, 0.5, 0.75, 1.0)}
+    return settings.get("kl_coef", 0) == 0 or len(weights) == 1
 
 
 def beaten_by(row, table):
@@ -293,12 +309,15 @@ def plot_frontier(table, path, title):
         for uniform, color in ((True, "tab:blue"), (False, "tab:orange")):
             rows = [r for r in table if is_uniform(r["settings"]) == uniform]
             for r in rows:
-                per_run = {"final": lambda x: x["rows"][-1]["acc_plus"], "auc": lambda x: area_under_curve(x["rows"]),
+                per_run = {"final": lambda x: x["rows"][-1]["acc_plus"],
+                           "auc": lambda x: area_under_curve(x["rows"]),
                            "comfort": lambda x: x["rows"][-1]["acc_comfort"]}[key]
-                ax.scatter([x["rows"][-1].get("kl") or 0.0 for x in r["runs"]], [per_run(x) for x in r["runs"]],
-                           s=10, color=color, alpha=0.35)
-                ax.errorbar(r["kl"], r[key], xerr=r["kl_ci"], yerr=r[key + "_ci"], color=color, marker="o", capsize=3)
-                short = f"kl {r['settings'].get('kl_coef', 0):g}" if uniform else f"a {r['settings'].get('alpha', 0):g}"
+                ax.scatter([x["rows"][-1].get("kl") or 0.0 for x in r["runs"]],
+                           [per_run(x) for x in r["runs"]], s=10, color=color, alpha=0.35)
+                ax.errorbar(r["kl"], r[key], xerr=r["kl_ci"], yerr=r[key + "_ci"], color=color, marker="o",
+                            capsize=3)
+                setting = ("kl", "kl_coef") if uniform else ("a", "alpha")
+                short = f"{setting[0]} {r['settings'].get(setting[1], 0):g}"
                 ax.annotate(short, (r["kl"], r[key]), textcoords="offset points", xytext=(4, 4), fontsize=7)
             ax.plot([], [], color=color, marker="o", label="uniform: alpha 0 or kl_coef 0" if uniform else
                     "prioritized: alpha > 0 (at its kl_coef)")
@@ -319,15 +338,17 @@ def plot_frontier(table, path, title):
 
 def cmd_frontier(args):
     _, table, unfinished = load_groups(args.runs)
-    lines = ["| runs | penalty | seeds | KL/token final (95% CI) | N+k final (95% CI) | validation final | area under "
-             "curve (95% CI) | comfort zone final (95% CI) | uniform groups with >= accuracy at <= KL |",
+    lines = ["| runs | penalty | seeds | KL/token final (95% CI) | N+k final (95% CI) | validation final | "
+             "area under curve (95% CI) | comfort zone final (95% CI) | "
+             "uniform groups with >= accuracy at <= KL |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(table, key=lambda r: r["kl"]):
         uniform = is_uniform(r["settings"])
         verdict = "" if uniform else ("; ".join(f"{u['group']} ({u['final']:.1f} at {u['kl']:.4f})"
                                                 for u in beaten_by(r, table)) or "none: above the frontier")
         lines.append(f"| {r['group']} | {'uniform' if uniform else 'prioritized'} | {r['seeds']} | "
-                     f"{plus_minus(r['kl'], r['kl_ci'], 4)} | {plus_minus(r['final'], r['final_ci'])} | {plus_minus(r['val'], r['val_ci'])} | "
-                     f"{plus_minus(r['auc'], r['auc_ci'])} | {plus_minus(r['comfort'], r['comfort_ci'])} | {verdict} |")
+                     f"{plus_minus(r['kl'], r['kl_ci'], 4)} | {plus_minus(r['final'], r['final_ci'])} | "
+                     f"{plus_minus(r['val'], r['val_ci'])} | {plus_minus(r['auc'], r['auc_ci'])} | "
+                     f"{plus_minus(r['comfort'], r['comfort_ci'])} | {verdict} |")
     write_table(args, "frontier", lines, unfinished)
     plot_frontier(table, os.path.join(args.results, args.name + ".png"), args.name)

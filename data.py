@@ -1,12 +1,23 @@
 """
-The addition task as text and as tokens.
+The task: multi-digit addition with a scratchpad, as text and as tokens. This file is the only one that
+knows it. pretrain.py, rl.py and bench.py treat a problem as an opaque value (here a pair (a, b)) and
+call the task through these names, TASK below; a fork that teaches another task rewrites them here
+(tests/test_task.py plugs a toy task, reversing a digit string, into pre-training and RL this way):
 
-    prompt(a, b)        'Input:\\n1234+567\\nTarget:'
-    scratchpad(a, b)    '\\n<scratch>\\n[1,2,3,4] + [5,6,7] , A=[] , C=0 , ...\\n</scratch>\\n1 8 0 1\\n'
-    parse_answer(text)  1801, or None if the answer line is missing or malformed
-    encode / decode     one character = one token, as in the paper
-    samplers            pre-training (1..N digits), RL ("N+k"), evaluation ("identical", "varying")
-    make_batch          padded (x, y) tensors with the loss on the completion only
+    prompt(problem)                 'Input:\\n1234+567\\nTarget:'
+    target(problem)                 what the model should write after the prompt: '\\n<scratch>\\n[1,2,3,4]
+                                    + [5,6,7] , A=[] , C=0 , ...\\n</scratch>\\n1 8 0 1\\n'
+    reward(problem, completion)     1.0 if the answer line is exactly right, else 0.0
+    pretrain_problem(n, rng)        a training problem of size 1..n (operands of 1..n digits)
+    rl_problem(n, k, rng)           a training problem of the paper's "N+k" distribution
+    eval_set(kind, k, size, ...)    a fixed list of held-out problems ("identical": k+k digits, ...)
+    rl_eval_sets(n, k, size)        the sets an RL run is evaluated on (test, validation, comfort zone)
+    longest_sequence(k)             positions the longest size-k problem needs
+    critical_positions(problem, n)  where in target(problem) the paper's critical tokens sit
+    Stop                            when a row of a generation is finished (its answer line is complete)
+
+Built on them, for any task: encode / decode (one character = one token, as in the paper), make_batch
+(padded (x, y) with the loss on the completion only), prompt_batch, first_error, complete, accuracy.
 
 Every problem is either a training problem or a held-out problem, decided by a hash of its text
 (`is_held_out`). Training samplers never return held-out problems and evaluation samplers return
@@ -17,12 +28,21 @@ import zlib
 
 import torch
 
+TASK = ("prompt", "target", "reward", "pretrain_problem", "rl_problem", "eval_set", "rl_eval_sets",
+        "longest_sequence", "critical_positions", "Stop")  # the names the scripts call: see above
+
 # -----------------------------------------------------------------------------
-# text format (paper.md section 2, after Lee et al. 2024)
+# text format (the paper's section 2, after Lee et al. 2024)
 
 
-def prompt(a: int, b: int) -> str:
+def prompt(problem) -> str:
+    a, b = problem
     return f"Input:\n{a}+{b}\nTarget:"
+
+
+def target(problem) -> str:
+    """The text the model should write after the prompt: for addition, the scratchpad and the answer line."""
+    return scratchpad(*problem)
 
 
 def _digits(n: int) -> list[str]:
@@ -80,19 +100,20 @@ def parse_answer(completion: str) -> int | None:
     return int("".join(digits))
 
 
-def reward(completion: str, a: int, b: int) -> float:
+def reward(problem, completion: str) -> float:
     """1.0 if the completion's answer line is exactly right, else 0.0 (scratchpad errors do not matter)."""
+    a, b = problem
     return float(parse_answer(completion) == a + b)
 
 
-def first_error(completion: str, a: int, b: int) -> int | None:
-    """Offset of the first character where `completion` leaves the correct scratchpad, or None if it
-    writes the whole correct text. A completion that stops early errs where it stopped."""
-    target = scratchpad(a, b)
-    for i, (got, want) in enumerate(zip(completion, target)):
+def first_error(problem, completion: str) -> int | None:
+    """Offset of the first character where `completion` leaves the correct text target(problem), or None if
+    it writes the whole of it. A completion that stops early errs where it stopped."""
+    right = target(problem)
+    for i, (got, want) in enumerate(zip(completion, right)):
         if got != want:
             return i
-    return None if len(completion) >= len(target) else len(completion)
+    return None if len(completion) >= len(right) else len(completion)
 
 
 # -----------------------------------------------------------------------------
@@ -213,10 +234,10 @@ def make_batch(problems, device="cpu", completions=None) -> tuple[torch.Tensor, 
 
     y[i, t] is the token after x[i, t], or -1 (ignored by the loss) where that token belongs to the
     prompt or is padding: the model is trained to write the scratchpad, never to predict the question.
-    `completions` (one string per problem) replace the correct scratchpads, to read a model's own text.
+    `completions` (one string per problem) replace the correct texts, to read a model's own text.
     """
-    texts = completions or [scratchpad(a, b) for a, b in problems]
-    rows = [(encode(prompt(a, b)), encode(text)) for (a, b), text in zip(problems, texts)]
+    texts = completions or [target(problem) for problem in problems]
+    rows = [(encode(prompt(problem)), encode(text)) for problem, text in zip(problems, texts)]
     width = max(len(p) + len(c) for p, c in rows) - 1
     x = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
     y = torch.full((len(rows), width), -1, dtype=torch.long)
@@ -230,7 +251,7 @@ def make_batch(problems, device="cpu", completions=None) -> tuple[torch.Tensor, 
 def prompt_batch(problems, device="cpu", prefixes=None) -> torch.Tensor:
     """Left-padded prompts, shape (B, T), ready for `GPT.generate`; `prefixes` (one string per problem)
     are appended to the prompts, to continue a completion from a chosen point."""
-    rows = [encode(prompt(a, b) + (prefixes[i] if prefixes else "")) for i, (a, b) in enumerate(problems)]
+    rows = [encode(prompt(problem) + (prefixes[i] if prefixes else "")) for i, problem in enumerate(problems)]
     width = max(len(r) for r in rows)
     x = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
     for i, r in enumerate(rows):
@@ -238,21 +259,37 @@ def prompt_batch(problems, device="cpu", prefixes=None) -> torch.Tensor:
     return x.to(device)
 
 
-def sequence_length(a: int, b: int) -> int:
-    return len(prompt(a, b)) + len(scratchpad(a, b))
+def generated_batch(prompts, sequences):
+    """(inputs, actions, mask) for teacher-forced passes over generated text: `sequences` are the left-padded
+    `prompts` followed by what the model wrote. Each row's left padding moves to its end, so the rows need no
+    padding mask; actions[:, t] is the token after inputs[:, t], and mask is 1 where that token was
+    generated, 0 on the prompt and on padding. (Not make_batch from the decoded texts: decoding drops a
+    padding token that sampling can, rarely, emit mid-row, and the update must see the tokens sampled.)"""
+    lead = (prompts == PAD_ID).sum(1, keepdim=True)
+    width = sequences.size(1)
+    columns = torch.arange(width, device=sequences.device)[None, :] + lead
+    sequences = sequences.gather(1, columns.clamp(max=width - 1)).masked_fill(columns >= width, PAD_ID)
+    inputs, actions = sequences[:, :-1], sequences[:, 1:]
+    generated = torch.arange(width - 1, device=sequences.device)[None, :] >= prompts.size(1) - lead - 1
+    return inputs, actions, (generated & (actions != PAD_ID)).float()
+
+
+def sequence_length(problem) -> int:
+    return len(prompt(problem)) + len(target(problem))
 
 
 def longest_sequence(k: int) -> int:
     """Positions the longest K+K problem needs (two K-digit nines): whether K digits fit a model."""
-    return sequence_length(10 ** k - 1, 10 ** k - 1)
+    return sequence_length((10 ** k - 1, 10 ** k - 1))
 
 
 # -----------------------------------------------------------------------------
 # completions and accuracy (the model is passed in: anything with GPT's generate() works)
 
-class AnswerLineStop:
+class Stop:
     """GPT.generate's stop rule for this task: a row is finished at the second newline after '</scratch>'
-    (the end of its answer line). Holds each row's state; keep(rows) follows the rows that stay in a batch."""
+    (the end of its answer line). Made per generation as Stop(rows, device); holds each row's state;
+    keep(rows) follows the rows that stay in a batch."""
 
     def __init__(self, rows, device):
         self.seen_slash = torch.zeros(rows, dtype=torch.bool, device=device)
@@ -268,31 +305,32 @@ class AnswerLineStop:
         self.seen_slash, self.newlines = self.seen_slash[rows], self.newlines[rows]
 
 
-def room_for(a: int, b: int) -> int:
-    """Room for the correct scratchpad plus slack for a wrong one that runs long."""
-    return len(scratchpad(a, b)) * 5 // 4 + 16
+def room_for(problem) -> int:
+    """Room for the correct text plus slack for a wrong one that runs long."""
+    return len(target(problem)) * 5 // 4 + 16
 
 
 def generation_budget(model, problems, prompt_width: int) -> int:
     """New tokens to allow a batch: the longest problem's room, capped by the model's positions."""
-    return min(max(room_for(a, b) for a, b in problems), model.config.block_size - prompt_width)
+    return min(max(room_for(problem) for problem in problems), model.config.block_size - prompt_width)
 
 
 @torch.no_grad()
-def complete(model, problems, temperature=0.0, batch_size=250, device="cpu", generator=None, fast=True) -> list[str]:
+def complete(model, problems, temperature=0.0, batch_size=250, device="cpu", generator=None,
+             fast=True) -> list[str]:
     """The model's completion (text after the prompt) for each problem, in the order given.
 
     Problems are sorted by length before batching so that little compute goes to padding.
     fast: GPT.generate's optimized loop (same tokens), or the plain reference loop.
     """
-    order = sorted(range(len(problems)), key=lambda i: sequence_length(*problems[i]))
+    order = sorted(range(len(problems)), key=lambda i: sequence_length(problems[i]))
     completions = [None] * len(problems)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         batch = [problems[i] for i in chunk]
         idx = prompt_batch(batch, device)
-        out = model.generate(idx, generation_budget(model, batch, idx.size(1)), temperature=temperature, stop=AnswerLineStop,
-                             generator=generator, fast=fast)
+        out = model.generate(idx, generation_budget(model, batch, idx.size(1)), temperature=temperature,
+                             stop=Stop, generator=generator, fast=fast)
         for i, row in zip(chunk, out[:, idx.size(1):].tolist()):
             completions[i] = decode(row)
     return completions
@@ -300,7 +338,7 @@ def complete(model, problems, temperature=0.0, batch_size=250, device="cpu", gen
 
 def percent_correct(completions, problems) -> float:
     """Exact-match accuracy in percent of completions (texts after the prompt) for their problems."""
-    return 100.0 * sum(reward(c, a, b) for c, (a, b) in zip(completions, problems)) / len(problems)
+    return 100.0 * sum(reward(problem, c) for c, problem in zip(completions, problems)) / len(problems)
 
 
 def accuracy(model, problems, temperature=0.0, **kwargs) -> float:
@@ -308,15 +346,15 @@ def accuracy(model, problems, temperature=0.0, **kwargs) -> float:
     return percent_correct(complete(model, problems, temperature=temperature, **kwargs), problems)
 
 
-def critical_positions(a: int, b: int, n: int, lines: int | None = 3) -> list[int]:
-    """Character offsets, in scratchpad(a, b), of the tokens the paper tracks as critical (paper.md §6).
+def critical_positions(problem, n: int, lines: int | None = 3) -> list[int]:
+    """Character offsets, in target(problem), of the tokens the paper tracks as critical (its section 6).
 
     For a model pre-trained on 1..n digits: on scratchpad line j = 1..lines, every operand list that is
     longer than any list seen at line j in pre-training (more than n - j + 1 digits) must continue with
     a ',' after its (n - j + 1)-th digit, where the pre-trained model tends to close the list with ']'.
     The paper tracks lines 1-3; lines=None gives every line.
     """
-    text = scratchpad(a, b)
+    text = target(problem)
     starts = [i + 1 for i, ch in enumerate(text) if ch == "\n"][1:]  # line 1 starts after '<scratch>\n'
     found = []
     for j, start in enumerate(starts[:lines] if lines else starts, 1):

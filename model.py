@@ -95,7 +95,8 @@ class GPT(nn.Module):
         self.lm_head.weight = self.wte.weight  # tied embeddings
         # padding is never a next token: its logit is pushed to NEVER in every output (sampling, loss,
         # certainty and KL all see the same distribution); finite, so that 0 * log p stays 0
-        self.register_buffer("pad_logit", F.one_hot(torch.tensor(PAD_ID), config.vocab_size) * NEVER, persistent=False)
+        self.register_buffer("pad_logit", F.one_hot(torch.tensor(PAD_ID), config.vocab_size) * NEVER,
+                             persistent=False)
         self.apply(self._init_weights)
         with torch.no_grad():  # learned positions, but started as sinusoids: see _sinusoids
             self.wpe.weight.copy_(_sinusoids(config.block_size, config.n_embd, scale=0.05))
@@ -118,7 +119,8 @@ class GPT(nn.Module):
         longest = int(positions.max()) + 1
         if longest > self.config.block_size:
             raise ValueError(f"sequence needs position {longest - 1} but the model has block_size "
-                             f"{self.config.block_size}; use fewer digits or a model with a larger --block-size")
+                             f"{self.config.block_size}; use fewer digits or a model with a larger "
+                             f"--block-size")
 
     def _forward_cached(self, idx, positions, mask=None, caches=None, start=0):
         x = self.wte(idx) + self.wpe(positions)
@@ -149,11 +151,13 @@ class GPT(nn.Module):
         logits = self._forward_cached(idx, positions, mask)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+                                   ignore_index=-1)
         return logits, loss
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, generator=None, fast=True, stop=None, check_every=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, generator=None, fast=True, stop=None,
+                 check_every=None):
         """Continue left-padded prompts idx (B, T); returns (B, T + new) with new <= max_new_tokens.
 
         temperature = 0 is greedy decoding. stop: the task's stop rule, made per call as stop(B, device)
@@ -229,8 +233,8 @@ class GPT(nn.Module):
                 rows, tok, next_pos, key_bias = rows[keep], tok[keep], next_pos[keep], key_bias[keep]
                 done = done[keep]
                 rule.keep(keep)
-            logits = self._forward_cached(tok[:, None], next_pos[:, None], key_bias[..., :T + step + 1], caches,
-                                          T + step)[:, -1]
+            logits = self._forward_cached(tok[:, None], next_pos[:, None], key_bias[..., :T + step + 1],
+                                          caches, T + step)[:, -1]
             next_pos = next_pos + 1
         return torch.cat([idx, out[:, :int(width)]], 1)
 
@@ -247,7 +251,9 @@ class GPT(nn.Module):
         """Per block, (keys, values) buffers of shape (B, n_head, length, head_dim). Under autocast keys
         and values come out in the autocast dtype, so the buffers take it."""
         head_dim = self.config.n_embd // self.config.n_head
-        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else self.wte.weight.dtype
+        dtype = self.wte.weight.dtype
+        if torch.is_autocast_enabled(device.type):
+            dtype = torch.get_autocast_dtype(device.type)
         return [tuple(torch.empty(B, self.config.n_head, length, head_dim, device=device, dtype=dtype)
                       for _ in range(2)) for _ in self.blocks]
 
@@ -262,7 +268,8 @@ def sample(logits, temperature, generator=None, rows=None, batch=None):
     if temperature == 0:
         return logits.argmax(-1)
     probs = F.softmax(logits.float() / temperature, dim=-1)
-    noise = torch.empty(batch or probs.size(0), probs.size(1), device=probs.device).exponential_(generator=generator)
+    noise = torch.empty(batch or probs.size(0), probs.size(1),
+                        device=probs.device).exponential_(generator=generator)
     # a draw of exactly 0 (some backends round to it) would pick its token whatever its probability, padding
     # included; the smallest positive float keeps p / E finite and leaves every other draw as it is
     noise = noise.clamp_(min=torch.finfo(noise.dtype).tiny)
@@ -324,6 +331,7 @@ def load_checkpoint(path, device="cpu", with_meta=False):
         if set(missing) != {"lm_head.weight"} or unexpected:  # lm_head.weight is tied to wte.weight
             raise RuntimeError(f"missing {missing}, unexpected {unexpected}")
     except (TypeError, RuntimeError, AssertionError, ValueError) as e:  # AssertionError: e.g. n_embd % n_head
-        raise CheckpointError(f"{path} does not match this model code: {(str(e) or type(e).__name__).splitlines()[0]}") from None
+        raise CheckpointError(f"{path} does not match this model code: "
+                              f"{(str(e) or type(e).__name__).splitlines()[0]}") from None
     model.to(device).eval()
     return (model, ckpt.get("meta", {})) if with_meta else model

@@ -26,60 +26,65 @@ from tqdm import tqdm
 
 import data
 from model import GPT, GPTConfig, save_checkpoint
-from runtime import (DEVICE_HELP, DTYPE_HELP, DTYPES, atomic_save, autocast_dtype, generation_dtype, mixed_precision,
-                     pick_device, precision_name, seed_everything, set_threads, too_big)
+from runtime import (DEVICE_HELP, DTYPE_HELP, DTYPES, atomic_save, autocast_dtype, generation_dtype,
+                     mixed_precision,
+                     number, pick_device, precision_name, seed_everything, set_threads, too_big)
 
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--digits", type=int, default=7, help="N: operands have 1..N digits (default 7)")
-    p.add_argument("--steps", type=int, default=8000, help="optimizer steps (default 8000)")
-    p.add_argument("--batch-size", type=int, default=16, help="problems per step (default 16: more steps beat bigger batches here)")
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
-    p.add_argument("--min-lr", type=float, default=1e-4, help="learning rate at the end of the cosine decay")
-    p.add_argument("--warmup", type=int, default=100, help="steps of linear learning-rate warm-up")
-    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on matrices")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0: off)")
-    p.add_argument("--n-layer", type=int, default=4, help="transformer blocks")
-    p.add_argument("--n-head", type=int, default=4, help="attention heads per block")
-    p.add_argument("--n-embd", type=int, default=128, help="embedding width")
-    p.add_argument("--block-size", type=int, default=1024, help="positions the model has (10+10 digits need 865)")
+    p.add_argument("--digits", type=number("--digits", int, at_least=1), default=7,
+                   help="N: operands have 1..N digits (default 7)")
+    p.add_argument("--steps", type=number("--steps", int, at_least=1), default=8000,
+                   help="optimizer steps (default 8000)")
+    p.add_argument("--batch-size", type=number("--batch-size", int, at_least=1), default=16,
+                   help="problems per step (default 16: more steps beat bigger batches here)")
+    p.add_argument("--lr", type=number("--lr", above=0), default=3e-3,
+                   help="peak learning rate (default 3e-3)")
+    p.add_argument("--min-lr", type=number("--min-lr", at_least=0,
+                                           message="--min-lr must be between 0 and --lr"),
+                   default=1e-4, help="learning rate at the end of the cosine decay, between 0 and --lr")
+    p.add_argument("--warmup", type=number("--warmup", int, at_least=0), default=100,
+                   help="steps of linear learning-rate warm-up")
+    p.add_argument("--weight-decay", type=number("--weight-decay", at_least=0), default=0.1,
+                   help="AdamW weight decay on matrices")
+    p.add_argument("--grad-clip", type=number("--grad-clip", at_least=0), default=1.0,
+                   help="clip the gradient norm to this (0: off)")
+    p.add_argument("--n-layer", type=number("--n-layer", int, at_least=1), default=4,
+                   help="transformer blocks")
+    p.add_argument("--n-head", type=number("--n-head", int, at_least=1), default=4,
+                   help="attention heads per block (must divide --n-embd)")
+    p.add_argument("--n-embd", type=number("--n-embd", int, at_least=1), default=128, help="embedding width")
+    p.add_argument("--block-size", type=number("--block-size", int, at_least=1), default=1024,
+                   help="positions the model has (10+10 digits need 865)")
     p.add_argument("--random-offset", action=argparse.BooleanOptionalAction, default=True,
                    help="start each row at a random position so every position embedding is trained")
-    p.add_argument("--pool", type=int, default=16, help="batches drawn at once and sorted by length")
-    p.add_argument("--eval-every", type=int, default=2000, help="steps between evaluations and checkpoints")
-    p.add_argument("--save-every", type=int, default=250, help="steps between saves of the resume state, so a killed "
-                   "run loses at most this many steps")
-    p.add_argument("--eval-size", type=int, default=100, help="held-out problems per operand length")
-    p.add_argument("--seed", type=int, default=0, help="seeds random, numpy and torch")
+    p.add_argument("--pool", type=number("--pool", int, at_least=1), default=16,
+                   help="batches drawn at once and sorted by length")
+    p.add_argument("--eval-every", type=number("--eval-every", int, at_least=1), default=2000,
+                   help="steps between evaluations and checkpoints")
+    p.add_argument("--save-every", type=number("--save-every", int, at_least=1), default=250,
+                   help="steps between saves of the resume state: a killed run loses at most these")
+    p.add_argument("--eval-size", type=number("--eval-size", int, at_least=1, at_most=100_000), default=100,
+                   help="held-out problems per operand length")
+    p.add_argument("--seed", type=int, default=0, help="seeds Python's and torch's generators")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=number("--threads", int, at_least=1), default=None,
+                   help="CPU threads (default: all cores)")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
-    p.add_argument("--out", default=None, help="checkpoint path (default runs/add{digits}.pt; the shipped ones "
-                   "are in checkpoints/)")
-    p.add_argument("--resume", action="store_true", help="continue from --out.state (written with every checkpoint)")
+    p.add_argument("--out", default=None,
+                   help="checkpoint path (default runs/add{digits}.pt; the shipped ones are in checkpoints/)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from --out.state (written with every checkpoint)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     args = p.parse_args(argv)
-    numbers = [args.lr, args.min_lr, args.weight_decay, args.grad_clip]
-    checks = [(all(math.isfinite(v) for v in numbers), "--lr, --min-lr, --weight-decay and --grad-clip must be finite"),
-              (args.digits >= 1, "--digits must be at least 1"),
-              (args.steps >= 1, "--steps must be at least 1"),
-              (args.batch_size >= 1, "--batch-size must be at least 1"),
-              (args.lr > 0, "--lr must be positive"),
-              (0 <= args.min_lr <= args.lr, "--min-lr must be between 0 and --lr"),
-              (args.warmup >= 0, "--warmup must be at least 0"),
-              (args.weight_decay >= 0 and args.grad_clip >= 0, "--weight-decay and --grad-clip must be non-negative"),
-              (args.n_layer >= 1 and args.n_head >= 1 and args.n_embd >= 1, "model sizes must be positive"),
-              (args.n_embd % args.n_head == 0, "--n-embd must be divisible by --n-head"),
-              (args.eval_every >= 1 and args.eval_size >= 1 and args.pool >= 1,
-               "--eval-every, --eval-size and --pool must be at least 1"),
-              (args.save_every >= 1, "--save-every must be at least 1"),
-              (args.batch_size * args.pool <= 1_000_000 and args.eval_size <= 100_000,
-               "--batch-size x --pool must be at most 1000000 and --eval-size at most 100000"),
-              (args.threads is None or args.threads >= 1, "--threads must be at least 1")]
-    for ok, message in checks:
-        if not ok:
-            p.error(message)
+    # rules between flags
+    if args.min_lr > args.lr:
+        p.error("--min-lr must be between 0 and --lr")
+    if args.n_embd % args.n_head:
+        p.error("--n-embd must be divisible by --n-head")
+    if args.batch_size * args.pool > 1_000_000:
+        p.error("--batch-size x --pool must be at most 1000000")
     longest = data.longest_sequence(args.digits)
     if longest > args.block_size:
         p.error(f"{args.digits}-digit problems need {longest} positions; raise --block-size")
@@ -91,7 +96,7 @@ def batches(digits, batch_size, pool, rng):
     """Endless batches of training problems; each batch holds problems of nearly equal length."""
     while True:
         problems = sorted((data.pretrain_problem(digits, rng) for _ in range(batch_size * pool)),
-                          key=lambda ab: data.sequence_length(*ab))
+                          key=data.sequence_length)
         chunks = [problems[i:i + batch_size] for i in range(0, len(problems), batch_size)]
         rng.shuffle(chunks)
         yield from chunks
@@ -107,16 +112,21 @@ def learning_rate(step, args):
 
 def evaluate(model, digits, size, device, dtype):
     """Greedy exact-match accuracy (percent) on held-out K+K problems, K = 1..digits+1 (those that fit)."""
-    model.eval()
     fits = [k for k in range(1, digits + 2)
             if data.longest_sequence(k) <= model.config.block_size]
     with mixed_precision(device, dtype):
-        result = {k: data.accuracy(model, data.eval_set("identical", k, size), device=device) for k in fits}
-    model.train()
-    return result
+        return {k: data.accuracy(model, data.eval_set("identical", k, size), device=device) for k in fits}
 
 
 LOOK_EVERY = 10  # steps between looks at the loss (finite? the progress bar)
+
+def save(args, model, optimizer, step, elapsed, evals):
+    """The resume state first (one file, one atomic write, all that --resume needs), then the checkpoint."""
+    atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                 "elapsed": elapsed, "evals": evals, "args": vars(args), "python_rng": random.getstate(),
+                 "torch_rng": torch.get_rng_state()}, args.out + ".state")
+    save_checkpoint(args.out, model, args=vars(args), step=step, train_seconds=round(elapsed, 1), evals=evals)
+
 
 # flags that may change when a run is resumed: they do not change what is trained
 RESUMABLE = {"steps", "eval_every", "save_every", "eval_size", "threads", "device", "out", "resume", "force"}
@@ -125,8 +135,9 @@ RESUMABLE = {"steps", "eval_every", "save_every", "eval_size", "threads", "devic
 def check_out(args):
     """Refuse to replace an existing --out (unless --force), or to resume with other training flags than
     the run was started with; make sure --out can be written before any work."""
-    for stale in glob.glob(glob.escape(args.out) + ".tmp*") + glob.glob(glob.escape(args.out) + ".state.tmp*"):
-        os.remove(stale)  # left by a run killed in the middle of a save
+    for pattern in (".tmp*", ".state.tmp*"):  # left by a run killed in the middle of a save
+        for stale in glob.glob(glob.escape(args.out) + pattern):
+            os.remove(stale)
     if args.resume:
         if not os.path.exists(args.out + ".state"):
             sys.exit(f"error: --resume needs {args.out}.state, which is missing; start without --resume")
@@ -134,15 +145,19 @@ def check_out(args):
             state = torch.load(args.out + ".state", map_location="cpu", weights_only=True)
         except Exception as e:  # a truncated or foreign file: say which, not where torch.load failed
             sys.exit(f"error: cannot read {args.out}.state ({type(e).__name__}); start without --resume")
-        differ = [f"--{k.replace('_', '-')} {v} (the run has {state['args'].get(k)})" for k, v in vars(args).items()
+        differ = [f"--{k.replace('_', '-')} {v} (the run has {state['args'].get(k)})" for k,
+                  v in vars(args).items()
                   if k not in RESUMABLE and state["args"].get(k) != v]
         if differ:
-            sys.exit(f"error: --resume with other flags than {args.out} was trained with: {'; '.join(differ)}")
+            sys.exit(f"error: --resume with other flags than {args.out} was trained with: "
+                     f"{'; '.join(differ)}")
         return state
     if os.path.isdir(args.out):
-        sys.exit(f"error: --out {args.out} is a folder; give a file path such as {os.path.join(args.out, 'add.pt')}")
+        sys.exit(f"error: --out {args.out} is a folder; give a file path such as "
+                 f"{os.path.join(args.out, 'add.pt')}")
     if os.path.exists(args.out) and not args.force:
-        sys.exit(f"error: {args.out} exists; choose another --out, continue it with --resume, or pass --force to replace it")
+        sys.exit(f"error: {args.out} exists; choose another --out, continue it with --resume, or pass "
+                 "--force to replace it")
     try:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out + ".tmp-check", "w"):
@@ -159,7 +174,8 @@ def main(argv=None):
     device = pick_device(args.device)
     seed_everything(args.seed, device)
     dtype = autocast_dtype(args.dtype, device)
-    config = GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
+    config = GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
+                       n_embd=args.n_embd)
     longest = data.longest_sequence(args.digits)
     if message := too_big(config, args.batch_size, longest, device):
         sys.exit(f"error: {message}; lower --batch-size or the model's size")
@@ -182,20 +198,13 @@ def main(argv=None):
         torch.set_rng_state(state["torch_rng"])
         for _ in range(start_step):  # replay the data stream: the same batches as an uninterrupted run
             next(stream)
-    print(f"model: {model.num_params() / 1e6:.2f}M parameters | device {device} | "
-          f"autocast {dtype or 'off'} (generation {precision_name(eval_dtype)}) | steps {start_step}..{args.steps}")
+    print(f"model: {model.num_params() / 1e6:.2f}M parameters | device {device} | autocast {dtype or 'off'} "
+          f"(generation {precision_name(eval_dtype)}) | steps {start_step}..{args.steps}")
 
-    def save(step):
-        """The resume state first (one file, one atomic write, all that --resume needs), then the checkpoint."""
-        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                     "elapsed": elapsed, "evals": evals, "args": vars(args), "python_rng": random.getstate(),
-                     "torch_rng": torch.get_rng_state()}, args.out + ".state")
-        save_checkpoint(args.out, model, args=vars(args), step=step, train_seconds=round(elapsed, 1), evals=evals)
-
-    # Ctrl-C (or a kill's SIGTERM) asks the loop to stop at the end of the current step, so what is saved is a
-    # whole step
+    # Ctrl-C (or a kill's SIGTERM) asks the loop to stop at the end of the current step: it saves a whole step
     stop = []
-    previous = {sig: signal.signal(sig, lambda *_: stop.append(True)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda *_: stop.append(True)) for sig in signals}
     t0 = time.time() - elapsed
     bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, desc="pretrain",
                dynamic_ncols=True)
@@ -204,7 +213,7 @@ def main(argv=None):
             x, y = data.make_batch(next(stream), device)
             offset = None
             if args.random_offset:  # any start that keeps the whole row inside the block; drawn on the CPU,
-                # whose generator the resume state holds, so a resumed run draws the same offsets on any device
+                # whose generator the resume state holds: a resumed run draws the same offsets on any device
                 offset = torch.randint(0, args.block_size - x.size(1) + 1, (x.size(0),)).to(device)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, args)
@@ -215,31 +224,32 @@ def main(argv=None):
             if args.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
             optimizer.step()
-            saving = (step + 1) % args.eval_every == 0 or (step + 1) % args.save_every == 0 or step + 1 == args.steps
-            if saving or stop or (step + 1) % LOOK_EVERY == 0:  # a look at the loss waits for a GPU's queue
+            steps_done = step + 1
+            evaluating = steps_done % args.eval_every == 0 or steps_done == args.steps
+            saving = evaluating or steps_done % args.save_every == 0 or stop
+            if saving or steps_done % LOOK_EVERY == 0:  # a look at the loss waits for a GPU's queue
                 if not torch.isfinite(loss):  # nothing saved: the last checkpoint stays the last good one
-                    sys.exit(f"error: the loss is not finite by step {step + 1}; {args.out} holds the last good "
-                             f"checkpoint (if any); try a lower --lr")
+                    sys.exit(f"error: the loss is not finite by step {steps_done}; {args.out} holds the last "
+                             f"good checkpoint (if any); try a lower --lr")
                 bar.set_postfix(loss=f"{loss.item():.4f}")
-            if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+            if saving:
                 elapsed = time.time() - t0
-                evals[step + 1] = acc = evaluate(model, args.digits, args.eval_size, device, eval_dtype)
-                tqdm.write(f"step {step + 1} | loss {loss.item():.4f} | {elapsed / 60:.1f} min | greedy acc K+K: "
-                           + " ".join(f"{k}:{a:.0f}" for k, a in acc.items()))
-                save(step + 1)
-            elif (step + 1) % args.save_every == 0:
-                elapsed = time.time() - t0
-                save(step + 1)
+            if evaluating:
+                evals[steps_done] = acc = evaluate(model, args.digits, args.eval_size, device, eval_dtype)
+                shown = " ".join(f"{k}:{a:.0f}" for k, a in acc.items())
+                tqdm.write(f"step {steps_done} | loss {loss.item():.4f} | {elapsed / 60:.1f} min | "
+                           f"greedy acc K+K: {shown}")
+            if saving:
+                save(args, model, optimizer, steps_done, elapsed, evals)
             if stop:
-                elapsed = time.time() - t0
-                save(step + 1)
-                sys.exit(f"\ninterrupted after step {step + 1}: saved {args.out}; continue with --resume")
+                sys.exit(f"\ninterrupted after step {steps_done}: saved {args.out}; continue with --resume")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     elapsed = time.time() - t0
     acc = evals[args.steps]
-    beyond = f" | {args.digits + 1}+{args.digits + 1} {acc[args.digits + 1]:.1f}%" if args.digits + 1 in acc else ""
+    longer = args.digits + 1
+    beyond = f" | {longer}+{longer} {acc[longer]:.1f}%" if longer in acc else ""
     print(f"done: {args.steps} steps in {elapsed / 60:.1f} min | {args.digits}+{args.digits} greedy "
           f"{acc[args.digits]:.1f}%{beyond} | saved {args.out}")
 

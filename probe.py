@@ -18,6 +18,8 @@ from collections import Counter
 import torch
 
 import data
+import metrics
+import errors
 import rl
 from model import CheckpointError, load_checkpoint
 from runtime import mixed_precision, save_figure, write_text
@@ -43,78 +45,13 @@ def pretrain_digits(meta, path):
     try:
         return int(meta["args"]["digits"])
     except (KeyError, TypeError, ValueError):
-        sys.exit(f"error: {path} does not record its pre-training digits; pass a checkpoint made by pretrain.py")
+        sys.exit(f"error: {path} does not record its pre-training digits; pass a checkpoint made by "
+                 "pretrain.py")
 
 
 def solve(model, problems, device, dtype, temperature=0.0):
     with mixed_precision(device, dtype):
         return data.complete(model, problems, temperature=temperature, device=device)
-
-# -----------------------------------------------------------------------------
-# where does a generation first go wrong?
-
-def locate(a, b, i):
-    """Where character i of scratchpad(a, b) sits: line (1 = first after '<scratch>'), field, index (for
-    an operand list, how many of its digits come before it), the character, and the line's text/column."""
-    truth = data.scratchpad(a, b)
-    line_start = truth.rfind("\n", 0, i) + 1
-    line_end = truth.find("\n", i)
-    line = truth[line_start:line_end if line_end >= 0 else len(truth)]
-    col = i - line_start
-    field, index = _field(line, col)
-    return {"offset": i, "line": truth.count("\n", 0, i) - 1, "field": field, "index": index,
-            "expected": truth[i]}, line, col
-
-
-def describe_error(completion, a, b):
-    """None if the completion is the exact scratchpad, else a dict describing the first wrong character."""
-    i = data.first_error(completion, a, b)
-    if i is None:
-        return None
-    where, line, col = locate(a, b, i)
-    wrote = completion[i] if i < len(completion) else "(end)"
-    return {**where, "wrote": wrote, "kind": _kind(where["field"], where["expected"], wrote, line, col)}
-
-
-def _field(line, col):
-    """Which part of a scratchpad line the column falls in, and for an operand list how many of its
-    digits come before the column (so the comma after the 7th digit has index 7)."""
-    if not line.startswith("["):
-        return ("answer line" if line[:1].isdigit() else "other"), None
-    first_end = line.index("]")
-    second_start = line.index("[", first_end)
-    second_end = line.index("]", second_start)
-    if col <= first_end:
-        return "operand 1", sum(ch.isdigit() for ch in line[1:col])
-    if second_start <= col <= second_end:
-        return "operand 2", sum(ch.isdigit() for ch in line[second_start + 1:col])
-    if col < line.index("A="):
-        return "separator", None
-    acc_end = line.index("]", line.index("A="))
-    if col <= acc_end:
-        return "A", None
-    if line.endswith("END"):
-        return "carry (last line)", None
-    plus = line.index("+", acc_end)
-    boundaries = [(plus, "carry"), (line.index("=", plus), "sum operands"),
-                  (line.index(" , A->", acc_end), "digit sum"), (line.index(" , C->", acc_end), "new digit")]
-    return next((name for end, name in boundaries if col < end), "new carry"), None
-
-
-def _kind(field, expected, wrote, line, col):
-    if not field.startswith("operand"):
-        return f"wrong character in {field}"
-    if expected == "," and wrote == "]":
-        return "closed the list too early (']' for ',')"
-    if expected == "]" and wrote == ",":
-        return "kept the list open (',' for ']')"
-    if expected.isdigit() and wrote.isdigit():
-        rest = line[col:line.index("]", col)].replace(",", "")
-        if len(rest) > 1 and wrote == rest[1]:
-            return "skipped a digit"
-        return "wrong digit"
-    return f"wrote {wrote!r} for {expected!r}"
-
 
 # -----------------------------------------------------------------------------
 # the critical-token probe (paper section 6, Table 1, Fig. 5)
@@ -125,11 +62,12 @@ def scratchpad_certainty(model, problems, device, dtype):
     teacher-forced (the same states as its own generation up to its first error), and the character it
     would most likely write there instead of the right one. Returns a list of (J, wrong) pairs."""
     with mixed_precision(device, dtype):
-        logits = rl.completion_logits(model, problems)
+        logits = metrics.completion_logits(model, problems)
     out = []
     for (a, b), rows in zip(problems, logits):
         J = rl.certainty(rows).cpu()
-        rows[torch.arange(len(rows)), torch.tensor(data.encode(data.scratchpad(a, b)), device=rows.device)] = float("-inf")
+        rows[torch.arange(len(rows)), torch.tensor(data.encode(data.scratchpad(a, b)),
+                                                   device=rows.device)] = float("-inf")
         rows[:, data.PAD_ID] = float("-inf")  # the right character and padding are not alternatives
         out.append((J, [data.VOCAB[t] for t in rows.argmax(-1).tolist()]))
     return out
@@ -139,17 +77,17 @@ def scratchpad_certainty(model, problems, device, dtype):
 def continue_from(model, problems, prefixes, device, dtype, temperature=0.0, generator=None, batch_size=256):
     """The completion prefix + the model's continuation of prompt + prefix (greedy, or sampled at
     `temperature` with `generator`), for each pair."""
-    order = sorted(range(len(problems)), key=lambda i: len(prefixes[i]) - data.sequence_length(*problems[i]))
+    order = sorted(range(len(problems)), key=lambda i: len(prefixes[i]) - data.sequence_length(problems[i]))
     completions = [None] * len(problems)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         batch, heads = [problems[i] for i in chunk], [prefixes[i] for i in chunk]
         idx = data.prompt_batch(batch, device, prefixes=heads)
-        room = min(max(data.room_for(a, b) - len(h) for (a, b), h in zip(batch, heads)),
+        room = min(max(data.room_for((a, b)) - len(h) for (a, b), h in zip(batch, heads)),
                    model.config.block_size - idx.size(1))
         with mixed_precision(device, dtype):
             out = model.generate(idx, max(1, room), temperature=temperature, generator=generator,
-                                 stop=data.AnswerLineStop)
+                                 stop=data.Stop)
         for i, head, row in zip(chunk, heads, out[:, idx.size(1):].tolist()):
             completions[i] = head + data.decode(row)
     return completions
@@ -170,16 +108,17 @@ def probe(model, n, problems, greedy, device, dtype, drop=0.05, controls=4, samp
     how it was chosen) and {problem: J at every character}."""
     rng = torch.Generator().manual_seed(seed)
     tested, j_by_problem = [], {}
-    for (a, b), text, (J, wrong) in zip(problems, greedy, scratchpad_certainty(model, problems, device, dtype)):
+    for (a, b), text, (J, wrong) in zip(problems, greedy, scratchpad_certainty(model, problems, device,
+                                                                               dtype)):
         j_by_problem[(a, b)] = J.tolist()
         delta = delta_j(J)
         end = data.scratchpad(a, b).index("</scratch>")  # the answer line only copies A: not probed
         why = {}
-        for t in data.critical_positions(a, b, n, lines=None):
+        for t in data.critical_positions((a, b), n, lines=None):
             why.setdefault(t, set()).add("every line")
-        for t in data.critical_positions(a, b, n, lines=3):
+        for t in data.critical_positions((a, b), n, lines=3):
             why.setdefault(t, set()).add("paper")
-        error = data.first_error(text, a, b)
+        error = data.first_error((a, b), text)
         if error is not None and error < len(J):
             why.setdefault(error, set()).add("first error")
         for t in range(end):
@@ -190,8 +129,9 @@ def probe(model, n, problems, greedy, device, dtype, drop=0.05, controls=4, samp
         low = [t for t, reasons in why.items() if "low" in reasons]
         test_low = {low[i] for i in torch.randperm(len(low), generator=rng)[:low_tested].tolist()}
         for t, reasons in sorted(why.items()):
-            tested.append({"problem": (a, b), "t": t, "J": J[t].item(), "delta": delta[t].item(), "why": reasons,
-                           "low": delta[t].item() < -drop, "wrote": wrong[t], **locate(a, b, t)[0],
+            tested.append({"problem": (a, b), "t": t, "J": J[t].item(), "delta": delta[t].item(),
+                           "why": reasons,
+                           "low": delta[t].item() < -drop, "wrote": wrong[t], **errors.locate(a, b, t)[0],
                            "test": t in test_low or bool(reasons & {"paper", "first error", "random"})})
     # decisiveness: the same number of sampled continuations after the right and after the wrong character
     for row in tested:
@@ -200,11 +140,13 @@ def probe(model, n, problems, greedy, device, dtype, drop=0.05, controls=4, samp
     truths = [data.scratchpad(*row["problem"]) for row in tested]
     probs = [row["problem"] for row in tested for _ in range(samples)]
     generator = torch.Generator(device).manual_seed(seed)
-    for key, prefix in (("right_wins", lambda s, r: s[:r["t"] + 1]), ("wrong_wins", lambda s, r: s[:r["t"]] + r["wrote"])):
-        texts = continue_from(model, probs, [prefix(s, r) for s, r in zip(truths, tested) for _ in range(samples)],
+    for key, prefix in (("right_wins", lambda s, r: s[:r["t"] + 1]), ("wrong_wins", lambda s,
+                                                                      r: s[:r["t"]] + r["wrote"])):
+        texts = continue_from(model, probs, [prefix(s, r) for s, r in zip(truths,
+                                                                          tested) for _ in range(samples)],
                               device, dtype, temperature, generator)
         for i, row in enumerate(tested):
-            row[key] = sum(data.reward(c, *row["problem"]) for c in texts[i * samples:(i + 1) * samples])
+            row[key] = sum(data.reward(row["problem"], c) for c in texts[i * samples:(i + 1) * samples])
     for row in tested:
         row["decisive"] = decisive(row["right_wins"], row["wrong_wins"], samples)
         row["critical"] = row["low"] and row["decisive"]
@@ -246,7 +188,8 @@ def table1(tested, j_by_problem, drop):
     for name, take in TABLE1_ROWS:
         chosen = [r for r in tested if take(r)]
         judged = [r for r in chosen if r["decisive"] is not None]
-        rows.append(row(name, [r["delta"] for r in chosen], f"{sum(r['decisive'] for r in judged)}/{len(judged)}"))
+        rows.append(row(name, [r["delta"] for r in chosen],
+                        f"{sum(r['decisive'] for r in judged)}/{len(judged)}"))
     every = [d for J in j_by_problem.values() for d in delta_j(torch.tensor(J)).tolist()]
     rows.append(row("every token of the texts", every, "n/a"))
     return rows
@@ -303,22 +246,25 @@ def cmd_probe(args, device, dtype):
             sys.exit(f"error: {path} has too few positions for {n + 1}-digit problems")
         problems = data.eval_set("identical", n + 1, args.n)
         completions = solve(model, problems, device, dtype)
-        accuracy = 100 * sum(data.reward(c, a, b) for c, (a, b) in zip(completions, problems)) / len(problems)
+        accuracy = 100 * sum(data.reward((a, b), c) for c, (a, b) in zip(completions,
+                                                                         problems)) / len(problems)
         tested, j_by_problem = probe(model, n, problems, completions, device, dtype, drop=args.drop,
                                      controls=args.controls, samples=args.samples, low_tested=args.low_tested)
         rows = table1(tested, j_by_problem, args.drop)
         summary.append(f"| {path} | {n} | {accuracy:.1f}% | " + " | ".join(map(short_cell, rows)) + " |")
         critical = [r for r in tested if r["critical"]]
-        report += [f"## {path} (N = {n}): {len(problems)} problems of {n + 1}+{n + 1} digits, greedy accuracy "
-                   f"{accuracy:.1f}%", "", *table1_markdown(rows, args.drop), "",
+        report += [f"## {path} (N = {n}): {len(problems)} problems of {n + 1}+{n + 1} digits, greedy "
+                   f"accuracy {accuracy:.1f}%", "", *table1_markdown(rows, args.drop), "",
                    *decisiveness_note(tested, args.samples, accuracy), "",
-                   *places_markdown(critical, args.top), "", *alpha_markdown(model, n, args.alpha_n, device, dtype), ""]
+                   *places_markdown(critical, args.top), "", *alpha_markdown(model, n, args.alpha_n, device,
+                                                                             dtype), ""]
         if critical:
             fig5(model, critical[0]["problem"], problems, completions, path, args.results, device, dtype)
     text = "\n".join(["# Critical-token probe (`python analyze.py probe`)", "",
-                      "Table 1: Delta J = certainty on the token minus the mean certainty on the other tokens of its "
-                      "text, mean +- sd (n tokens), for tokens chosen in different ways. The two low-certainty columns "
-                      "choose by Delta J (below -drop by construction); the paper reports critical tokens.",
+                      "Table 1: Delta J = certainty on the token minus the mean certainty on the other "
+                      "tokens of its text, mean +- sd (n tokens), for tokens chosen in different ways. The "
+                      "two low-certainty columns choose by Delta J (below -drop by construction); the paper "
+                      "reports critical tokens.",
                       "", *summary, "", *report])
     write_text(os.path.join(args.results, "probe.md"), text + "\n")
     print(text)
@@ -344,10 +290,10 @@ def decisiveness_note(tested, samples, accuracy):
     randoms = [r for r in tested if "random" in r["why"]]
     right = sum(r["right_wins"] for r in randoms) / max(1, len(randoms) * samples)
     wrong = sum(r["wrong_wins"] for r in randoms) / max(1, len(randoms) * samples)
-    lines = [f"Decisive = {samples} continuations sampled at T = 1 after the right character succeed clearly more "
-             f"often (95% Wilson intervals apart) than {samples} after the model's most likely wrong one. The "
-             f"baseline, at the random places: after the right character {100 * right:.0f}% of the continuations "
-             f"succeed, after the wrong one {100 * wrong:.0f}%."]
+    lines = [f"Decisive = {samples} continuations sampled at T = 1 after the right character succeed "
+             f"clearly more often (95% Wilson intervals apart) than {samples} after the model's most likely "
+             f"wrong one. The baseline, at the random places: after the right character "
+             f"{100 * right:.0f}% of the continuations succeed, after the wrong one {100 * wrong:.0f}%."]
     if accuracy == 0 or right < 0.05:
         lines.append(f"This model solves {accuracy:.0f}% of these problems: its continuations fail after the "
                      "right character too, so the test cannot tell decisive tokens from the others here.")
@@ -371,16 +317,20 @@ def places_markdown(critical, top):
 
 
 def alpha_markdown(model, n, size, device, dtype):
-    """Which alpha does what: the penalty's weight J^alpha where this model decides its errors, and elsewhere."""
+    """Which alpha does what: the penalty's weight J^alpha where this model decides its errors, and
+    elsewhere."""
+    problems = data.eval_set("rl", 1, size, n=n)
     with mixed_precision(device, dtype):
-        decisive, elsewhere = rl.certainty_at_errors(model, data.eval_set("rl", 1, size, n=n), device=device)
-    lines = [f"Which alpha does what: the weight J^alpha of the KL term on {size} held-out 'N+1' problems (rl.py's "
-             f"training distribution), at the first wrong character of the {len(decisive)} failed greedy "
-             f"generations and on average over the {len(elsewhere)} characters written right:", "",
+        completions = data.complete(model, problems, device=device)
+        decisive, elsewhere = metrics.certainty_at_errors(model, problems, completions, rl.certainty)
+    lines = [f"Which alpha does what: the weight J^alpha of the KL term on {size} held-out 'N+1' problems "
+             f"(rl.py's training distribution), at the first wrong character of the {len(decisive)} failed "
+             f"greedy generations and on average over the {len(elsewhere)} characters written right:", "",
              "| alpha | " + " | ".join(f"{a:g}" for a in ALPHAS) + " |", "|---" * (len(ALPHAS) + 1) + "|"]
     for name, values in (("at the first error", decisive), ("elsewhere", elsewhere)):
-        lines.append(f"| {name} | " + " | ".join("n/a" if not values else f"{rl.mean_weight(values, a):.3f}"
-                                                for a in ALPHAS) + " |")
+        cells = ["n/a" if not values else f"{metrics.mean_weight(values, lambda j: rl.kl_weight(j, a)):.3f}"
+                 for a in ALPHAS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -389,11 +339,11 @@ def fig5(model, problem, problems, completions, path, results, device, dtype):
     a, b = problem
     text = completions[problems.index((a, b))]
     with mixed_precision(device, dtype):
-        J = rl.certainty(rl.completion_logits(model, [(a, b)], [text])[0]).cpu().tolist()
+        J = rl.certainty(metrics.completion_logits(model, [(a, b)], [text])[0]).cpu().tolist()
     low_j = min(J)
     if sys.stdout.isatty():  # colours only for a terminal, not for a file or a pipe
         print(f"\n{path}: {a}+{b}, coloured by certainty J (red = {low_j:.2f}, white = 1), "
-              f"{'right' if data.reward(text, a, b) else 'wrong'} answer\n{ansi_certainty(text, J, low_j)}")
+              f"{'right' if data.reward((a, b), text) else 'wrong'} answer\n{ansi_certainty(text, J, low_j)}")
     stem = os.path.splitext(os.path.basename(path))[0]
     plot_certainty(text, J, low_j, os.path.join(results, f"certainty_{stem}.png"),
                    f"{stem}: {a}+{b}, each character coloured by the certainty J of the model writing it")
@@ -408,11 +358,12 @@ def cmd_errors(args, device, dtype):
                  f"choose a smaller --digits")
     problems = data.eval_set("identical", k, args.n)
     completions = solve(model, problems, device, dtype)
-    failures = [(c, a, b) for c, (a, b) in zip(completions, problems) if not data.reward(c, a, b)]
-    errors = [describe_error(c, a, b) for c, a, b in failures]  # never None: a perfect scratchpad ends right
-    in_lists = [e for e in errors if e["field"].startswith("operand") and e["line"] <= 3]
-    at_critical = {lines: sum(e["offset"] in data.critical_positions(a, b, n, lines)
-                              for e, (c, a, b) in zip(errors, failures)) for lines in (3, None)}
+    failures = [(c, a, b) for c, (a, b) in zip(completions, problems) if not data.reward((a, b), c)]
+    # never None: a perfect scratchpad ends right
+    first_errors = [errors.describe_error(c, a, b) for c, a, b in failures]
+    in_lists = [e for e in first_errors if e["field"].startswith("operand") and e["line"] <= 3]
+    at_critical = {lines: sum(e["offset"] in data.critical_positions((a, b), n, lines)
+                              for e, (c, a, b) in zip(first_errors, failures)) for lines in (3, None)}
     print(f"{args.ckpt}: {k}+{k} greedy accuracy {100 * (1 - len(failures) / len(problems)):.1f}% "
           f"({len(failures)} of {len(problems)} failed)")
     if failures:
@@ -420,14 +371,18 @@ def cmd_errors(args, device, dtype):
             return f"{count} of {len(failures)} failures ({100 * count / len(failures):.1f}%)"
         print(f"- first error in an operand list on lines 1-3: {share(len(in_lists))}")
         print(f"- first error at the paper's critical comma on lines 1-3: {share(at_critical[3])}")
-        print(f"- first error at the critical comma of any line (a list longer than pre-training ever showed on "
-              f"that line, closed where pre-training closed it): {share(at_critical[None])}")
-        print("\n| line | field | digits before | expected | wrote | kind | count |\n|---|---|---|---|---|---|---|")
-        where = Counter((e["line"], e["field"], e["index"], e["expected"], e["wrote"], e["kind"]) for e in errors)
+        print("- first error at the critical comma of any line (a list longer than pre-training ever showed "
+              f"on that line, closed where pre-training closed it): {share(at_critical[None])}")
+        print("\n| line | field | digits before | expected | wrote | kind | count "
+              "|\n|---|---|---|---|---|---|---|")
+        where = Counter((e["line"], e["field"], e["index"], e["expected"], e["wrote"], e["kind"])
+                        for e in first_errors)
         for (line, field, index, expected, wrote, kind), count in where.most_common(args.top):
-            print(f"| {line} | {field} | {'' if index is None else index} | {expected!r} | {wrote!r} | {kind} | {count} |")
+            print(f"| {line} | {field} | {'' if index is None else index} | {expected!r} | {wrote!r} | "
+                  f"{kind} | {count} |")
         print("\n| kind | count |\n|---|---|")
-        for kind, count in Counter(e["kind"] for e in errors).most_common(args.top):
+        for kind, count in Counter(e["kind"] for e in first_errors).most_common(args.top):
             print(f"| {kind} | {count} |")
     for c, a, b in failures[:args.show]:
-        print(f"\nclaims {a}+{b}={data.parse_answer(c)}, truth {a + b}; first error: {describe_error(c, a, b)}")
+        print(f"\nclaims {a}+{b}={data.parse_answer(c)}, truth {a + b}; first error: "
+              f"{errors.describe_error(c, a, b)}")

@@ -3,6 +3,7 @@ An RL run's folder, --out/--name, as rl.py writes it and curves.py reads it:
 
     config.json     every flag of the run (and the pre-training digits)
     metrics.jsonl   one JSON line per evaluation (a value that is not finite is written as null)
+    train.jsonl     one JSON line per iteration: every term of the loss, the gradient norm, the reward
     state.pt        while the run is unfinished: all that --resume needs (policy, optimizer, RNGs)
     model.pt        at the end, unless --no-save
 
@@ -18,7 +19,9 @@ import torch
 
 from runtime import atomic_save, device_type, write_text
 
-RESUME_MAY_DIFFER = {"threads", "resume", "force", "fast_generate", "save", "device"}  # no effect on the numbers
+METRICS_LOG, TRAIN_LOG = "metrics.jsonl", "train.jsonl"
+RESUME_MAY_DIFFER = {"threads", "resume", "force", "fast_generate", "save",
+                     "device"}  # no effect on the numbers
 # ... but the sampling generator's saved state only fits a generator of the same kind of device (cuda:0 and
 # cuda:1 share one): a run goes on on the kind it started on
 
@@ -35,8 +38,8 @@ def prepare(args, config):
         os.remove(stale)  # left by a run killed in the middle of a save
     if args.resume:
         if not (os.path.exists(state_path) and os.path.exists(config_path) and os.path.exists(metrics_path)):
-            sys.exit(f"error: --resume needs {state_path}, config.json and metrics.jsonl (an evaluation saves "
-                     f"them); start the run without --resume")
+            sys.exit(f"error: --resume needs {state_path}, config.json and metrics.jsonl (an evaluation "
+                     f"saves them); start the run without --resume")
         with open(config_path) as f:
             old = json.load(f)
         differ = [f"--{k.replace('_', '-')} {old.get(k)} (now {v})" for k, v in config.items()
@@ -44,20 +47,22 @@ def prepare(args, config):
         if differ:
             sys.exit(f"error: --resume with other settings than {run_dir} was made with: {'; '.join(differ)}")
         if device_type(old.get("device", "cpu")) != device_type(config["device"]):
-            sys.exit(f"error: {run_dir} ran on {old.get('device', 'cpu')} and its random state cannot move to "
+            sys.exit(f"error: {run_dir} ran on {old.get('device', 'cpu')} and its random state cannot move "
+                     "to "
                      f"{config['device']}; resume it with --device {device_type(old.get('device', 'cpu'))}")
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        with open(metrics_path) as f:  # a kill between logging a row and saving the state leaves one row more
-            rows = [json.loads(line) for line in f if line.strip()]
-        rows = [row for row in rows if row["episode"] <= state["episode"]]
-        write_text(metrics_path, "".join(json.dumps(row) + "\n" for row in rows))
+        # a kill after the state was saved leaves rows the resumed run writes again: cut them
+        rows = cut_back(metrics_path, state["episode"])
+        if os.path.exists(os.path.join(run_dir, TRAIN_LOG)):  # runs from before train.jsonl have none
+            cut_back(os.path.join(run_dir, TRAIN_LOG), state["episode"])
         return run_dir, state, rows
     if os.path.exists(run_dir) and os.listdir(run_dir) and not args.force:
-        sys.exit(f"error: {run_dir} already holds a run; choose another --name, continue it with --resume, or "
-                 f"pass --force to replace it")
+        sys.exit(f"error: {run_dir} already holds a run; choose another --name, continue it with --resume, "
+                 f"or pass --force to replace it")
     try:
         os.makedirs(run_dir, exist_ok=True)
-        for stale in ("metrics.jsonl", "model.pt", "state.pt"):  # --force: nothing of the old run stays
+        for stale in (METRICS_LOG, TRAIN_LOG, "model.pt",
+                      "state.pt"):  # --force: nothing of the old run stays
             if os.path.exists(os.path.join(run_dir, stale)):
                 os.remove(os.path.join(run_dir, stale))
         with open(config_path, "w") as f:
@@ -68,9 +73,19 @@ def prepare(args, config):
     return run_dir, None, []
 
 
-def append_row(run_dir, row):
-    """One evaluation as one JSON line; a value that is not finite is written as null (valid JSON)."""
-    with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
+def cut_back(path, episode):
+    """Keep the rows of a JSON-lines log up to `episode`; returns them."""
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    rows = [row for row in rows if row["episode"] <= episode]
+    write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+    return rows
+
+
+def append_row(run_dir, row, log=METRICS_LOG):
+    """One row (an evaluation, or with log=TRAIN_LOG an iteration) as one JSON line; a value that is not
+    finite is written as null (valid JSON)."""
+    with open(os.path.join(run_dir, log), "a") as f:
         f.write(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None
                             for k, v in row.items()}) + "\n")
 
@@ -78,8 +93,9 @@ def append_row(run_dir, row):
 def save_state(run_dir, policy, optimizer, rng, generator, iteration, row):
     """Everything --resume needs to go on as if the run had never stopped, in one atomic write."""
     atomic_save({"policy": policy.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.getstate(),
-                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "iteration": iteration,
-                 "episode": row["episode"], "minutes": row["minutes"]}, os.path.join(run_dir, "state.pt"))
+                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                 "iteration": iteration, "episode": row["episode"], "minutes": row["minutes"]},
+                os.path.join(run_dir, "state.pt"))
 
 
 def restore_state(state, policy, optimizer, rng, generator):

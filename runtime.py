@@ -8,7 +8,10 @@ Every script calls these; none of it is about the model or the task.
     memory      training_gb, too_big: refuse a run that cannot fit before it starts
     files       replace_atomically, atomic_save, write_text, save_figure: a run cut off mid-write
                 leaves the old file intact
+    flags       add_number, number: a flag's type and range in one place, refused in one line
 """
+import argparse
+import math
 import os
 import random
 import sys
@@ -60,7 +63,8 @@ def synchronize(device):
 # precision
 
 DTYPES = ["auto", "float32", "bfloat16"]
-DTYPE_HELP = "autocast precision (default auto: bfloat16 where supported, but float32 to generate on a CPU)"
+DTYPE_HELP = ("autocast precision (default auto: train in bfloat16 where the hardware computes it natively, "
+              "generate in float32)")
 
 
 def autocast_dtype(name, device):
@@ -118,7 +122,8 @@ def seed_everything(seed, device="cpu"):
     random.seed(seed)
     torch.manual_seed(seed)
     if device_type(device) == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before any matmul
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG",
+                              ":4096:8")  # read when cuBLAS starts: before any matmul
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
@@ -135,7 +140,8 @@ def training_gb(config, rows, length, attention_maps=False):
     activations = rows * length * (config.n_layer * 24 * config.n_embd + 3 * config.vocab_size)
     if attention_maps:
         activations += 2 * rows * config.n_layer * config.n_head * length ** 2
-    weights = 12 * config.n_layer * config.n_embd ** 2 + (config.vocab_size + config.block_size) * config.n_embd
+    embeddings = (config.vocab_size + config.block_size) * config.n_embd
+    weights = 12 * config.n_layer * config.n_embd ** 2 + embeddings
     return (activations + 4 * weights) * 4 / 1e9
 
 
@@ -188,3 +194,44 @@ def save_figure(fig, path):
     replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     print(f"wrote {path}", file=sys.stderr)
+
+
+# -----------------------------------------------------------------------------
+# flags: a number and its range, declared in one place
+
+def add_number(parser, flag, kind, default, help, **rules):
+    """parser.add_argument for a number flag with its range (rules: see number), in one line of the caller."""
+    parser.add_argument(flag, type=number(flag, kind, **rules), default=default, help=help)
+
+
+def number(flag, kind=float, at_least=None, above=None, at_most=None, below=None, message=None):
+    """An argparse type= for `flag`: parses `kind` and refuses, in one line, what is out of range (and, for
+    floats, what is not finite). message replaces the stated range, for a rule worth a reason."""
+    def parse(text):
+        value = kind(text)  # a ValueError becomes argparse's "invalid int value: 'many'"
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{flag} must be a finite number")
+        ok = ((at_least is None or value >= at_least) and (above is None or value > above)
+              and (at_most is None or value <= at_most) and (below is None or value < below))
+        if not ok:
+            raise argparse.ArgumentTypeError(message or f"{flag} must be "
+                                             f"{describe_range(kind, at_least, above, at_most)}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def describe_range(kind, at_least, above, at_most):
+    """'positive', 'non-negative', 'at least 1', 'at most 65536', or two of them joined."""
+    words = []
+    if above == 0:
+        words.append("positive")
+    elif above is not None:
+        words.append(f"above {above:g}")
+    if at_least == 0 and kind is float:
+        words.append("non-negative")
+    elif at_least is not None:
+        words.append(f"at least {at_least:g}")
+    if at_most is not None:
+        words.append(f"at most {at_most:g}")
+    return " and ".join(words)

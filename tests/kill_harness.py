@@ -44,7 +44,8 @@ def run(script, flags, kill_after=None):
         proc.communicate()
         return time.time() - start, True
     if proc.returncode != 0:
-        raise SystemExit(f"{script} {' '.join(flags)} failed: {err.strip().splitlines()[-1] if err.strip() else proc.returncode}")
+        raise SystemExit(f"{script} {' '.join(flags)} failed: "
+                         f"{err.strip().splitlines()[-1] if err.strip() else proc.returncode}")
     return time.time() - start, False
 
 
@@ -99,7 +100,8 @@ def rl_kills(folder, kills, rng, resumed):
         if not same:
             failures.append(f"RL kill {i + 1}")
             got = metrics(os.path.join(folder, name))
-            first = next((j for j, (x, y) in enumerate(zip(got, expected)) if x != y), min(len(got), len(expected)))
+            first = next((j for j, (x, y) in enumerate(zip(got, expected)) if x != y), min(len(got),
+                                                                                           len(expected)))
             print(f"  {len(got)} rows against {len(expected)}; first difference at row {first}:\n  "
                   f"{got[first] if first < len(got) else None}\n  {expected[first] if first < len(expected) else None}")
         resumed.append(resume == ["--resume"])
@@ -119,8 +121,8 @@ def main():
                     + rl_kills(folder, args.rl_kills, rng, resumed))
     if failures:
         sys.exit(f"error: {len(failures)} kill(s) did not resume exactly: {', '.join(failures)}")
-    print(f"all {len(resumed)} kills ended exactly like an uninterrupted run: {sum(resumed)} resumed from a save, "
-          f"{len(resumed) - sum(resumed)} killed before the first save and restarted")
+    print(f"all {len(resumed)} kills ended exactly like an uninterrupted run: {sum(resumed)} resumed from a "
+          f"save, {len(resumed) - sum(resumed)} killed before the first save and restarted")
 
 
 if __name__ == "__main__":

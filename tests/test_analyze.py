@@ -6,27 +6,27 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import analyze
 import curves
-import probe
 import data
-import torch
-
+import errors
+import probe
 from model import GPT, GPTConfig, save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_describe_error_is_none_for_the_exact_scratchpad():
-    assert probe.describe_error(data.scratchpad(12345678, 87654321), 12345678, 87654321) is None
+    assert errors.describe_error(data.scratchpad(12345678, 87654321), 12345678, 87654321) is None
 
 
 def test_describe_error_finds_an_early_closed_operand_list():
     a, b = 12345678, 87654321
     truth = data.scratchpad(a, b)
     wrong = truth.replace("[1,2,3,4,5,6,7,8]", "[1,2,3,4,5,6,7]", 1)
-    e = probe.describe_error(wrong, a, b)
+    e = errors.describe_error(wrong, a, b)
     assert e["line"] == 1 and e["field"] == "operand 1" and e["index"] == 7
     assert e["expected"] == "," and e["wrote"] == "]"
     assert e["kind"] == "closed the list too early (']' for ',')"
@@ -38,17 +38,17 @@ def test_describe_error_finds_a_skipped_digit_on_line_two_of_the_second_operand(
     line2 = truth.splitlines()[3]
     assert line2.startswith("[1,2,3,4,5,6,7] + [8,7,6,5,4,3,2]")
     wrong = truth.replace(line2, line2.replace("[8,7,6,5,4,3,2]", "[8,7,6,4,3,2]"))
-    e = probe.describe_error(wrong, a, b)
+    e = errors.describe_error(wrong, a, b)
     assert (e["line"], e["field"], e["index"], e["kind"]) == (2, "operand 2", 3, "skipped a digit")
 
 
 def test_describe_error_in_a_sum_and_in_a_truncated_text():
     truth = data.scratchpad(19, 3)
-    assert probe.describe_error(truth.replace("9+3+0=12", "9+3+0=11"), 19, 3)["field"] == "digit sum"
-    assert probe.describe_error(truth.replace("9+3+0=12", "9+4+0=13"), 19, 3)["field"] == "sum operands"
-    assert probe.describe_error(truth.replace("C->1\n", "C->0\n"), 19, 3)["field"] == "new carry"
-    assert probe.describe_error(truth.replace("A=[2] , C=1", "A=[2] , C=0"), 19, 3)["field"] == "carry"
-    assert probe.describe_error(truth[:20], 19, 3)["wrote"] == "(end)"
+    assert errors.describe_error(truth.replace("9+3+0=12", "9+3+0=11"), 19, 3)["field"] == "digit sum"
+    assert errors.describe_error(truth.replace("9+3+0=12", "9+4+0=13"), 19, 3)["field"] == "sum operands"
+    assert errors.describe_error(truth.replace("C->1\n", "C->0\n"), 19, 3)["field"] == "new carry"
+    assert errors.describe_error(truth.replace("A=[2] , C=1", "A=[2] , C=0"), 19, 3)["field"] == "carry"
+    assert errors.describe_error(truth[:20], 19, 3)["wrote"] == "(end)"
 
 
 def test_wilson_interval():
@@ -78,15 +78,16 @@ def test_mean_ci_matches_a_hand_computed_t_interval():
 
 
 def test_area_under_curve_is_the_time_average():
-    rows = [{"episode": 0, "acc_plus": 0.0}, {"episode": 100, "acc_plus": 100.0}, {"episode": 300, "acc_plus": 100.0}]
+    rows = [{"episode": 0, "acc_plus": 0.0}, {"episode": 100, "acc_plus": 100.0}, {"episode": 300,
+                                                                                   "acc_plus": 100.0}]
     assert curves.area_under_curve(rows) == pytest.approx((50 * 100 + 100 * 200) / 300)
 
 
 def _fake_run(root, name, alpha, seed, final, kl_coef=10.0, kl=0.001, episodes=512, **config):
     run = root / name
     run.mkdir()
-    (run / "config.json").write_text(json.dumps({"alpha": alpha, "kl_coef": kl_coef, "seed": seed, "name": name,
-                                                         "episodes": 512, **config}))
+    (run / "config.json").write_text(json.dumps({"alpha": alpha, "kl_coef": kl_coef, "seed": seed,
+                                                 "name": name, "episodes": 512, **config}))
     rows = [{"episode": e, "acc_plus": acc, "acc_comfort": 100.0, "critical_p": 0.9, "kl": kl}
             for e, acc in ((0, 50.0), (256, (50.0 + final) / 2), (512, final)) if e <= episodes]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -98,7 +99,8 @@ def test_runs_are_grouped_by_the_precision_they_generated_in(tmp_path):
     _fake_run(tmp_path, "before", 0.0, 0, 70.0)
     _fake_run(tmp_path, "pinned", 0.0, 1, 70.0, dtype="bfloat16", training_dtype="bfloat16",
               generation_dtype="bfloat16")
-    _fake_run(tmp_path, "auto", 0.0, 2, 70.0, dtype="auto", training_dtype="bfloat16", generation_dtype="float32")
+    _fake_run(tmp_path, "auto", 0.0, 2, 70.0, dtype="auto", training_dtype="bfloat16",
+              generation_dtype="float32")
     groups = curves.group_runs(curves.find_runs([str(tmp_path)]))
     names = {label: [run["config"]["name"] for run in members] for label, _, members in groups}
     assert names == {"generation_dtype=bfloat16": ["before", "pinned"], "generation_dtype=float32": ["auto"]}
@@ -130,14 +132,15 @@ def test_runs_measured_differently_or_cut_off_are_not_averaged_in(tmp_path):
     table = curves.summarize(curves.group_runs(curves.find_runs([str(runs)])))
     assert [(r["group"], r["seeds"], r["unfinished"], r["final"]) for r in table] == \
         [("eval_size=50", 1, 0, 90.0), ("eval_size=200", 2, 1, 75.0)]
-    out = subprocess.run([sys.executable, "analyze.py", "curves", str(runs), "--results", str(tmp_path)], cwd=ROOT,
-                         capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "analyze.py", "curves", str(runs), "--results", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and "Left out, not finished: " in out.stdout and "cut" in out.stdout
 
 
 def test_damage_is_a_comfort_loss_a_fall_below_the_start_or_a_non_finite_value():
     run = lambda comfort, plus, kl=0.001: {"rows": [{"episode": 0, "acc_plus": 60.0, "acc_comfort": 100.0},
-                                                    {"episode": 512, "acc_plus": plus, "acc_comfort": comfort, "kl": kl}]}
+                                                    {"episode": 512, "acc_plus": plus, "acc_comfort": comfort,
+                                                     "kl": kl}]}
     assert not curves.damaged(run(96.0, 80.0))
     assert curves.damaged(run(95.0, 80.0)) and curves.damaged(run(100.0, 59.5))
     assert curves.damaged(run(100.0, 80.0, kl=float("nan")))
@@ -154,7 +157,8 @@ def test_frontier_says_which_prioritized_runs_lie_above_the_uniform_frontier(tmp
     table = curves.summarize(curves.group_runs(curves.find_runs([str(runs)])))
     verdict = {r["group"]: [u["group"] for u in curves.beaten_by(r, table)] for r in table
                if not curves.is_uniform(r["settings"])}
-    assert verdict == {"alpha=100.0, kl_coef=10.0": [], "alpha=3.0, kl_coef=10.0": ["alpha=0.0, kl_coef=10.0"]}
+    assert verdict == {"alpha=100.0, kl_coef=10.0": [],
+                       "alpha=3.0, kl_coef=10.0": ["alpha=0.0, kl_coef=10.0"]}
     assert "alpha=0.0, kl_coef=0.0 (no penalty: alpha unused)" in [r["group"] for r in table]
     out = subprocess.run([sys.executable, "analyze.py", "frontier", str(runs), "--name", "fr", "--results",
                           str(tmp_path / "res")], cwd=ROOT, capture_output=True, text=True)
@@ -172,13 +176,14 @@ def test_a_damaged_log_is_an_error_that_names_the_file_and_line(tmp_path, line, 
     _fake_run(runs, "bad", 0.0, 1, 80.0, episodes=0)
     with open(runs / "bad" / "metrics.jsonl", "a") as f:
         f.write(line + "\n")
-    out = subprocess.run([sys.executable, "analyze.py", "curves", str(runs), "--results", str(tmp_path)], cwd=ROOT,
-                         capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "analyze.py", "curves", str(runs), "--results", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 1 and message in out.stderr and "bad" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_curves_without_runs_is_a_one_line_error(tmp_path):
-    out = subprocess.run([sys.executable, "analyze.py", "curves", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "analyze.py", "curves", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True)
     assert out.returncode == 1 and out.stderr.strip().startswith("error: no rl.py runs")
     assert len(out.stderr.strip().splitlines()) == 1
 
@@ -202,10 +207,10 @@ class Scripted(torch.nn.Module):
         logits = torch.full((*idx.shape, len(data.VOCAB)), -1e4)
         for i, row in enumerate(idx.tolist()):
             a, b = self._problem(data.decode(row))
-            full = data.prompt(a, b) + data.scratchpad(a, b)
+            full = data.prompt((a, b)) + data.scratchpad(a, b)
             for t in range(min(len(row), len(full) - 1)):
                 logits[i, t, data.STOI[full[t + 1]]] = 0.0
-            hesitate = len(data.prompt(a, b)) - 1 + self.offset
+            hesitate = len(data.prompt((a, b))) - 1 + self.offset
             logits[i, hesitate, data.STOI[self.alternative]] = 0.0
         return logits, None
 
@@ -214,7 +219,7 @@ class Scripted(torch.nn.Module):
         for row in idx.tolist():
             text = data.decode(row)
             a, b = self._problem(text)
-            done, truth = text[len(data.prompt(a, b)):], data.scratchpad(a, b)
+            done, truth = text[len(data.prompt((a, b))):], data.scratchpad(a, b)
             rest = truth[len(done):] if truth.startswith(done) else "\n</scratch>\n0\n"
             rows.append(data.encode(rest[:max_new_tokens]))
         width = max(len(r) for r in rows)
@@ -224,14 +229,15 @@ class Scripted(torch.nn.Module):
 
 def test_probe_finds_the_one_hesitant_decisive_token():
     problems = [(1234, 5678), (4321, 8765)]
-    offset = data.critical_positions(1234, 5678, 3)[0]  # the n+1 comma of line 1, operand 1, in both
+    offset = data.critical_positions((1234, 5678), 3)[0]  # the n+1 comma of line 1, operand 1, in both
     model = Scripted(offset, "]")
     greedy = probe.solve(model, problems, "cpu", None)
     tested, certainty = probe.probe(model, 3, problems, greedy, "cpu", None, controls=3, samples=8)
     critical = [r for r in tested if r["critical"]]
     assert [(r["problem"], r["t"]) for r in critical] == [(p, offset) for p in problems]
     hit = critical[0]
-    assert hit["wrote"] == "]" and "paper" in hit["why"] and (hit["line"], hit["field"], hit["index"]) == (1, "operand 1", 3)
+    assert hit["wrote"] == "]" and "paper" in hit["why"] and (hit["line"], hit["field"],
+                                                              hit["index"]) == (1, "operand 1", 3)
     assert (hit["right_wins"], hit["wrong_wins"]) == (8, 0)
     # two equally likely characters: J = 1 - log 2 / log |V|, against about 1 on every other token
     assert hit["J"] == pytest.approx(1 - math.log(2) / math.log(len(data.VOCAB)), abs=1e-3)
@@ -242,7 +248,8 @@ def test_probe_finds_the_one_hesitant_decisive_token():
     assert all(r["decisive"] and not r["critical"] for r in randoms if r["t"] != offset)
     rows = {r["positions"]: r for r in probe.table1(tested, certainty, drop=0.05)}
     selected = rows["low certainty and decisive (selected by Delta J)"]
-    assert selected["n"] == 2 and selected["mean"] == pytest.approx(hit["delta"], abs=1e-3) and selected["below"] == 1
+    assert selected["n"] == 2 and selected["mean"] == pytest.approx(hit["delta"],
+                                                                    abs=1e-3) and selected["below"] == 1
     assert rows["the paper's n+1 comma, lines 1-3 (fixed places)"]["n"] == 2 * 2 * 3  # 2 operands x 3 lines
     assert abs(rows["every token of the texts"]["mean"]) < 0.01
 
@@ -255,7 +262,8 @@ def test_decisiveness_needs_a_gap_with_intervals():
 
 
 def test_probe_subcommand_writes_table_and_figure(tiny_checkpoint, tmp_path):
-    r = subprocess.run([sys.executable, "analyze.py", "probe", "--ckpt", tiny_checkpoint, "--n", "3", "--controls",
+    r = subprocess.run([sys.executable, "analyze.py", "probe", "--ckpt", tiny_checkpoint, "--n", "3",
+                        "--controls",
                         "2", "--results", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "Table 1" in r.stdout and (tmp_path / "probe.md").exists()
@@ -268,9 +276,10 @@ def test_study_runs_every_step_and_resumes(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(analyze, "CHECKPOINTS", [ckpt])
     monkeypatch.setattr(analyze, "BUDGETS", {"small": {
         "n": 4, "probe_n": 2, "episodes": 4, "eval_every": 4, "seeds": 2, "alphas": [0, 100], "alpha_seeds": 1,
-        "pretraining_seeds": 1, "pretraining_plus": 2, "rl_flags": ["--batch-size", "2", "--group-size", "2", "--eval-size", "4"]}})
-    args = analyze.argparse.Namespace(budget="small", runs=str(tmp_path / "runs"), results=str(tmp_path / "res"),
-                                      device="cpu", jobs=2)
+        "pretraining_seeds": 1, "pretraining_plus": 2, "rl_flags": ["--batch-size", "2", "--group-size", "2",
+                                                                    "--eval-size", "4"]}})
+    args = analyze.argparse.Namespace(budget="small", runs=str(tmp_path / "runs"),
+                                      results=str(tmp_path / "res"), device="cpu", jobs=2)
     analyze.cmd_study(args)
     res = tmp_path / "res" / "study_small"
     for name in ("accuracy.md", "probe.md", "fig4.md", "fig6.md", "fig3.png"):
@@ -285,7 +294,8 @@ def test_study_runs_every_step_and_resumes(tmp_path, monkeypatch, capsys):
 
 
 def test_runs_side_by_side_log_what_runs_one_by_one_log(tiny_checkpoint, tmp_path):
-    budget = {"episodes": 4, "eval_every": 2, "rl_flags": ["--batch-size", "1", "--group-size", "2", "--eval-size", "2",
+    budget = {"episodes": 4, "eval_every": 2, "rl_flags": ["--batch-size", "1", "--group-size", "2",
+                                                           "--eval-size", "2",
                                                          "--ckpt", tiny_checkpoint, "--device", "cpu"]}
     logs = {}
     for jobs in (1, 2):

@@ -45,14 +45,13 @@ CASES = [
     ("rl", ["--temperature", "0"], "--temperature must be positive"),
     ("rl", ["--kl-estimator", "k9"], "invalid choice"),
     ("rl", ["--dtype", "half"], "invalid choice"),
-    ("rl", ["--kl-estimator", "k1"], "zero expected gradient"),
-    ("rl", ["--lr", "inf"], "finite"),
-    ("rl", ["--kl-coef", "inf"], "finite"),
-    ("rl", ["--alpha", "nan"], "finite"),
+    ("rl", ["--kl-estimator", "k1"], "zero expected gradient"), ("rl", ["--lr", "inf"], "finite"),
+    ("rl", ["--kl-coef", "inf"], "finite"), ("rl", ["--alpha", "nan"], "finite"),
     ("rl", ["--temperature", "1e-40"], "at least 0.01"),
     ("rl", ["--certainty-temperature", "0"], "--certainty-temperature must be positive"),
     ("rl", ["--group-size", "1"], "group of one learns nothing"),
-    ("rl", ["--episodes", "65", "--batch-size", "16", "--group-size", "4"], "multiple of --batch-size x --group-size = 64"),
+    ("rl", ["--episodes", "65", "--batch-size", "16", "--group-size", "4"],
+     "multiple of --batch-size x --group-size = 64"),
     ("rl", ["--name", "../../x"], "plain folder name"),
     ("rl", ["--name", "a/b"], "plain folder name"),
     ("rl", ["--eval-size", "1000000000"], "at most 100000"),
@@ -100,7 +99,8 @@ def files_under(folder):
 def playground(tmp_path, tiny_checkpoint):
     """An empty-looking folder with the few things the cases need: an existing file, an existing run."""
     (tmp_path / "existing.pt").write_text("not a checkpoint")
-    save_checkpoint(str(tmp_path / "no_digits.pt"), GPT(GPTConfig(block_size=64, n_layer=1, n_head=1, n_embd=8)))
+    save_checkpoint(str(tmp_path / "no_digits.pt"), GPT(GPTConfig(block_size=64, n_layer=1, n_head=1,
+                                                                  n_embd=8)))
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "metrics.jsonl").write_text("{}\n")
     (tmp_path / "empty").mkdir()
@@ -111,8 +111,8 @@ def playground(tmp_path, tiny_checkpoint):
 
 
 @pytest.mark.parametrize("script, args, words", CASES, ids=[f"{s} {' '.join(a)}" for s, a, _ in CASES])
-def test_bad_input_is_refused_with_one_line_and_nothing_written(script, args, words, playground, tiny_checkpoint,
-                                                                capsys, monkeypatch):
+def test_bad_input_is_refused_with_one_line_and_nothing_written(script, args, words, playground,
+                                                                tiny_checkpoint, capsys, monkeypatch):
     monkeypatch.chdir(playground)  # a default output path would land here, and be seen
     defaults = OUTPUTS[script]
     pairs = [defaults[i:i + 2] for i in range(0, len(defaults), 2) if defaults[i] not in args]

@@ -21,7 +21,7 @@ Target:
 
 
 def test_paper_example_character_for_character():
-    assert data.prompt(1234, 567) + data.scratchpad(1234, 567) == PAPER_EXAMPLE
+    assert data.prompt((1234, 567)) + data.scratchpad(1234, 567) == PAPER_EXAMPLE
 
 
 def test_scratchpad_starts_and_ends_as_specified():
@@ -57,8 +57,8 @@ def test_answer_of_random_problems_is_their_sum(seed):
         a, b = data.operand(rng.randint(1, 12), rng), data.operand(rng.randint(1, 12), rng)
         s = data.scratchpad(a, b)
         assert data.parse_answer(s) == a + b
-        assert data.reward(s, a, b) == 1.0
-        assert data.reward(s, a, b + 1) == 0.0
+        assert data.reward((a, b), s) == 1.0
+        assert data.reward((a, b + 1), s) == 0.0
         # the scratchpad has one line per digit of the longer operand, plus the END line
         assert s.count("\n") == 2 + max(len(str(a)), len(str(b))) + 1 + 2
 
@@ -84,7 +84,7 @@ def test_parse_answer_accepts_exact_lines_and_never_raises():
 
 
 def test_encode_decode_round_trip():
-    text = data.prompt(90817, 6) + data.scratchpad(90817, 6)
+    text = data.prompt((90817, 6)) + data.scratchpad(90817, 6)
     ids = data.encode(text)
     assert len(ids) == len(text)  # one character, one token
     assert data.decode(ids) == text
@@ -165,7 +165,7 @@ def test_batch_loss_mask_covers_the_completion_only():
     x, y = data.make_batch(problems)
     assert x.shape == y.shape
     for i, (a, b) in enumerate(problems):
-        p, c = data.prompt(a, b), data.scratchpad(a, b)
+        p, c = data.prompt((a, b)), data.scratchpad(a, b)
         kept = y[i][y[i] != -1].tolist()
         assert data.decode(kept) == c  # exactly the completion is predicted
         first = (y[i] != -1).nonzero()[0].item()
@@ -180,15 +180,15 @@ def test_batch_loss_mask_covers_the_completion_only():
 
 def test_prompt_batch_is_left_padded():
     x = data.prompt_batch([(1234, 567), (5, 7)])
-    assert data.decode(x[0].tolist()) == data.prompt(1234, 567)
-    assert data.decode(x[1].tolist()) == data.prompt(5, 7)
+    assert data.decode(x[0].tolist()) == data.prompt((1234, 567))
+    assert data.decode(x[1].tolist()) == data.prompt((5, 7))
     assert x[1, 0] == data.PAD_ID and x[1, -1] != data.PAD_ID
 
 
 def test_first_error_finds_where_a_completion_leaves_the_scratchpad():
     right = data.scratchpad(57, 68)
-    assert data.first_error(right, 57, 68) is None
-    assert data.first_error(right + "junk", 57, 68) is None  # what follows the answer does not count
+    assert data.first_error((57, 68), right) is None
+    assert data.first_error((57, 68), right + "junk") is None  # what follows the answer does not count
     i = right.index("A->")
-    assert data.first_error(right[:i] + "B" + right[i + 1:], 57, 68) == i
-    assert data.first_error(right[:10], 57, 68) == 10  # stopped early
+    assert data.first_error((57, 68), right[:i] + "B" + right[i + 1:]) == i
+    assert data.first_error((57, 68), right[:10]) == 10  # stopped early

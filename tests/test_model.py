@@ -38,7 +38,7 @@ def test_left_padding_does_not_change_a_row():
     x = data.prompt_batch(PROBLEMS)
     logits, _ = model(x)
     for i, (a, b) in enumerate(PROBLEMS):
-        alone, _ = model(torch.tensor([data.encode(data.prompt(a, b))]))
+        alone, _ = model(torch.tensor([data.encode(data.prompt((a, b)))]))
         n = alone.size(1)
         assert torch.allclose(logits[i, -n:], alone[0], atol=1e-5)
 
@@ -46,10 +46,10 @@ def test_left_padding_does_not_change_a_row():
 def test_kv_cache_generation_equals_full_forward_greedy():
     model = tiny_model()
     steps = 40
-    out = model.generate(data.prompt_batch(PROBLEMS), steps, temperature=0, stop=data.AnswerLineStop)
+    out = model.generate(data.prompt_batch(PROBLEMS), steps, temperature=0, stop=data.Stop)
     width = out.size(1) - steps
     for i, (a, b) in enumerate(PROBLEMS):
-        expected = greedy_by_full_forward(model, data.encode(data.prompt(a, b)), steps)
+        expected = greedy_by_full_forward(model, data.encode(data.prompt((a, b))), steps)
         assert out[i, width:].tolist() == expected
 
 
@@ -57,7 +57,7 @@ def test_sampling_is_reproducible_with_a_generator():
     model = tiny_model()
     idx = data.prompt_batch(PROBLEMS)
     runs = [model.generate(idx, 30, temperature=1.0, generator=torch.Generator().manual_seed(7),
-                           stop=data.AnswerLineStop) for _ in range(2)]
+                           stop=data.Stop) for _ in range(2)]
     assert torch.equal(runs[0], runs[1])
 
 
@@ -90,7 +90,7 @@ def test_generation_stops_each_row_after_its_answer_line(fast):
     scratch = data.scratchpad(12, 34)
     model = ScriptedGPT(scratch + "12+34 Target: 5 6\n")
     out = model.generate(data.prompt_batch([(12, 34), (120, 34), (1200, 34)]), 200, temperature=0, fast=fast,
-                         stop=data.AnswerLineStop)
+                         stop=data.Stop)
     width = data.prompt_batch([(1200, 34)]).size(1)
     for i, row in enumerate(out[:, width:].tolist()):
         assert data.decode(row) == "\n" * i + scratch  # row i starts i newlines late
@@ -102,7 +102,7 @@ def test_generation_stops_each_row_after_its_answer_line(fast):
 def test_too_long_generation_gives_clear_error():
     model = tiny_model()
     with pytest.raises(ValueError, match="block_size"):
-        model.generate(data.prompt_batch(PROBLEMS), 500, stop=data.AnswerLineStop)
+        model.generate(data.prompt_batch(PROBLEMS), 500, stop=data.Stop)
 
 
 def test_same_seed_same_loss():
@@ -170,7 +170,7 @@ def test_generation_under_bfloat16_autocast_keeps_the_cache_in_bfloat16():
     model = tiny_model()
     idx = data.prompt_batch(PROBLEMS)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model.generate(idx, 20, temperature=0, stop=data.AnswerLineStop)
+        out = model.generate(idx, 20, temperature=0, stop=data.Stop)
         logits, _ = model(out)
     assert out.shape == (len(PROBLEMS), idx.size(1) + 20)
     # the cached decoding follows the full forward pass's greedy choice wherever that choice is clear
@@ -191,8 +191,8 @@ def test_fast_generation_gives_the_plain_loops_tokens_greedy_float32():
         model.lm_head.weight[data.NEWLINE_ID] += 0.3
         model.lm_head.weight[data.SLASH_ID] += 0.3
     idx = mixed_lengths()
-    plain = model.generate(idx, 120, temperature=0, fast=False, stop=data.AnswerLineStop)
-    fast = model.generate(idx, 120, temperature=0, fast=True, stop=data.AnswerLineStop)
+    plain = model.generate(idx, 120, temperature=0, fast=False, stop=data.Stop)
+    fast = model.generate(idx, 120, temperature=0, fast=True, stop=data.Stop)
     assert torch.equal(plain, fast)
 
 
@@ -201,9 +201,9 @@ def test_fast_generation_draws_the_plain_loops_samples_with_the_same_generator()
     idx = mixed_lengths()
     for temperature in (1.0, 2.0):
         plain = model.generate(idx, 200, temperature, torch.Generator().manual_seed(3), fast=False,
-                               stop=data.AnswerLineStop)
+                               stop=data.Stop)
         fast = model.generate(idx, 200, temperature, torch.Generator().manual_seed(3), fast=True,
-                              stop=data.AnswerLineStop)
+                              stop=data.Stop)
         assert torch.equal(plain, fast)
         rows_finished_early = (plain[:, -1] == data.PAD_ID).sum()
         assert 0 < rows_finished_early < len(idx)  # rows did leave the batch early in the fast loop
@@ -234,7 +234,7 @@ def test_padding_is_never_predicted_nor_sampled():
     assert probs[..., data.PAD_ID].max() == 0 and torch.isfinite(torch.log_softmax(model(x)[0], -1)).all()
     prompts = data.prompt_batch(PROBLEMS * 8)
     first = model.generate(prompts, 1, temperature=3.0, generator=torch.Generator().manual_seed(0),
-                           stop=data.AnswerLineStop)[:, -1]
+                           stop=data.Stop)[:, -1]
     assert (first != data.PAD_ID).all()
 
 
@@ -250,7 +250,8 @@ def test_logits_are_float32_under_bfloat16_autocast():
 
 def test_generation_runs_in_float32_on_a_cpu_unless_a_precision_is_asked_for():
     assert generation_dtype("auto", "cpu") is None  # float32: decoding is faster in it on CPUs (model.py)
-    assert generation_dtype("bfloat16", "cpu") is torch.bfloat16 and generation_dtype("float32", "cpu") is None
+    assert generation_dtype("bfloat16", "cpu") is torch.bfloat16 and generation_dtype("float32",
+                                                                                      "cpu") is None
 
 
 @pytest.mark.parametrize("fast", [False, True])
@@ -261,7 +262,7 @@ def test_looking_at_finished_rows_less_often_gives_the_same_tokens(fast):
     idx = mixed_lengths()
     for temperature in (0.0, 1.0):
         runs = [model.generate(idx, 200, temperature, torch.Generator().manual_seed(3), fast=fast,
-                               stop=data.AnswerLineStop, check_every=every) for every in (1, 7, 16)]
+                               stop=data.Stop, check_every=every) for every in (1, 7, 16)]
         assert all(torch.equal(runs[0], other) for other in runs[1:])
         assert (runs[0][:, -1] != data.PAD_ID).any()  # cut back to the last real token, not padded beyond it
 

@@ -51,7 +51,7 @@ def test_batches_have_nearly_equal_lengths():
     stream = pretrain.batches(7, 32, 16, random.Random(0))
     waste = []
     for _ in range(32):
-        lengths = [data.sequence_length(a, b) for a, b in next(stream)]
+        lengths = [data.sequence_length((a, b)) for a, b in next(stream)]
         waste.append(1 - sum(lengths) / (len(lengths) * max(lengths)))
     assert sum(waste) / len(waste) < 0.05  # under 5% of the batch is padding
 
@@ -87,7 +87,8 @@ def test_an_interrupted_run_resumes_bit_identical(tmp_path, monkeypatch):
         pretrain.main([*flags[:-2], "--seed", "1", "--out", str(tmp_path / "cut.pt"), "--resume"])
     pretrain.main([*flags, "--out", str(tmp_path / "cut.pt"), "--resume"])
     whole, cut = (load_checkpoint(str(tmp_path / f"{name}.pt"), with_meta=True) for name in ("whole", "cut"))
-    assert all(torch.equal(a, b) for a, b in zip(whole[0].state_dict().values(), cut[0].state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(whole[0].state_dict().values(),
+                                                 cut[0].state_dict().values()))
     assert whole[1]["evals"] == cut[1]["evals"] and cut[1]["step"] == 12
 
 

@@ -68,7 +68,8 @@ def test_the_check_catches_a_changed_number(tmp_path):
     good = "<!-- from r.md -->\n\n| a | b |\n|---|---|\n| x | 1.0 |\n"
     assert problems(good, tmp_path) == []
     assert problems(good.replace("1.0", "1.5"), tmp_path) == ["r.md does not hold the README row | x | 1.5 |"]
-    assert problems(good.replace("r.md", "gone.md"), tmp_path) == ["README cites gone.md, which is not committed"]
+    assert problems(good.replace("r.md", "gone.md"),
+                    tmp_path) == ["README cites gone.md, which is not committed"]
 
 
 def test_tables_made_from_logs_are_rewritten_identically(tmp_path, monkeypatch, capsys):
@@ -91,7 +92,8 @@ def test_every_file_reads_in_one_sitting():
         with open(path) as f:
             source = f.read()
         assert source.count("\n") <= 450, f"{os.path.basename(path)} is over 450 lines"
-        assert not re.search(r"^(import pretrain|from pretrain import)", source, re.M) or path.endswith("pretrain.py")
+        assert not re.search(r"^(import pretrain|from pretrain import)", source,
+                             re.M) or path.endswith("pretrain.py")
     with open(os.path.join(ROOT, "README.md")) as f:
         assert f.read().count("\n") <= 250, "README.md is over 250 lines"
     with open(os.path.join(ROOT, "rl.py")) as f:

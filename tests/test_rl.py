@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import metrics
 import data
 import rl
 import run_folder
@@ -93,7 +94,8 @@ def test_full_estimator_is_the_exact_kl():
 
 
 @pytest.mark.parametrize("estimator, unbiased_value, gradient_of", [
-    ("k1", True, "nothing"), ("k2", False, "KL(pi || ref)"), ("k3", True, "KL(ref || pi)"), ("full", True, "KL(pi || ref)")])
+    ("k1", True, "nothing"), ("k2", False, "KL(pi || ref)"), ("k3", True, "KL(ref || pi)"), ("full", True,
+                                                                                             "KL(pi || ref)")])
 def test_which_divergence_each_estimators_expected_gradient_follows(estimator, unbiased_value, gradient_of):
     """E_{a~pi}[k(a)] and E_{a~pi}[grad k(a)] computed exactly by enumerating a 5-token vocabulary."""
     torch.manual_seed(0)
@@ -103,7 +105,8 @@ def test_which_divergence_each_estimators_expected_gradient_follows(estimator, u
     reverse = (logp.exp() * (logp - ref_logp)).sum()  # KL(pi || ref), the paper's penalty
     forward = (ref_logp.exp() * (ref_logp - logp)).sum()  # KL(ref || pi)
     gradients = {"KL(pi || ref)": torch.autograd.grad(reverse, theta, retain_graph=True)[0],
-                 "KL(ref || pi)": torch.autograd.grad(forward, theta, retain_graph=True)[0], "nothing": torch.zeros(V)}
+                 "KL(ref || pi)": torch.autograd.grad(forward, theta,
+                                                      retain_graph=True)[0], "nothing": torch.zeros(V)}
     actions = torch.arange(V)
     ks = rl.kl_estimate(logp.expand(V, V), ref_logp.expand(V, V), actions, estimator)
     weights = torch.ones(1) if estimator == "full" else logp.exp().detach()  # sampling carries no gradient
@@ -119,7 +122,8 @@ def test_k1_is_refused_in_the_loss():
     logits, ref_logits, actions, advantages, mask = toy_batch()
     with pytest.raises(ValueError, match="zero expected gradient"):
         rl.rl_loss(logits, ref_logits, actions, advantages, mask, kl_coef=1.0, alpha=0.0, kl_estimator="k1")
-    rl.rl_loss(logits, ref_logits, actions, advantages, mask, kl_coef=0.0, alpha=0.0, kl_estimator="k1")  # no penalty
+    rl.rl_loss(logits, ref_logits, actions, advantages, mask, kl_coef=0.0, alpha=0.0,
+               kl_estimator="k1")  # no penalty
 
 
 def test_ppo_ratio_is_one_on_the_first_epoch():
@@ -128,7 +132,8 @@ def test_ppo_ratio_is_one_on_the_first_epoch():
     ppo, _ = rl.rl_loss(logits, ref_logits, actions, advantages, mask, kl_coef=0.3, alpha=1.0, old_logp=old,
                         temperature=2.0)
     (g_ppo,) = torch.autograd.grad(ppo, logits)
-    plain, _ = rl.rl_loss(logits, ref_logits, actions, advantages, mask, kl_coef=0.3, alpha=1.0, temperature=2.0)
+    plain, _ = rl.rl_loss(logits, ref_logits, actions, advantages, mask, kl_coef=0.3, alpha=1.0,
+                          temperature=2.0)
     (g_plain,) = torch.autograd.grad(plain, logits)
     assert torch.allclose(g_ppo, g_plain, atol=1e-6)  # ratio 1: same gradient as the policy gradient
 
@@ -155,12 +160,11 @@ class Writer(GPT):
 def test_rollout_batch_is_prompt_then_completion_with_the_generated_tokens_masked_in():
     problems = [(12, 34), (5, 6)]
     texts = [data.scratchpad(12, 34), "\n<s"]  # a right answer, and a row that stopped early
-    args = type("Args", (), {"temperature": 1.0, "fast_generate": True})
-    inputs, actions, mask, rewards = rl.rollout(Writer(texts), problems, args, "cpu", None)
+    inputs, actions, mask, rewards = rl.rollout(Writer(texts), problems, 1.0, None)
     assert rewards.tolist() == [1.0, 0.0]
     for i, ((a, b), text) in enumerate(zip(problems, texts)):
-        full = data.encode(data.prompt(a, b) + text)
-        p = len(data.prompt(a, b))
+        full = data.encode(data.prompt((a, b)) + text)
+        p = len(data.prompt((a, b)))
         assert inputs[i, :len(full)].tolist() == full[:inputs.size(1)]  # from column 0: no left padding
         assert (inputs[i, len(full):] == data.PAD_ID).all()
         assert actions[i, p - 1:len(full) - 1].tolist() == full[p:]  # the generated tokens
@@ -175,11 +179,12 @@ def test_critical_probability_reads_the_comma():
             logits[..., data.STOI[","]] = 0.0
             return logits, None
     model = Oracle(GPTConfig(block_size=256, n_layer=1, n_head=1, n_embd=8))
-    assert rl.critical_probabilities(model, [(1234, 5678)], 3, 1.0, lines=(3,))[0] == pytest.approx(1.0)
+    assert metrics.critical_probabilities(model, [(1234, 5678)], 3, 1.0, lines=(3,))[0] == pytest.approx(1.0)
 
 
 def test_smoke_run_writes_metrics_and_checkpoint(tiny_checkpoint, tmp_path):
-    r = subprocess.run([sys.executable, "rl.py", "--ckpt", tiny_checkpoint, "--episodes", "8", "--batch-size", "2",
+    r = subprocess.run([sys.executable, "rl.py", "--ckpt", tiny_checkpoint, "--episodes", "8", "--batch-size",
+                        "2",
                         "--group-size", "2", "--eval-every", "4", "--eval-size", "4", "--out", str(tmp_path),
                         "--name", "smoke", "--algo", "ppo", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -198,14 +203,16 @@ def test_an_existing_run_is_not_replaced_without_force(tiny_checkpoint, tmp_path
     run = tmp_path / "mine"
     run.mkdir()
     (run / "metrics.jsonl").write_text("{}\n")
-    r = subprocess.run([sys.executable, "rl.py", "--ckpt", tiny_checkpoint, "--out", str(tmp_path), "--name", "mine"],
+    r = subprocess.run([sys.executable, "rl.py", "--ckpt", tiny_checkpoint, "--out", str(tmp_path), "--name",
+                        "mine"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "already holds a run" in r.stderr and "--force" in r.stderr
     assert (run / "metrics.jsonl").read_text() == "{}\n" and not (run / "config.json").exists()
 
 
 def test_a_diverging_run_stops_with_one_line_and_valid_logs(tiny_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setattr(rl.data, "reward", lambda completion, a, b: float(len(completion) % 2))  # some signal
+    monkeypatch.setattr(rl.data, "reward", lambda problem,
+                        completion: float(len(completion) % 2))  # some signal
     with pytest.raises(SystemExit) as e:
         rl.main(["--ckpt", tiny_checkpoint, "--episodes", "16", "--batch-size", "2", "--group-size", "2",
                  "--eval-every", "8", "--eval-size", "2", "--out", str(tmp_path), "--name", "nan", "--lr", "1e30",
@@ -216,8 +223,10 @@ def test_a_diverging_run_stops_with_one_line_and_valid_logs(tiny_checkpoint, tmp
 
 
 def test_an_interrupted_run_resumes_to_the_same_metrics(tiny_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setattr(rl.data, "reward", lambda completion, a, b: float(len(completion) % 2))  # some signal
-    flags = ["--ckpt", tiny_checkpoint, "--episodes", "16", "--batch-size", "2", "--group-size", "2", "--eval-every",
+    monkeypatch.setattr(rl.data, "reward", lambda problem,
+                        completion: float(len(completion) % 2))  # some signal
+    flags = ["--ckpt", tiny_checkpoint, "--episodes", "16", "--batch-size", "2", "--group-size", "2",
+             "--eval-every",
              "4", "--eval-size", "2", "--out", str(tmp_path), "--threads", "1", "--no-save", "--device", "cpu"]
     rl.main([*flags, "--name", "whole"])
     save = run_folder.atomic_save  # the run's state is written by run_folder.save_state
@@ -239,6 +248,8 @@ def test_an_interrupted_run_resumes_to_the_same_metrics(tiny_checkpoint, tmp_pat
     rows = lambda name: [{k: v for k, v in json.loads(line).items() if k != "minutes"}
                          for line in open(tmp_path / name / "metrics.jsonl")]
     assert [r["episode"] for r in rows("cut")] == [0, 4, 8, 12, 16] and rows("cut") == rows("whole")
+    steps = lambda name: (tmp_path / name / "train.jsonl").read_text()
+    assert steps("cut") == steps("whole")  # the iterations after the last save are cut, then written again
     assert not (tmp_path / "cut" / "state.pt").exists()  # a finished run keeps only its logs
 
 
@@ -260,7 +271,7 @@ def test_a_tiny_model_learns_a_trivial_reward():
     mask = torch.zeros(32, prompts.size(1))
     mask[:, -1] = 1.0  # the loss on the generated token only
     for _ in range(30):
-        seq = policy.generate(prompts, 1, temperature=1.0, stop=data.AnswerLineStop)
+        seq = policy.generate(prompts, 1, temperature=1.0, stop=data.Stop)
         rewards = (seq[:, -1] == seven).float()
         adv = rl.group_advantages(rewards, 32)
         logits, _ = policy(seq[:, :-1])
@@ -278,7 +289,7 @@ def test_certainty_at_errors_separates_the_decisive_state(monkeypatch):
     a, b = 1234, 5678
     text = data.scratchpad(a, b)
     wrong = text.index("A->")  # the reference writes a wrong character here
-    start = len(data.prompt(a, b)) - 1
+    start = len(data.prompt((a, b))) - 1
 
     class Reference(GPT):
         def forward(self, idx, targets=None, offset=None):
@@ -287,12 +298,12 @@ def test_certainty_at_errors_separates_the_decisive_state(monkeypatch):
             logits[:, start + wrong] = 0.0  # uniform: no certainty at the decisive state
             return logits, None
     reference = Reference(GPTConfig(block_size=256, n_layer=1, n_head=1, n_embd=8))
-    monkeypatch.setattr(data, "complete", lambda *args, **kwargs: [text[:wrong] + "B"])
-    decisive, elsewhere = rl.certainty_at_errors(reference, [(a, b)])
+    decisive, elsewhere = metrics.certainty_at_errors(reference, [(a, b)], [text[:wrong] + "B"], rl.certainty)
     assert len(decisive) == 1 and len(elsewhere) == wrong
-    assert rl.mean_weight(decisive, 3) == pytest.approx(0.0, abs=1e-6)
-    assert rl.mean_weight(elsewhere, 3) == pytest.approx(1.0, abs=1e-4)
-    assert rl.mean_weight(decisive, 0) == 1.0 and rl.mean_weight([], 3) is None  # alpha 0: standard penalty
+    weight = {alpha: lambda j, alpha=alpha: rl.kl_weight(j, alpha) for alpha in (0, 3)}
+    assert metrics.mean_weight(decisive, weight[3]) == pytest.approx(0.0, abs=1e-6)
+    assert metrics.mean_weight(elsewhere, weight[3]) == pytest.approx(1.0, abs=1e-4)
+    assert metrics.mean_weight(decisive, weight[0]) == 1.0 and metrics.mean_weight([], weight[3]) is None
 
 
 def test_critical_probabilities_read_every_position_in_one_copy():
@@ -300,15 +311,19 @@ def test_critical_probabilities_read_every_position_in_one_copy():
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=512, n_layer=1, n_head=2, n_embd=16)).eval()
     problems = [(1234, 5678), (9999, 1), (4321, 87)]
-    got = rl.critical_probabilities(model, problems, 3, 2.0, lines=(3, None))
-    comma = [F.softmax(rows / 2.0, dim=-1)[:, data.STOI[","]] for rows in rl.completion_logits(model, problems)]
+    got = metrics.critical_probabilities(model, problems, 3, 2.0, lines=(3, None))
+    comma = [F.softmax(rows / 2.0, dim=-1)[:, data.STOI[","]] for rows in metrics.completion_logits(model,
+                                                                                                    problems)]
     for limit, value in zip((3, None), got):
-        one_by_one = [p[c].item() for p, (a, b) in zip(comma, problems) for c in data.critical_positions(a, b, 3, limit)]
+        one_by_one = [p[c].item() for p, problem in zip(comma,
+                                                        problems) for c in data.critical_positions(problem, 3,
+                                                                                                   limit)]
         assert len(one_by_one) > 0 and value == sum(one_by_one) / len(one_by_one)
 
 
 def test_a_run_resumes_only_on_the_kind_of_device_it_started_on(tiny_checkpoint, tmp_path):
-    flags = ["--ckpt", tiny_checkpoint, "--episodes", "8", "--batch-size", "2", "--group-size", "2", "--eval-every",
+    flags = ["--ckpt", tiny_checkpoint, "--episodes", "8", "--batch-size", "2", "--group-size", "2",
+             "--eval-every",
              "4", "--eval-size", "2", "--out", str(tmp_path), "--name", "moved", "--threads", "1", "--no-save",
              "--device", "cpu"]
     save = run_folder.atomic_save
@@ -321,7 +336,35 @@ def test_a_run_resumes_only_on_the_kind_of_device_it_started_on(tiny_checkpoint,
         with pytest.raises(SystemExit):
             rl.main(flags)
     config = json.loads((tmp_path / "moved" / "config.json").read_text())
-    (tmp_path / "moved" / "config.json").write_text(json.dumps({**config, "device": "mps"}))  # as if made on a Mac
+    (tmp_path / "moved" / "config.json").write_text(json.dumps({**config,
+                                                                "device": "mps"}))  # as if made on a Mac
     with pytest.raises(SystemExit) as e:
         rl.main([*flags, "--resume"])
     assert "ran on mps" in e.value.code and "--device mps" in e.value.code and "\n" not in e.value.code
+
+
+def test_every_term_of_the_loss_is_logged_each_iteration(tiny_checkpoint, tmp_path):
+    rl.main(["--ckpt", tiny_checkpoint, "--episodes", "8", "--batch-size", "2", "--group-size", "2", "--eval-every",
+             "8", "--eval-size", "2", "--out", str(tmp_path), "--name", "ppo", "--algo", "ppo", "--threads", "1",
+             "--no-save", "--device", "cpu"])
+    steps = [json.loads(line) for line in open(tmp_path / "ppo" / "train.jsonl")]
+    _, terms = rl.rl_loss(*toy_batch(), kl_coef=1.0, alpha=1.0, old_logp=torch.zeros(3, 5))
+    assert [row["iteration"] for row in steps] == [1, 2] and [row["episode"] for row in steps] == [4, 8]
+    for row in steps:
+        assert set(terms) | {"loss", "grad_norm", "reward", "completion_length"} <= set(row)
+        assert {"entropy", "clip_fraction", "approx_kl"} <= set(row) and 0 <= row["clip_fraction"] <= 1
+    metrics_rows = [json.loads(line) for line in open(tmp_path / "ppo" / "metrics.jsonl")]
+    assert metrics_rows[-1]["reward"] == pytest.approx(sum(r["reward"] for r in steps) / 2)
+
+
+def test_the_weighting_is_written_once(monkeypatch):
+    """A fork that swaps J^alpha for a threshold edits rl.kl_weight alone: the loss and curves' "uniform"
+    both follow it."""
+    import curves
+    monkeypatch.setattr(rl, "kl_weight", lambda certainty, alpha: (certainty > alpha) * 1.0)
+    logits, ref_logits, actions, advantages, mask = toy_batch()
+    _, terms = rl.rl_loss(logits, ref_logits, actions, advantages, mask, kl_coef=1.0, alpha=0.5)
+    expected = rl.masked_mean((rl.certainty(ref_logits) > 0.5).float(), mask).item()
+    assert terms["kl_weight"] == pytest.approx(expected)
+    assert curves.is_uniform({"alpha": 1.5, "kl_coef": 1.0})  # a threshold above every J weighs every state 0
+    assert not curves.is_uniform({"alpha": 0.5, "kl_coef": 1.0})

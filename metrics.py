@@ -1,0 +1,103 @@
+"""
+What an RL run measures besides its loss: each row of metrics.jsonl (rl.py calls `evaluate` every
+--eval-every episodes), and the critical-token measurements that probe.py's tables build on too.
+Everything goes through data.py's task interface.
+
+    evaluate                greedy and sampled accuracy on the run's held-out sets, critical-token probability
+    one_line                an evaluation as the progress line rl.py prints
+    completion_logits       the model's teacher-forced distribution at every character of a completion
+    critical_probabilities  how likely the model writes the right character at the task's critical tokens
+    certainty_at_errors     the reference's certainty where its own generations first go wrong, and elsewhere
+    weights_at_errors       the mean KL weight there and elsewhere: how much of the penalty alpha lifts
+"""
+import torch
+import torch.nn.functional as F
+
+import data
+from runtime import mixed_precision
+
+
+def evaluate(policy, sets, n, temperature, seed, device, dtype, fast=True):
+    """Greedy accuracy on N+k (the evaluation set, and the validation set that hyper-parameters are
+    chosen on) and on the comfort zone, sampled accuracy on N+k at `temperature`, critical-token
+    probability. Returns the metrics and the greedy N+k completions (which the first evaluation reuses)."""
+    with mixed_precision(device, dtype):
+        generator = torch.Generator(device).manual_seed(seed)
+        paper_lines, all_lines = critical_probabilities(policy, sets["critical"], n, temperature)
+        greedy = data.complete(policy, sets["plus"], device=device, fast=fast)
+        sampled = data.complete(policy, sets["plus"], temperature=temperature, device=device,
+                                generator=generator, fast=fast)
+        comfort = data.complete(policy, sets["comfort"], device=device, fast=fast)
+        validation = data.complete(policy, sets["val"], device=device, fast=fast)
+    return {
+        "acc_plus": data.percent_correct(greedy, sets["plus"]),
+        "val_plus": data.percent_correct(validation, sets["val"]),
+        "acc_comfort": data.percent_correct(comfort, sets["comfort"]),
+        "acc_plus_sampled": data.percent_correct(sampled, sets["plus"]), "critical_p": paper_lines,
+        "critical_p_all": all_lines,
+    }, greedy
+
+
+def one_line(row, digits_plus):
+    """The progress line printed at each evaluation."""
+    line = (f"episode {row['episode']} | N+{digits_plus} greedy {row['acc_plus']:.1f}% sampled "
+            f"{row['acc_plus_sampled']:.1f}% | val {row['val_plus']:.1f}% | "
+            f"comfort {row['acc_comfort']:.1f}% | critical p {row['critical_p']:.3f}")
+    return line + (f" | reward {row['reward']:.3f} kl {row['kl']:.4f}" if row["reward"] is not None else "")
+
+
+@torch.no_grad()
+def completion_logits(model, problems, completions=None):
+    """Teacher-forced logits (float) over each completion, by default the correct text data.target: one
+    (len(completion), V) tensor per problem, row c being the model's distribution for character c."""
+    x, _ = data.make_batch(problems, next(model.parameters()).device, completions)
+    logits, _ = model(x)
+    texts = completions or [data.target(problem) for problem in problems]
+    # x[t] predicts the character after it: the completion's first character is predicted at the prompt's last
+    return [logits[i, len(data.prompt(problem)) - 1:][:len(text)].float()
+            for i, (problem, text) in enumerate(zip(problems, texts))]
+
+
+def critical_probabilities(model, problems, n, temperature, lines=(3, None)):
+    """Mean probability (at the sampling temperature) of the right character at the critical positions
+    (data.critical_positions: for addition the ',' that continues a list longer than pre-training showed),
+    with the correct text teacher-forced before it, i.e. while the copy is right; one value per entry of
+    `lines`, all from one forward pass. 3 tracks the paper's positions (lines 1-3); None every line, which
+    matters here because add7 mostly fails on lines 5-6."""
+    right = []  # per problem: the probability of the right character at every position of its text
+    for problem, rows in zip(problems, completion_logits(model, problems)):
+        truth = torch.tensor(data.encode(data.target(problem)), device=rows.device)
+        right.append(F.softmax(rows / temperature, dim=-1).gather(1, truth[:, None]).squeeze(1))
+    means = []
+    for limit in lines:
+        at = [p[data.critical_positions(problem, n, lines=limit)] for p, problem in zip(right, problems)]
+        values = torch.cat(at).tolist()  # one copy from the device, not one per position
+        means.append(sum(values) / max(1, len(values)))
+    return means
+
+
+def certainty_at_errors(reference, problems, completions, certainty):
+    """The reference's certainty (`certainty`: logits -> J per row, rl.certainty with its settings) on its
+    own completions: at the first wrong character of each failed one (the state that decided the error),
+    and at every character before it or in a right one. Two lists of floats."""
+    decisive, elsewhere = [], []
+    for problem, text, rows in zip(problems, completions, completion_logits(reference, problems)):
+        J = certainty(rows)  # on the correct text: the same states as the model's own, up to its error
+        wrong = data.first_error(problem, text)
+        elsewhere += J[:wrong].tolist()  # wrong is None: the whole text
+        if wrong is not None:
+            decisive.append(J[wrong].item())
+    return decisive, elsewhere
+
+
+def weights_at_errors(reference, problems, completions, certainty, weight):
+    """The mean KL weight, weight(J) (rl.kl_weight), at the states where the reference's completions first go
+    wrong and on average elsewhere (README: "Step 2"): how much of the penalty a weighting lifts where it
+    matters. certainty: logits -> J per row, as in certainty_at_errors."""
+    return [mean_weight(values, weight) for values in certainty_at_errors(reference, problems, completions,
+                                                                          certainty)]
+
+
+def mean_weight(certainties, weight):
+    """The mean of weight(J) over a list of certainties J (floats); None for an empty list."""
+    return sum(weight(j) for j in certainties) / len(certainties) if certainties else None
