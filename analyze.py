@@ -69,11 +69,11 @@ def cmd_accuracy(args, device, dtype):
 # -----------------------------------------------------------------------------
 # the whole study in one command
 
-# what each budget runs; the small one takes about an hour on a 2-core CPU (README: "The whole study")
+# what each budget runs; the small one takes about an hour on a 2-core CPU (README: "Step 3")
 BUDGETS = {
     "small": {"n": 200, "probe_n": 50, "episodes": 1024, "eval_every": 256, "seeds": 3,
-              "alphas": [0, 3, 10, 100, 1000,
-                         10000], "alpha_seeds": 1, "pretraining_seeds": 1, "pretraining_plus": 1},
+              "alphas": [0, 3, 10, 100, 1000, 10000], "alpha_seeds": 1, "pretraining_seeds": 1,
+              "pretraining_plus": 1},
     "full": {"n": 1000, "probe_n": 50, "episodes": 2048, "eval_every": 512, "seeds": 5,
              "alphas": [0, 3, 10, 30, 100, 300, 1000, 10000], "alpha_seeds": 3, "pretraining_seeds": 3,
              "pretraining_plus": 1},
@@ -132,8 +132,8 @@ def cmd_study(args):
     """Every table and figure: accuracy (Tables 4-5), the probe (Table 1, Fig. 5), standard against
     prioritized KL (Fig. 4), the alpha sweep (Fig. 6) and RL on N+2 after more pre-training (Fig. 3)."""
     budget = BUDGETS[args.budget]
-    out, results = os.path.join(args.runs, f"study_{args.budget}"), os.path.join(args.results,
-                                                                                 f"study_{args.budget}")
+    out = os.path.join(args.runs, f"study_{args.budget}")
+    results = os.path.join(args.results, f"study_{args.budget}")
     missing = [c for c in CHECKPOINTS if not os.path.exists(c)]
     if missing:
         sys.exit(f"error: missing {', '.join(missing)}: the study needs the shipped checkpoints (see "
@@ -253,8 +253,7 @@ def get_args(argv=None):
 def main(argv=None):
     args = get_args(argv)
     set_threads(getattr(args, "threads", None))
-    if args.command in ("curves", "frontier",
-                        "study"):  # read run logs, or start other scripts: no model here
+    if args.command in ("curves", "frontier", "study"):  # read run logs, or start other scripts: no model
         return {"curves": cmd_curves, "frontier": cmd_frontier, "study": cmd_study}[args.command](args)
     device = pick_device(args.device)
     dtype = autocast_dtype("auto", device)

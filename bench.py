@@ -22,9 +22,8 @@ import torch
 
 import data
 from model import CheckpointError, load_checkpoint
-from runtime import (DEVICE_HELP, DTYPE_HELP, DTYPES, autocast_dtype, generation_dtype, mixed_precision,
-                     pick_device,
-                     number, precision_name, set_threads, synchronize)
+from runtime import (DEVICE_HELP, DTYPE_HELP, DTYPES, add_number, autocast_dtype, generation_dtype,
+                     mixed_precision, pick_device, precision_name, set_threads, synchronize)
 
 
 def timed(fn, device):
@@ -73,15 +72,15 @@ def matmul_peak(device, dtype, size=2048, repeats=5):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default="checkpoints/add7.pt", help="model to time")
-    p.add_argument("--digits", type=number("--digits", int, at_least=1), default=None,
-                   help="K for the K+K problems (default N+1)")
-    p.add_argument("--batch-size", type=number("--batch-size", int, at_least=1, at_most=65_536), default=64,
-                   help="rows generated at once (default 64: one RL iteration, 16 problems x 4 samples)")
-    p.add_argument("--recompute-every", type=number("--recompute-every", int, at_least=1), default=16,
-                   help="time the full recompute at every K-th new token, scaled by K (default 16; 1: exact)")
+    add_number(p, "--digits", int, None, "K for the K+K problems (default N+1)", at_least=1)
+    add_number(p, "--batch-size", int, 64,
+               "rows generated at once (default 64: one RL iteration, 16 problems x "
+               "4 samples)", at_least=1, at_most=65_536)
+    add_number(p, "--recompute-every", int, 16,
+               "time the full recompute at every K-th new token, scaled by K "
+               "(default 16; 1: exact)", at_least=1)
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--threads", type=number("--threads", int, at_least=1), default=None,
-                   help="CPU threads (default: all cores)")
+    add_number(p, "--threads", int, None, "CPU threads (default: all cores)", at_least=1)
     p.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
     args = p.parse_args(argv)
     set_threads(args.threads)

@@ -84,8 +84,8 @@ def run_finished(run):
 
 
 def damaged(run):
-    """Issue-10's damage test for one run: the comfort zone lost 5 points or more, or the N+k accuracy
-    ended below its start, or a logged value is not finite."""
+    """The damage test for one run (README, glossary: "damaged"): the comfort zone lost 5 points or more,
+    or the N+k accuracy ended below its start, or a logged value is not finite."""
     first, last = run["rows"][0], run["rows"][-1]
     values = [v for r in run["rows"] for v in r.values() if isinstance(v, float)]
     return (first["acc_comfort"] - last["acc_comfort"] >= 5 or last["acc_plus"] < first["acc_plus"]

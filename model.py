@@ -330,7 +330,7 @@ def load_checkpoint(path, device="cpu", with_meta=False):
         missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
         if set(missing) != {"lm_head.weight"} or unexpected:  # lm_head.weight is tied to wte.weight
             raise RuntimeError(f"missing {missing}, unexpected {unexpected}")
-    except (TypeError, RuntimeError, AssertionError, ValueError) as e:  # AssertionError: e.g. n_embd % n_head
+    except (TypeError, RuntimeError, ValueError) as e:  # ValueError: e.g. n_embd not divisible by n_head
         raise CheckpointError(f"{path} does not match this model code: "
                               f"{(str(e) or type(e).__name__).splitlines()[0]}") from None
     model.to(device).eval()

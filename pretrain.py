@@ -1,5 +1,5 @@
 """
-Supervised pre-training on 1..N-digit additions with the scratchpad (paper.md section 3).
+Supervised pre-training on 1..N-digit additions with the scratchpad (the paper's section 3).
 
     python pretrain.py --digits 7                  # writes runs/add7.pt (~42 min on 2 CPU cores)
     python pretrain.py --digits 3 --steps 2000     # a quick, not yet accurate one
@@ -26,51 +26,38 @@ from tqdm import tqdm
 
 import data
 from model import GPT, GPTConfig, save_checkpoint
-from runtime import (DEVICE_HELP, DTYPE_HELP, DTYPES, atomic_save, autocast_dtype, generation_dtype,
-                     mixed_precision,
-                     number, pick_device, precision_name, seed_everything, set_threads, too_big)
+from runtime import (DEVICE_HELP, DTYPE_HELP, DTYPES, add_number, atomic_save, autocast_dtype,
+                     generation_dtype, mixed_precision, pick_device, precision_name, seed_everything,
+                     set_threads, too_big)
 
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--digits", type=number("--digits", int, at_least=1), default=7,
-                   help="N: operands have 1..N digits (default 7)")
-    p.add_argument("--steps", type=number("--steps", int, at_least=1), default=8000,
-                   help="optimizer steps (default 8000)")
-    p.add_argument("--batch-size", type=number("--batch-size", int, at_least=1), default=16,
-                   help="problems per step (default 16: more steps beat bigger batches here)")
-    p.add_argument("--lr", type=number("--lr", above=0), default=3e-3,
-                   help="peak learning rate (default 3e-3)")
-    p.add_argument("--min-lr", type=number("--min-lr", at_least=0,
-                                           message="--min-lr must be between 0 and --lr"),
-                   default=1e-4, help="learning rate at the end of the cosine decay, between 0 and --lr")
-    p.add_argument("--warmup", type=number("--warmup", int, at_least=0), default=100,
-                   help="steps of linear learning-rate warm-up")
-    p.add_argument("--weight-decay", type=number("--weight-decay", at_least=0), default=0.1,
-                   help="AdamW weight decay on matrices")
-    p.add_argument("--grad-clip", type=number("--grad-clip", at_least=0), default=1.0,
-                   help="clip the gradient norm to this (0: off)")
-    p.add_argument("--n-layer", type=number("--n-layer", int, at_least=1), default=4,
-                   help="transformer blocks")
-    p.add_argument("--n-head", type=number("--n-head", int, at_least=1), default=4,
-                   help="attention heads per block (must divide --n-embd)")
-    p.add_argument("--n-embd", type=number("--n-embd", int, at_least=1), default=128, help="embedding width")
-    p.add_argument("--block-size", type=number("--block-size", int, at_least=1), default=1024,
-                   help="positions the model has (10+10 digits need 865)")
+    add_number(p, "--digits", int, 7, "N: operands have 1..N digits (default 7)", at_least=1)
+    add_number(p, "--steps", int, 8000, "optimizer steps (default 8000)", at_least=1)
+    add_number(p, "--batch-size", int, 16,
+               "problems per step (default 16: more steps beat bigger batches here)", at_least=1)
+    add_number(p, "--lr", float, 3e-3, "peak learning rate (default 3e-3)", above=0)
+    add_number(p, "--min-lr", float, 1e-4, "learning rate at the end of the cosine decay, between 0 and --lr",
+               at_least=0, message="--min-lr must be between 0 and --lr")
+    add_number(p, "--warmup", int, 100, "steps of linear learning-rate warm-up", at_least=0)
+    add_number(p, "--weight-decay", float, 0.1, "AdamW weight decay on matrices", at_least=0)
+    add_number(p, "--grad-clip", float, 1.0, "clip the gradient norm to this (0: off)", at_least=0)
+    add_number(p, "--n-layer", int, 4, "transformer blocks", at_least=1)
+    add_number(p, "--n-head", int, 4, "attention heads per block (must divide --n-embd)", at_least=1)
+    add_number(p, "--n-embd", int, 128, "embedding width", at_least=1)
+    add_number(p, "--block-size", int, 1024, "positions the model has (10+10 digits need 865)", at_least=1)
     p.add_argument("--random-offset", action=argparse.BooleanOptionalAction, default=True,
                    help="start each row at a random position so every position embedding is trained")
-    p.add_argument("--pool", type=number("--pool", int, at_least=1), default=16,
-                   help="batches drawn at once and sorted by length")
-    p.add_argument("--eval-every", type=number("--eval-every", int, at_least=1), default=2000,
-                   help="steps between evaluations and checkpoints")
-    p.add_argument("--save-every", type=number("--save-every", int, at_least=1), default=250,
-                   help="steps between saves of the resume state: a killed run loses at most these")
-    p.add_argument("--eval-size", type=number("--eval-size", int, at_least=1, at_most=100_000), default=100,
-                   help="held-out problems per operand length")
+    add_number(p, "--pool", int, 16, "batches drawn at once and sorted by length", at_least=1)
+    add_number(p, "--eval-every", int, 2000, "steps between evaluations and checkpoints", at_least=1)
+    add_number(p, "--save-every", int, 250, "steps between saves of the resume state: a killed run loses at "
+               "most these", at_least=1)
+    add_number(p, "--eval-size", int, 100, "held-out problems per operand length", at_least=1,
+               at_most=100_000)
     p.add_argument("--seed", type=int, default=0, help="seeds Python's and torch's generators")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--threads", type=number("--threads", int, at_least=1), default=None,
-                   help="CPU threads (default: all cores)")
+    add_number(p, "--threads", int, None, "CPU threads (default: all cores)", at_least=1)
     p.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
     p.add_argument("--out", default=None,
                    help="checkpoint path (default runs/add{digits}.pt; the shipped ones are in checkpoints/)")

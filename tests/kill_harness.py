@@ -75,7 +75,8 @@ def pretrain_kills(folder, kills, rng, resumed):
         leftovers = glob.glob(out + ".tmp*") + glob.glob(out + ".state.tmp*")
         print(f"pre-training kill {i + 1}: at {moment:.1f} s ({'killed' if killed else 'had finished'}), "
               f"{'resumed' if resume == ['--resume'] else 'restarted'}: "
-              f"{'bit-identical' if same else 'DIFFERENT'}{', leftover ' + str(leftovers) if leftovers else ''}")
+              f"{'bit-identical' if same else 'DIFFERENT'}"
+              f"{', leftover ' + str(leftovers) if leftovers else ''}")
         if not same or leftovers:
             failures.append(f"pre-training kill {i + 1}")
         resumed.append(resume == ["--resume"])
@@ -96,14 +97,16 @@ def rl_kills(folder, kills, rng, resumed):
         run("rl.py", [*RL, "--ckpt", ckpt, "--out", folder, "--name", name, *resume])
         same = metrics(os.path.join(folder, name)) == expected
         print(f"RL kill {i + 1}: at {moment:.1f} s ({'killed' if killed else 'had finished'}), "
-              f"{'resumed' if resume == ['--resume'] else 'restarted'}: {'same metrics' if same else 'DIFFERENT'}")
+              f"{'resumed' if resume == ['--resume'] else 'restarted'}: "
+              f"{'same metrics' if same else 'DIFFERENT'}")
         if not same:
             failures.append(f"RL kill {i + 1}")
             got = metrics(os.path.join(folder, name))
-            first = next((j for j, (x, y) in enumerate(zip(got, expected)) if x != y), min(len(got),
-                                                                                           len(expected)))
+            first = next((j for j, (x, y) in enumerate(zip(got, expected)) if x != y),
+                         min(len(got), len(expected)))
             print(f"  {len(got)} rows against {len(expected)}; first difference at row {first}:\n  "
-                  f"{got[first] if first < len(got) else None}\n  {expected[first] if first < len(expected) else None}")
+                  f"{got[first] if first < len(got) else None}\n  "
+                  f"{expected[first] if first < len(expected) else None}")
         resumed.append(resume == ["--resume"])
     return failures
 

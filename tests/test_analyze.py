@@ -178,7 +178,8 @@ def test_a_damaged_log_is_an_error_that_names_the_file_and_line(tmp_path, line, 
         f.write(line + "\n")
     out = subprocess.run([sys.executable, "analyze.py", "curves", str(runs), "--results", str(tmp_path)],
                          cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 1 and message in out.stderr and "bad" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 1 and message in out.stderr and "bad" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_curves_without_runs_is_a_one_line_error(tmp_path):
@@ -190,7 +191,8 @@ def test_curves_without_runs_is_a_one_line_error(tmp_path):
 
 class Scripted(torch.nn.Module):
     """A model that writes the correct scratchpad with certainty, except at one offset where it hesitates
-    between the right character and `alternative`; once its text has gone wrong it ends with a wrong answer."""
+    between the right character and `alternative`; once its text has gone wrong it ends with a wrong
+    answer."""
 
     def __init__(self, offset, alternative):
         super().__init__()
@@ -255,7 +257,8 @@ def test_probe_finds_the_one_hesitant_decisive_token():
 
 
 def test_decisiveness_needs_a_gap_with_intervals():
-    """A token is decisive only when the right character's wins and the wrong one's are 95% intervals apart."""
+    """A token is decisive only when the right character's wins and the wrong one's are 95% intervals
+    apart."""
     assert probe.decisive(8, 0, 8) and probe.decisive(7, 1, 8) and probe.decisive(40, 25, 50)
     assert not probe.decisive(6, 2, 8) and not probe.decisive(8, 4, 8) and not probe.decisive(0, 0, 8)
     assert not probe.decisive(1, 8, 8)  # the wrong character doing better is not decisive either
@@ -264,7 +267,8 @@ def test_decisiveness_needs_a_gap_with_intervals():
 def test_probe_subcommand_writes_table_and_figure(tiny_checkpoint, tmp_path):
     r = subprocess.run([sys.executable, "analyze.py", "probe", "--ckpt", tiny_checkpoint, "--n", "3",
                         "--controls",
-                        "2", "--results", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                        "2", "--results",
+                        str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "Table 1" in r.stdout and (tmp_path / "probe.md").exists()
 
@@ -275,9 +279,9 @@ def test_study_runs_every_step_and_resumes(tmp_path, monkeypatch, capsys):
     save_checkpoint(ckpt, GPT(GPTConfig(block_size=512, n_layer=1, n_head=2, n_embd=16)), args={"digits": 2})
     monkeypatch.setattr(analyze, "CHECKPOINTS", [ckpt])
     monkeypatch.setattr(analyze, "BUDGETS", {"small": {
-        "n": 4, "probe_n": 2, "episodes": 4, "eval_every": 4, "seeds": 2, "alphas": [0, 100], "alpha_seeds": 1,
-        "pretraining_seeds": 1, "pretraining_plus": 2, "rl_flags": ["--batch-size", "2", "--group-size", "2",
-                                                                    "--eval-size", "4"]}})
+        "n": 4, "probe_n": 2, "episodes": 4, "eval_every": 4, "seeds": 2, "alphas": [0, 100],
+        "alpha_seeds": 1, "pretraining_seeds": 1, "pretraining_plus": 2,
+        "rl_flags": ["--batch-size", "2", "--group-size", "2", "--eval-size", "4"]}})
     args = analyze.argparse.Namespace(budget="small", runs=str(tmp_path / "runs"),
                                       results=str(tmp_path / "res"), device="cpu", jobs=2)
     analyze.cmd_study(args)
@@ -287,7 +291,8 @@ def test_study_runs_every_step_and_resumes(tmp_path, monkeypatch, capsys):
     assert "| alpha=100.0 | 2 |" in (res / "fig4.md").read_text()  # 2 seeds
     runs = sorted(os.listdir(tmp_path / "runs" / "study_small" / "alpha"))
     assert runs == ["alpha0_seed0", "alpha0_seed1", "alpha100_seed0", "alpha100_seed1"]
-    assert not (tmp_path / "runs" / "study_small" / "alpha" / "alpha0_seed0" / "model.pt").exists()  # logs only
+    run_dir = tmp_path / "runs" / "study_small" / "alpha" / "alpha0_seed0"
+    assert not (run_dir / "model.pt").exists()  # logs only
     capsys.readouterr()
     analyze.cmd_study(args)  # everything is there: no run again
     assert "$ rl.py" not in capsys.readouterr().err
@@ -313,4 +318,5 @@ def test_ansi_rendering_keeps_every_character_and_marks_the_unsure_one():
     plain = re.sub(r"\x1b\[[0-9;]*m", "", out)
     assert plain == "[1,2]\u21b5\n"
     black = "\x1b[38;2;0;0;0m"
-    assert f"48;2;255;80;80m{black}," in out and f"48;2;255;255;255m{black}[" in out  # red at J = low, white at 1
+    # red at J = low, white at 1
+    assert f"48;2;255;80;80m{black}," in out and f"48;2;255;255;255m{black}[" in out

@@ -16,7 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ADD7 = os.path.join(ROOT, "checkpoints", "add7.pt")
 TINY_RL = ["--episodes", "8", "--batch-size", "2", "--group-size", "2", "--eval-size", "2", "--threads", "1"]
 
-# (script, arguments, words the error line must contain); {tmp} is the test's empty folder, {ckpt} a tiny model
+# (script, arguments, words the error line must contain); {tmp} is the test's empty folder, {ckpt} a tiny
+# model
 CASES = [
     # pretrain.py: flags
     ("pretrain", ["--digits", "0"], "--digits must be at least 1"),

@@ -66,7 +66,8 @@ def test_answer_of_random_problems_is_their_sum(seed):
 @pytest.mark.parametrize("text", [
     "", "garbage", "</scratch>", "</scratch>\n", "</scratch>\n1 8 0", "</scratch>\n1 8 0 1",  # truncated
     "</scratch>\n18 0 1\n", "</scratch>\n1  8 0 1\n", "</scratch>\n 1 8 0 1\n", "</scratch>\n1 8 0 1 \n",
-    "</scratch>\n0 1\n", "</scratch>\n1 a\n", "</scratch>\n\n", "</scratch> 1\n", "\x00\x00", "</scratch>\n-1\n",
+    "</scratch>\n0 1\n", "</scratch>\n1 a\n", "</scratch>\n\n", "</scratch> 1\n", "\x00\x00",
+    "</scratch>\n-1\n",
 ])
 def test_parse_answer_rejects_malformed_lines(text):
     assert data.parse_answer(text) is None

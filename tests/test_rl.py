@@ -94,8 +94,8 @@ def test_full_estimator_is_the_exact_kl():
 
 
 @pytest.mark.parametrize("estimator, unbiased_value, gradient_of", [
-    ("k1", True, "nothing"), ("k2", False, "KL(pi || ref)"), ("k3", True, "KL(ref || pi)"), ("full", True,
-                                                                                             "KL(pi || ref)")])
+    ("k1", True, "nothing"), ("k2", False, "KL(pi || ref)"), ("k3", True, "KL(ref || pi)"),
+    ("full", True, "KL(pi || ref)")])
 def test_which_divergence_each_estimators_expected_gradient_follows(estimator, unbiased_value, gradient_of):
     """E_{a~pi}[k(a)] and E_{a~pi}[grad k(a)] computed exactly by enumerating a 5-token vocabulary."""
     torch.manual_seed(0)
@@ -168,7 +168,8 @@ def test_rollout_batch_is_prompt_then_completion_with_the_generated_tokens_maske
         assert inputs[i, :len(full)].tolist() == full[:inputs.size(1)]  # from column 0: no left padding
         assert (inputs[i, len(full):] == data.PAD_ID).all()
         assert actions[i, p - 1:len(full) - 1].tolist() == full[p:]  # the generated tokens
-        assert mask[i].tolist() == [0.0] * (p - 1) + [1.0] * len(text) + [0.0] * (mask.size(1) - p + 1 - len(text))
+        padding = mask.size(1) - p + 1 - len(text)
+        assert mask[i].tolist() == [0.0] * (p - 1) + [1.0] * len(text) + [0.0] * padding
 
 
 def test_critical_probability_reads_the_comma():
@@ -186,7 +187,8 @@ def test_smoke_run_writes_metrics_and_checkpoint(tiny_checkpoint, tmp_path):
     r = subprocess.run([sys.executable, "rl.py", "--ckpt", tiny_checkpoint, "--episodes", "8", "--batch-size",
                         "2",
                         "--group-size", "2", "--eval-every", "4", "--eval-size", "4", "--out", str(tmp_path),
-                        "--name", "smoke", "--algo", "ppo", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                        "--name", "smoke", "--algo", "ppo", "--device",
+                        "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "done: N+1 (3 digits) greedy accuracy" in r.stdout
     rows = [json.loads(line) for line in open(tmp_path / "smoke" / "metrics.jsonl")]
@@ -215,10 +217,12 @@ def test_a_diverging_run_stops_with_one_line_and_valid_logs(tiny_checkpoint, tmp
                         completion: float(len(completion) % 2))  # some signal
     with pytest.raises(SystemExit) as e:
         rl.main(["--ckpt", tiny_checkpoint, "--episodes", "16", "--batch-size", "2", "--group-size", "2",
-                 "--eval-every", "8", "--eval-size", "2", "--out", str(tmp_path), "--name", "nan", "--lr", "1e30",
+                 "--eval-every", "8", "--eval-size", "2", "--out", str(tmp_path), "--name", "nan", "--lr",
+                 "1e30",
                  "--grad-clip", "0", "--threads", "1", "--device", "cpu"])
     assert isinstance(e.value.code, str) and "not finite" in e.value.code and "\n" not in e.value.code
-    rows = [json.loads(line) for line in open(tmp_path / "nan" / "metrics.jsonl")]  # valid JSON: null, never NaN
+    # valid JSON: null, never NaN
+    rows = [json.loads(line) for line in open(tmp_path / "nan" / "metrics.jsonl")]
     assert rows and not (tmp_path / "nan" / "model.pt").exists()
 
 
@@ -227,7 +231,8 @@ def test_an_interrupted_run_resumes_to_the_same_metrics(tiny_checkpoint, tmp_pat
                         completion: float(len(completion) % 2))  # some signal
     flags = ["--ckpt", tiny_checkpoint, "--episodes", "16", "--batch-size", "2", "--group-size", "2",
              "--eval-every",
-             "4", "--eval-size", "2", "--out", str(tmp_path), "--threads", "1", "--no-save", "--device", "cpu"]
+             "4", "--eval-size", "2", "--out", str(tmp_path), "--threads", "1", "--no-save", "--device",
+             "cpu"]
     rl.main([*flags, "--name", "whole"])
     save = run_folder.atomic_save  # the run's state is written by run_folder.save_state
 
@@ -324,7 +329,8 @@ def test_critical_probabilities_read_every_position_in_one_copy():
 def test_a_run_resumes_only_on_the_kind_of_device_it_started_on(tiny_checkpoint, tmp_path):
     flags = ["--ckpt", tiny_checkpoint, "--episodes", "8", "--batch-size", "2", "--group-size", "2",
              "--eval-every",
-             "4", "--eval-size", "2", "--out", str(tmp_path), "--name", "moved", "--threads", "1", "--no-save",
+             "4", "--eval-size", "2", "--out", str(tmp_path), "--name", "moved", "--threads", "1",
+             "--no-save",
              "--device", "cpu"]
     save = run_folder.atomic_save
     with pytest.MonkeyPatch.context() as patch:
@@ -344,8 +350,10 @@ def test_a_run_resumes_only_on_the_kind_of_device_it_started_on(tiny_checkpoint,
 
 
 def test_every_term_of_the_loss_is_logged_each_iteration(tiny_checkpoint, tmp_path):
-    rl.main(["--ckpt", tiny_checkpoint, "--episodes", "8", "--batch-size", "2", "--group-size", "2", "--eval-every",
-             "8", "--eval-size", "2", "--out", str(tmp_path), "--name", "ppo", "--algo", "ppo", "--threads", "1",
+    rl.main(["--ckpt", tiny_checkpoint, "--episodes", "8", "--batch-size", "2", "--group-size", "2",
+             "--eval-every",
+             "8", "--eval-size", "2", "--out", str(tmp_path), "--name", "ppo", "--algo", "ppo", "--threads",
+             "1",
              "--no-save", "--device", "cpu"])
     steps = [json.loads(line) for line in open(tmp_path / "ppo" / "train.jsonl")]
     _, terms = rl.rl_loss(*toy_batch(), kl_coef=1.0, alpha=1.0, old_logp=torch.zeros(3, 5))

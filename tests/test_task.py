@@ -46,8 +46,10 @@ class Reverse:
 
     @staticmethod
     def rl_eval_sets(n, k, size):
-        return {"plus": Reverse.eval_set("rl", k, size, n=n), "val": Reverse.eval_set("rl", k, size, seed=1, n=n),
-                "comfort": Reverse.eval_set("identical", n, size), "critical": Reverse.eval_set("identical", n + 1, 2)}
+        return {"plus": Reverse.eval_set("rl", k, size, n=n), "val": Reverse.eval_set("rl", k, size, seed=1,
+                                                                                      n=n),
+                "comfort": Reverse.eval_set("identical", n, size), "critical": Reverse.eval_set("identical",
+                                                                                                n + 1, 2)}
 
     @staticmethod
     def longest_sequence(k):
@@ -92,10 +94,12 @@ def test_a_toy_task_pretrains_and_fine_tunes_through_the_interface(reverse_task,
     out = str(tmp_path / "reverse.pt")
     pretrain.main(["--digits", "3", "--steps", "12", "--eval-every", "6", "--out", out, *tiny])
     rl.main(["--ckpt", out, "--episodes", "8", "--batch-size", "2", "--group-size", "2", "--eval-every", "4",
-             "--eval-size", "4", "--out", str(tmp_path), "--name", "reverse", "--device", "cpu", "--threads", "1",
+             "--eval-size", "4", "--out", str(tmp_path), "--name", "reverse", "--device", "cpu", "--threads",
+             "1",
              "--no-save"])
     rows = [json.loads(line) for line in open(tmp_path / "reverse" / "metrics.jsonl")]
     assert [row["episode"] for row in rows] == [0, 4, 8]
     assert all(0 <= row["acc_plus"] <= 100 and 0 <= row["critical_p"] <= 1 for row in rows)
     steps = [json.loads(line) for line in open(tmp_path / "reverse" / "train.jsonl")]
-    assert [row["iteration"] for row in steps] == [1, 2] and all(row["completion_length"] > 0 for row in steps)
+    assert [row["iteration"] for row in steps] == [1, 2]
+    assert all(row["completion_length"] > 0 for row in steps)
