@@ -255,9 +255,15 @@ def write_table(args, command, lines, unfinished):
 
 def cmd_curves(args):
     groups, table, unfinished = load_groups(args.runs)
-    lines = ["| runs | seeds | episodes | N+k accuracy: start | final (95% CI) | validation final | "
-             "area under curve (95% CI) | sampled final | comfort zone final (95% CI) | damaged seeds | "
-             "critical p final, lines 1-3 / every line (95% CI) | KL/token final |", "|---" * 12 + "|"]
+    lines = ["In short (the README's table):", "",
+             "| runs | seeds | N+k start | N+k final (95% CI) | area under curve (95% CI) | damaged seeds |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['group']} | {r['seeds']} | {r['start']:.1f} | {plus_minus(r['final'], r['final_ci'])} | "
+              f"{plus_minus(r['auc'], r['auc_ci'])} | {r['damaged']}/{r['seeds']} |" for r in table]
+    lines += ["", "In full:", "",
+              "| runs | seeds | episodes | N+k accuracy: start | final (95% CI) | validation final | "
+              "area under curve (95% CI) | sampled final | comfort zone final (95% CI) | damaged seeds | "
+              "critical p final, lines 1-3 / every line (95% CI) | KL/token final |", "|---" * 12 + "|"]
     for r in table:
         lines.append(f"| {r['group']} | {r['seeds']} | {r['episodes']} | {r['start']:.1f} | "
                      f"{plus_minus(r['final'], r['final_ci'])} | {plus_minus(r['val'], r['val_ci'])} | "
@@ -338,10 +344,21 @@ def plot_frontier(table, path, title):
 
 def cmd_frontier(args):
     _, table, unfinished = load_groups(args.runs)
-    lines = ["| runs | penalty | seeds | KL/token final (95% CI) | N+k final (95% CI) | validation final | "
-             "area under curve (95% CI) | comfort zone final (95% CI) | "
-             "uniform groups with >= accuracy at <= KL |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["In short (the README's table):", "",
+             "| runs | penalty | seeds | KL/token final (95% CI) | N+k final (95% CI) | "
+             "above the uniform frontier |",
+             "|---|---|---|---|---|---|"]
+    for r in sorted(table, key=lambda r: r["kl"]):
+        uniform = is_uniform(r["settings"])
+        above = "" if uniform else ("no" if beaten_by(r, table) else "yes")
+        lines.append(f"| {r['group']} | {'uniform' if uniform else 'prioritized'} | {r['seeds']} | "
+                     f"{plus_minus(r['kl'], r['kl_ci'], 4)} | {plus_minus(r['final'], r['final_ci'])} | "
+                     f"{above} |")
+    lines += ["", "In full:", "",
+              "| runs | penalty | seeds | KL/token final (95% CI) | N+k final (95% CI) | validation final | "
+              "area under curve (95% CI) | comfort zone final (95% CI) | "
+              "uniform groups with >= accuracy at <= KL |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(table, key=lambda r: r["kl"]):
         uniform = is_uniform(r["settings"])
         verdict = "" if uniform else ("; ".join(f"{u['group']} ({u['final']:.1f} at {u['kl']:.4f})"

@@ -98,3 +98,67 @@ def test_every_file_reads_in_one_sitting():
         assert f.read().count("\n") <= 250, "README.md is over 250 lines"
     with open(os.path.join(ROOT, "rl.py")) as f:
         assert "def rl_loss(" in "".join(f.readlines()[:60])
+    for path in glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "tests", "*.py")):
+        with open(path) as f:
+            long = [n for n, line in enumerate(f, 1) if len(line.rstrip("\n")) > 110]
+        assert not long, f"{os.path.relpath(path, ROOT)}: lines over 110 characters: {long}"
+
+
+# numbers the README quotes from the paper itself (its Tables 1 and 4), which no file of ours holds,
+PAPER = {"2502.06533", "98.9", "48.8", "0.33", "0.21", "0.13"}  # and its arXiv number
+NUMBER = re.compile(r"(?<![\w.])-?\d+\.\d+(?![\w.])")
+SOURCE = re.compile(r"(?:results|checkpoints)/[\w./-]+\.md")
+
+
+def unsourced_numbers(text, root):
+    """Decimal numbers in the README outside its marked tables and code: each paragraph (each row, in a
+    table) that states one must cite a committed file holding it (or the number is the paper's)."""
+    found, units, block, code, marked = [], [], [], False, False
+    for line in text.splitlines() + [""]:
+        stripped = line.strip()
+        if line.startswith("```"):
+            code = not code
+        elif code:
+            continue
+        elif MARK.fullmatch(stripped):
+            marked = True  # the table below is checked row by row against its file by the test above
+        elif line.startswith("|"):
+            units += [] if marked else [line]
+        elif stripped:
+            marked = False
+            block.append(line)
+        elif block:
+            units.append(" ".join(block))
+            block = []
+    for unit in units:
+        numbers = [n.lstrip("-") for n in NUMBER.findall(unit) if n.lstrip("-") not in PAPER]
+        if not numbers:
+            continue
+        sources = SOURCE.findall(unit)
+        paths = [os.path.join(root, source) for source in sources]
+        held = "".join(open(path).read() for path in paths if os.path.exists(path))
+        missing = [n for n in numbers if n not in held]
+        if not sources or missing:
+            found.append(f"{missing or numbers} in '{unit[:60]}...' " + ("not in " + ", ".join(sources)
+                                                                        if sources else "cites no file"))
+    return found
+
+
+def test_every_number_the_readme_states_is_in_a_file_it_cites():
+    assert unsourced_numbers(open(os.path.join(ROOT, "README.md")).read(), ROOT) == []
+
+
+def test_the_number_check_catches_an_unsourced_number(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "r.md").write_text("final 67.5\n")
+    assert unsourced_numbers("It starts at 67.5% (`results/r.md`).\n", tmp_path) == []
+    assert unsourced_numbers("It starts at 67.5%.\n", tmp_path) != []
+    assert unsourced_numbers("It starts at 68.5% (`results/r.md`).\n", tmp_path) != []
+    assert unsourced_numbers("| a | 68.5 | `results/r.md` |\n", tmp_path) != []
+
+
+def test_the_code_the_readme_quotes_is_in_rl_py():
+    readme, rl_source = (open(os.path.join(ROOT, name)).read() for name in ("README.md", "rl.py"))
+    for quoted in ("weight = kl_weight(certainty(ref_logits, certainty_kind, certainty_temperature), alpha)",
+                   "per_token = policy_term + kl_coef * weight * kl"):
+        assert quoted in " ".join(readme.split()) and quoted in rl_source
