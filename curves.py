@@ -24,8 +24,9 @@ T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.045, 2.042]
 # what varies between seeds of one experiment, or does not change what is learned
 # (eval_every and eval_size change what was measured, so they do split groups)
+# (provenance: the machine, threads and code a run ran on, listed under each table instead)
 NOT_A_SETTING = {"seed", "name", "out", "device", "save", "threads", "fast_generate", "force", "resume",
-                 "dtype"}  # the flag; the precisions it chose are recorded: training_dtype, generation_dtype
+                 "provenance", "dtype"}  # the flag; the precisions it chose: training_dtype, generation_dtype
 
 
 def mean_ci(values):
@@ -203,7 +204,8 @@ def plot_curves(groups, path, title):
 
 def plot_alpha(groups, table, path):
     """Fig. 6: final N+k accuracy and area under the curve against alpha (mean and 95% interval over
-    seeds), one line per combination of the other settings. False if fewer than 3 alphas were run."""
+    seeds, cut to 0-100%, and a point per seed), one line per combination of the other settings. False if
+    fewer than 3 alphas were run."""
     series = {}
     for (label, settings, _), row in zip(groups, table):
         rest = ", ".join(part for part in label.split(", ") if not part.startswith("alpha=")) or "all runs"
@@ -217,10 +219,19 @@ def plot_alpha(groups, table, path):
     for rest, points in series.items():
         points.sort(key=lambda p: p[0])
         for ax, key in zip(axes, ("final", "auc")):
+            means, bars = [], ([], [])
+            for _, r in points:
+                mean, half = r[key], r[key + "_ci"]
+                half = 0.0 if math.isnan(half) else half  # a single seed has no interval
+                means.append(mean)
+                bars[0].append(mean - max(0.0, mean - half))  # cut to the 0-100% an accuracy can take
+                bars[1].append(min(100.0, mean + half) - mean)
             seeds = ", ".join(str(r["seeds"]) for _, r in points)
-            ax.errorbar([a for a, _ in points], [r[key] for _, r in points],
-                        yerr=[r[key + "_ci"] for _, r in points], marker="o", capsize=3,
-                        label=f"{rest} (seeds: {seeds})")
+            line = ax.errorbar([a for a, _ in points], means, yerr=bars, marker="o", capsize=3,
+                               label=f"{rest} (seeds: {seeds})")
+            seed_alphas = [a for a, r in points for _ in r["runs"]]
+            seed_values = [seed_value(run, key) for _, r in points for run in r["runs"]]
+            ax.scatter(seed_alphas, seed_values, s=12, alpha=0.5, color=line[0].get_color())  # one per seed
     for ax, what in zip(axes, ("final", "area under the curve of")):
         ax.set_xscale("symlog", linthresh=1)  # alpha = 0 (the standard penalty) stays on the axis
         ax.axhline(points[0][1]["start"], color="grey", linestyle=":", label="before RL")
@@ -229,6 +240,11 @@ def plot_alpha(groups, table, path):
     fig.tight_layout()
     save_figure(fig, path)
     return True
+
+
+def seed_value(run, key):
+    """One run's final N+k accuracy ("final") or its area under the curve ("auc")."""
+    return run["rows"][-1]["acc_plus"] if key == "final" else area_under_curve(run["rows"])
 
 
 def load_groups(paths):
@@ -244,9 +260,21 @@ def load_groups(paths):
     return groups, table, unfinished
 
 
-def write_table(args, command, lines, unfinished):
-    text = "\n".join(lines) + "\n" + ("\nLeft out, not finished: "
-                                      f"{', '.join(unfinished)}\n" if unfinished else "")
+def made_on(runs):
+    """One line: what the runs ran on (machine, threads, torch, code commit) and how many on each, so a
+    table that mixes them says so."""
+    counts = {}
+    for run in runs:
+        p = run["config"].get("provenance")
+        where = (f"{p['machine']}, {p['threads']} thread(s), torch {p['torch']}, code {p['commit']}" if p else
+                 "not recorded in the runs (made before rl.py recorded it: results/README.md)")
+        counts[where] = counts.get(where, 0) + 1
+    return "Made on: " + "; ".join(f"{where}: {n} run(s)" for where, n in sorted(counts.items())) + "."
+
+
+def write_table(args, command, lines, unfinished, runs):
+    left_out = f"\nLeft out, not finished: {', '.join(unfinished)}\n" if unfinished else ""
+    text = "\n".join(lines) + "\n\n" + made_on(runs) + "\n" + left_out
     print(text, end="")
     # the first line is the command that rewrites this file from the logs (tests/test_readme.py re-runs it)
     rewrite = f"python analyze.py {command} {' '.join(args.runs)} --name {args.name} --results {args.results}"
@@ -284,7 +312,7 @@ def cmd_curves(args):
             cell = lambda key, digits: plus_minus(*mean_ci([x.get(key, float("nan")) for x in rows]), digits)
             lines.append(f"| {r['group']} | {episode} | {cell('acc_plus', 1)} | {cell('acc_comfort', 1)} | "
                          f"{cell('critical_p', 4)} | {cell('critical_p_all', 4)} |")
-    write_table(args, "curves", lines, unfinished)
+    write_table(args, "curves", lines, unfinished, [run for _, _, members in groups for run in members])
     plot_curves(groups, os.path.join(args.results, args.name + ".png"), args.name)
     plot_alpha(groups, table, os.path.join(args.results, args.name + "_vs_alpha.png"))
 
@@ -343,7 +371,7 @@ def plot_frontier(table, path, title):
 
 
 def cmd_frontier(args):
-    _, table, unfinished = load_groups(args.runs)
+    groups, table, unfinished = load_groups(args.runs)
     lines = ["In short (the README's table):", "",
              "| runs | penalty | seeds | KL/token final (95% CI) | N+k final (95% CI) | "
              "above the uniform frontier |",
@@ -367,5 +395,5 @@ def cmd_frontier(args):
                      f"{plus_minus(r['kl'], r['kl_ci'], 4)} | {plus_minus(r['final'], r['final_ci'])} | "
                      f"{plus_minus(r['val'], r['val_ci'])} | {plus_minus(r['auc'], r['auc_ci'])} | "
                      f"{plus_minus(r['comfort'], r['comfort_ci'])} | {verdict} |")
-    write_table(args, "frontier", lines, unfinished)
+    write_table(args, "frontier", lines, unfinished, [run for _, _, members in groups for run in members])
     plot_frontier(table, os.path.join(args.results, args.name + ".png"), args.name)

@@ -4,6 +4,7 @@ What an RL run measures besides its loss: each row of metrics.jsonl (rl.py calls
 Everything goes through data.py's task interface.
 
     evaluate                greedy and sampled accuracy on the run's held-out sets, critical-token probability
+    kl_split, window_means  the KL on uncertain and certain states; the training terms of a metrics.jsonl row
     one_line                an evaluation as the progress line rl.py prints
     completion_logits       the model's teacher-forced distribution at every character of a completion
     critical_probabilities  how likely the model writes the right character at the task's critical tokens
@@ -101,3 +102,39 @@ def weights_at_errors(reference, problems, completions, certainty, weight):
 def mean_weight(certainties, weight):
     """The mean of weight(J) over a list of certainties J (floats); None for an empty list."""
     return sum(weight(j) for j in certainties) / len(certainties) if certainties else None
+
+
+# J_ref below this is "uncertain": about the probe's low-certainty cut (Delta J below -0.05 in texts whose
+# mean J is close to 1), which holds most of add7's first-error states (results/probe/add7/probe.md)
+UNCERTAIN = 0.95
+
+
+@torch.no_grad()
+def kl_split(logits, ref_logits, mask, temperature, certainty):
+    """Where the policy has moved from the reference on a training batch: the exact per-state
+    KL(pi || pi_ref) over the vocabulary (whatever estimator the loss uses, and also with no penalty),
+    averaged over the generated states where the reference's certainty J (Eq. 2, given) is below UNCERTAIN
+    and where it is not, and the share of states below (None where a side has no state)."""
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)
+    ref_logp = F.log_softmax(ref_logits.float() / temperature, dim=-1)
+    kl = (logp.exp() * (logp - ref_logp)).sum(-1)
+    uncertain = (certainty < UNCERTAIN).float() * mask
+    sides = {"kl_uncertain": uncertain, "kl_certain": mask - uncertain}
+    split = {name: (kl * side).sum().item() / side.sum().item() if side.sum() > 0 else None
+             for name, side in sides.items()}
+    return {**split, "share_uncertain": uncertain.sum().item() / max(1.0, mask.sum().item())}
+
+
+# the training terms each metrics.jsonl row averages since the last evaluation (train.jsonl has all of them)
+WINDOW = ("reward", "kl", "kl_weighted", "policy_loss", "kl_weight", "kl_uncertain", "kl_certain",
+          "share_uncertain")
+
+
+def window_means(window):
+    """The mean of each training term over the iterations since the last evaluation (None values skipped;
+    None where there is none)."""
+    means = {}
+    for name, values in window.items():
+        values = [v for v in values if v is not None]
+        means[name] = sum(values) / len(values) if values else None
+    return means

@@ -27,8 +27,8 @@ from tqdm import tqdm
 import data
 from model import GPT, GPTConfig, save_checkpoint
 from runtime import (DEVICE_HELP, DTYPE_HELP, DTYPES, add_number, atomic_save, autocast_dtype,
-                     generation_dtype, mixed_precision, pick_device, precision_name, seed_everything,
-                     set_threads, too_big)
+                     generation_dtype, mixed_precision, pick_device, precision_name, provenance,
+                     seed_everything, set_threads, too_big)
 
 
 def get_args(argv=None):
@@ -107,12 +107,14 @@ def evaluate(model, digits, size, device, dtype):
 
 LOOK_EVERY = 10  # steps between looks at the loss (finite? the progress bar)
 
-def save(args, model, optimizer, step, elapsed, evals):
-    """The resume state first (one file, one atomic write, all that --resume needs), then the checkpoint."""
+def save(args, model, optimizer, step, elapsed, evals, made_on):
+    """The resume state first (one file, one atomic write, all that --resume needs), then the checkpoint
+    (with made_on: the code, machine, threads and torch it was trained with, runtime.provenance)."""
     atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                  "elapsed": elapsed, "evals": evals, "args": vars(args), "python_rng": random.getstate(),
                  "torch_rng": torch.get_rng_state()}, args.out + ".state")
-    save_checkpoint(args.out, model, args=vars(args), step=step, train_seconds=round(elapsed, 1), evals=evals)
+    save_checkpoint(args.out, model, args=vars(args), step=step, train_seconds=round(elapsed, 1), evals=evals,
+                    provenance=made_on)
 
 
 # flags that may change when a run is resumed: they do not change what is trained
@@ -160,6 +162,7 @@ def main(argv=None):
     set_threads(args.threads)
     device = pick_device(args.device)
     seed_everything(args.seed, device)
+    made_on = provenance(device)
     dtype = autocast_dtype(args.dtype, device)
     config = GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
                        n_embd=args.n_embd)
@@ -227,7 +230,7 @@ def main(argv=None):
                 tqdm.write(f"step {steps_done} | loss {loss.item():.4f} | {elapsed / 60:.1f} min | "
                            f"greedy acc K+K: {shown}")
             if saving:
-                save(args, model, optimizer, steps_done, elapsed, evals)
+                save(args, model, optimizer, steps_done, elapsed, evals, made_on)
             if stop:
                 sys.exit(f"\ninterrupted after step {steps_done}: saved {args.out}; continue with --resume")
     finally:

@@ -22,9 +22,8 @@ tests/test_rl.py::test_a_tiny_model_learns_a_trivial_reward. Its choices (offici
  7. Policy and reference log-probs use softmax(logits / temperature), the distribution sampled: on-policy.
  8. One AdamW step per batch (lr 1e-4; official 1e-6 over 400 episodes); --algo ppo reuses the batch for
     --ppo-epochs clipped epochs. No entropy bonus (official 0.001).
-Every --eval-every episodes a row of metrics.jsonl (metrics.py: held-out accuracy, validation accuracy, the
-comfort zone, critical tokens); every iteration a row of train.jsonl (every term rl_loss returns, the loss,
-the gradient norm, the reward, the completion length).
+Logs: every --eval-every episodes a row of metrics.jsonl (metrics.py: accuracy, critical tokens, the KL on
+uncertain and certain states); every iteration a row of train.jsonl (every term rl_loss returns, and more).
 """
 import argparse
 import os
@@ -41,7 +40,8 @@ import metrics
 import run_folder
 from model import CheckpointError, load_checkpoint, save_checkpoint
 from runtime import (DEVICE_HELP, DTYPE_HELP, DTYPES, add_number, autocast_dtype, generation_dtype,
-                     mixed_precision, pick_device, precision_name, seed_everything, set_threads, too_big)
+                     mixed_precision, pick_device, precision_name, provenance, seed_everything, set_threads,
+                     too_big)
 
 # -----------------------------------------------------------------------------
 # the paper's idea: the loss, then what it calls
@@ -202,7 +202,9 @@ def update(policy, reference, optimizer, batch, advantages, args, dtype):
         if not (torch.isfinite(loss) and torch.isfinite(norm)):  # stop before the weights are ruined
             raise FloatingPointError(f"loss {loss.item():g}, gradient norm {norm.item():g}")
         optimizer.step()
-    return {**stats, "loss": loss.item(), "grad_norm": norm.item()}
+    # where the policy moved, on uncertain and on certain states (the exact KL, whatever the loss uses)
+    split = metrics.kl_split(logits, ref_logits, mask, args.temperature, certainty(ref_logits))
+    return {**stats, "loss": loss.item(), "grad_norm": norm.item(), **split}
 
 
 # -----------------------------------------------------------------------------
@@ -300,10 +302,6 @@ def load_models(args, device):
     return policy, reference, n, meta
 
 
-# the training terms each metrics.jsonl row averages since the last evaluation (train.jsonl has all of them)
-WINDOW = ("reward", "kl", "kl_weighted", "policy_loss", "kl_weight")
-
-
 def main(argv=None):
     args = get_args(argv)
     set_threads(args.threads)
@@ -314,7 +312,8 @@ def main(argv=None):
     gen_dtype = generation_dtype(args.dtype, device)  # for sampling
     optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0)
     recorded = {"pretrain_digits": n, "device": device, "training_dtype": precision_name(dtype),
-                "generation_dtype": precision_name(gen_dtype)}  # what --dtype chose on this machine
+                "generation_dtype": precision_name(gen_dtype),  # what --dtype chose on this machine
+                "provenance": provenance(device)}
     run_dir, state, rows = run_folder.prepare(args, {**vars(args), **recorded})
     sets = data.rl_eval_sets(n, args.digits_plus, args.eval_size)  # choose on val_plus, report acc_plus
     rng = random.Random(args.seed)  # the problem stream
@@ -338,7 +337,7 @@ def main(argv=None):
         shown = ["n/a" if w is None else f"{w:.3f}" for w in (decisive, elsewhere)]
         tqdm.write(f"KL weight J_ref^alpha (alpha {args.alpha:g}): {shown[0]} at the states where the "
                    f"pre-trained model makes its first error, {shown[1]} on average elsewhere")
-        first = last = {"episode": 0, **measured, **{k: None for k in WINDOW},
+        first = last = {"episode": 0, **measured, **{k: None for k in metrics.WINDOW},
                         "minutes": round((time.time() - t0) / 60, 2),
                         "weight_decisive": decisive, "weight_elsewhere": elsewhere}
         run_folder.append_row(run_dir, last)
@@ -346,7 +345,7 @@ def main(argv=None):
         tqdm.write(metrics.one_line(last, args.digits_plus))
         start = 0
 
-    window = {k: [] for k in WINDOW}
+    window = {k: [] for k in metrics.WINDOW}
     episode = start * per_iteration
     bar = tqdm(range(start, iterations), initial=start, total=iterations, desc="rl", dynamic_ncols=True)
     try:
@@ -370,16 +369,16 @@ def main(argv=None):
             stats = {"iteration": it + 1, "episode": episode, "reward": rewards.mean().item(),
                      "completion_length": mask.sum(1).mean().item(), **stats}
             run_folder.append_row(run_dir, stats, run_folder.TRAIN_LOG)
-            for k in WINDOW:
+            for k in metrics.WINDOW:
                 window[k].append(stats[k])
             bar.set_postfix(reward=f"{stats['reward']:.2f}", kl=f"{stats['kl']:.4f}")
             crossed = episode // args.eval_every > (episode - len(problems)) // args.eval_every
             if crossed or it == iterations - 1:
                 measured, _ = metrics.evaluate(policy, sets, n, args.temperature, args.seed, device,
                                                gen_dtype, args.fast_generate)
-                last = {"episode": episode, **measured, **{k: sum(v) / len(v) for k, v in window.items()},
+                last = {"episode": episode, **measured, **metrics.window_means(window),
                         "minutes": round((time.time() - t0) / 60, 2)}
-                window = {k: [] for k in WINDOW}
+                window = {k: [] for k in metrics.WINDOW}
                 run_folder.append_row(run_dir, last)
                 run_folder.save_state(run_dir, policy, optimizer, rng, generator, it + 1, last)
                 tqdm.write(metrics.one_line(last, args.digits_plus))

@@ -5,6 +5,7 @@ Every script calls these; none of it is about the model or the task.
     device      pick_device (auto: cuda, then mps, then cpu), device_type, synchronize
     precision   autocast_dtype (training), generation_dtype (sampling), mixed_precision
     threads     set_threads; seeds: seed_everything (and deterministic kernels on CUDA)
+    provenance  what a run ran on (code commit, machine, threads, torch), for its config
     memory      training_gb, too_big: refuse a run that cannot fit before it starts
     files       replace_atomically, atomic_save, write_text, save_figure: a run cut off mid-write
                 leaves the old file intact
@@ -13,7 +14,9 @@ Every script calls these; none of it is about the model or the task.
 import argparse
 import math
 import os
+import platform
 import random
+import subprocess
 import sys
 
 import torch
@@ -125,6 +128,41 @@ def seed_everything(seed, device="cpu"):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG",
                               ":4096:8")  # read when cuBLAS starts: before any matmul
         torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def provenance(device):
+    """What a run ran on, recorded beside its settings: the code's git commit ('+changes' if the tracked
+    files differ from it), the CPU threads, the CPU model or the GPU, and torch's version."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or "unknown"
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                 capture_output=True, text=True, timeout=10).stdout.strip()
+        commit += "+changes" if changed and commit != "unknown" else ""
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    kind = device_type(device)
+    if kind == "cuda":
+        machine = torch.cuda.get_device_name(torch.device(device))
+    elif kind == "mps":
+        machine = f"Apple MPS ({platform.machine()})"
+    else:
+        machine = cpu_model()
+    return {"commit": commit, "threads": torch.get_num_threads(), "machine": machine,
+            "torch": str(torch.__version__)}  # a plain str: checkpoints load with weights_only
+
+
+def cpu_model():
+    """The CPU's model name (Linux: /proc/cpuinfo), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        if names:
+            return f"{names[0]} ({len(names)} cores)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 # -----------------------------------------------------------------------------

@@ -78,8 +78,8 @@ def test_mean_ci_matches_a_hand_computed_t_interval():
 
 
 def test_area_under_curve_is_the_time_average():
-    rows = [{"episode": 0, "acc_plus": 0.0}, {"episode": 100, "acc_plus": 100.0}, {"episode": 300,
-                                                                                   "acc_plus": 100.0}]
+    rows = [{"episode": 0, "acc_plus": 0.0}, {"episode": 100, "acc_plus": 100.0},
+            {"episode": 300, "acc_plus": 100.0}]
     assert curves.area_under_curve(rows) == pytest.approx((50 * 100 + 100 * 200) / 300)
 
 
@@ -104,6 +104,18 @@ def test_runs_are_grouped_by_the_precision_they_generated_in(tmp_path):
     groups = curves.group_runs(curves.find_runs([str(tmp_path)]))
     names = {label: [run["config"]["name"] for run in members] for label, _, members in groups}
     assert names == {"generation_dtype=bfloat16": ["before", "pinned"], "generation_dtype=float32": ["auto"]}
+
+
+def test_runs_on_other_machines_group_together_and_the_table_says_where_each_ran(tmp_path):
+    here = {"commit": "abc1234", "threads": 1, "machine": "AMD EPYC (2 cores)", "torch": "2.13.0"}
+    _fake_run(tmp_path, "epyc", 0.0, 0, 70.0, provenance=here)
+    _fake_run(tmp_path, "xeon", 0.0, 1, 80.0, provenance={**here, "machine": "Intel Xeon (2 cores)"})
+    _fake_run(tmp_path, "old", 0.0, 2, 90.0)
+    groups = curves.group_runs(curves.find_runs([str(tmp_path)]))
+    assert len(groups) == 1 and len(groups[0][2]) == 3  # the machine is not a setting
+    line = curves.made_on(groups[0][2])
+    assert "AMD EPYC (2 cores), 1 thread(s), torch 2.13.0, code abc1234: 1 run(s)" in line
+    assert "Intel Xeon" in line and "not recorded" in line
 
 
 def test_curves_groups_seeds_and_writes_table_and_figure(tmp_path):

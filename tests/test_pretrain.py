@@ -28,6 +28,7 @@ def test_smoke_run_writes_a_loadable_checkpoint_and_resumes(tmp_path):
     assert "done: 6 steps" in r.stdout and "2+2 greedy" in r.stdout
     model, meta = load_checkpoint(out, with_meta=True)
     assert meta["step"] == 6 and meta["args"]["digits"] == 2 and sorted(meta["evals"]) == [3, 6]
+    assert set(meta["provenance"]) == {"commit", "threads", "machine", "torch"}  # what it was trained on
     assert model.config.n_embd == 16 and not model.training
     # the reloaded model generates text that the task code can read
     completions = data.complete(model, [(12, 34)])

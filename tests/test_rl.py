@@ -363,6 +363,11 @@ def test_every_term_of_the_loss_is_logged_each_iteration(tiny_checkpoint, tmp_pa
         assert {"entropy", "clip_fraction", "approx_kl"} <= set(row) and 0 <= row["clip_fraction"] <= 1
     metrics_rows = [json.loads(line) for line in open(tmp_path / "ppo" / "metrics.jsonl")]
     assert metrics_rows[-1]["reward"] == pytest.approx(sum(r["reward"] for r in steps) / 2)
+    for key in ("kl_uncertain", "kl_certain", "share_uncertain"):  # logged in both, whatever the penalty
+        assert key in steps[0] and key in metrics_rows[-1]
+    config = json.load(open(tmp_path / "ppo" / "config.json"))
+    assert set(config["provenance"]) == {"commit", "threads", "machine", "torch"}
+    assert config["provenance"]["threads"] == 1
 
 
 def test_the_weighting_is_written_once(monkeypatch):
@@ -376,3 +381,18 @@ def test_the_weighting_is_written_once(monkeypatch):
     assert terms["kl_weight"] == pytest.approx(expected)
     assert curves.is_uniform({"alpha": 1.5, "kl_coef": 1.0})  # a threshold above every J weighs every state 0
     assert not curves.is_uniform({"alpha": 0.5, "kl_coef": 1.0})
+
+
+def test_the_kl_split_is_the_exact_kl_on_each_side_of_the_certainty_cut():
+    logits, ref_logits, _, _, mask = toy_batch()
+    certainty = torch.full(mask.shape, 0.99)
+    certainty[:, :2] = 0.5  # the first two states of every row are uncertain
+    split = metrics.kl_split(logits, ref_logits, mask, 2.0, certainty)
+    logp, ref = F.log_softmax(logits / 2.0, -1), F.log_softmax(ref_logits / 2.0, -1)
+    kl = (logp.exp() * (logp - ref)).sum(-1)
+    low = (certainty < metrics.UNCERTAIN).float() * mask
+    assert split["kl_uncertain"] == pytest.approx(((kl * low).sum() / low.sum()).item())
+    assert split["kl_certain"] == pytest.approx(((kl * (mask - low)).sum() / (mask - low).sum()).item())
+    assert split["share_uncertain"] == pytest.approx((low.sum() / mask.sum()).item())
+    assert metrics.kl_split(logits, ref_logits, mask, 2.0, torch.ones(mask.shape))["kl_uncertain"] is None
+    assert metrics.window_means({"a": [1.0, None, 3.0], "b": [None]}) == {"a": 2.0, "b": None}
