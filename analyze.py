@@ -6,7 +6,7 @@ Look inside the models, and make every table and figure of the paper: one comman
         problems, K = N..N+3, with 95% confidence intervals (paper Tables 4 and 5)          (here)
     python analyze.py errors --ckpt checkpoints/add7.pt [--digits 8] [--n 1000]
         for each failed K+K generation, the first character that differs from the correct scratchpad:
-        which line, which field (operand list, A, carry, sum) and what was written instead  (probe.py)
+        which line, which field (operand list, A, carry, sum) and what was written instead  (errors.py)
     python analyze.py probe [--ckpt checkpoints/add3.pt checkpoints/add5.pt checkpoints/add7.pt] [--n 50]
         the critical tokens: Table 1 (Delta J at places chosen with and without J), decisiveness,
         Fig. 5 (a generation coloured by J), the weight J^alpha per alpha                    (probe.py)
@@ -31,8 +31,10 @@ import torch
 
 import data
 from curves import cmd_curves, cmd_frontier, read_run
+from errors import cmd_errors
+from metrics import load, pretrain_digits, solve, wilson_interval
+from probe import cmd_probe
 from runtime import DEVICE_HELP, autocast_dtype, pick_device, set_threads, write_text
-from probe import cmd_errors, cmd_probe, load, pretrain_digits, solve, wilson_interval
 
 
 # -----------------------------------------------------------------------------

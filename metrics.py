@@ -11,10 +11,14 @@ Everything goes through data.py's task interface.
     certainty_at_errors     the reference's certainty where its own generations first go wrong, and elsewhere
     weights_at_errors       the mean KL weight there and elsewhere: how much of the penalty alpha lifts
 """
+import math
+import sys
+
 import torch
 import torch.nn.functional as F
 
 import data
+from model import CheckpointError, load_checkpoint
 from runtime import mixed_precision
 
 
@@ -138,3 +142,35 @@ def window_means(window):
         values = [v for v in values if v is not None]
         means[name] = sum(values) / len(values) if values else None
     return means
+
+
+# -----------------------------------------------------------------------------
+# for the analysis commands (analyze.py, probe.py, errors.py)
+
+def wilson_interval(successes, n, z=1.96):
+    """95% confidence interval (percent) for a binomial proportion; sound near 0% and 100%."""
+    if n == 0:
+        return 0.0, 100.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
+
+
+def load(path, device):
+    try:
+        return load_checkpoint(path, device, with_meta=True)
+    except CheckpointError as e:
+        sys.exit(f"error: {e}")
+
+
+def pretrain_digits(meta, path):
+    try:
+        return int(meta["args"]["digits"])
+    except (KeyError, TypeError, ValueError):
+        sys.exit(f"error: {path} records no pre-training digits; pass a checkpoint made by pretrain.py")
+
+
+def solve(model, problems, device, dtype, temperature=0.0):
+    with mixed_precision(device, dtype):
+        return data.complete(model, problems, temperature=temperature, device=device)

@@ -2,15 +2,12 @@
 Looking inside a pre-trained model: where its generations first go wrong, and which tokens are critical
 (the paper's Section 6: Table 1 and Fig. 5). Run through analyze.py:
 
-    python analyze.py errors --ckpt checkpoints/add7.pt     # the first wrong character of each failure
     python analyze.py probe --ckpt checkpoints/add7.pt      # Table 1, decisiveness, J^alpha per alpha
 
-Certainty J is Eq. 2 (rl.certainty) of the model's next-character distribution with the correct
-scratchpad teacher-forced; Delta J is a character's J minus the mean J of the other characters of its text.
-A token is decisive when continuations sampled after the right character succeed clearly more often than
-after the model's most likely wrong one (README: "The critical-token probe").
+J is Eq. 2 (rl.certainty) with the correct scratchpad teacher-forced; Delta J is a character's J minus the
+mean J of the rest of its text; a token is decisive when continuations sampled after the right character
+succeed clearly more often than after the model's likeliest wrong one (README: glossary).
 """
-import math
 import os
 import sys
 from collections import Counter
@@ -18,40 +15,11 @@ from collections import Counter
 import torch
 
 import data
-import metrics
 import errors
+import metrics
 import rl
-from model import CheckpointError, load_checkpoint
 from runtime import mixed_precision, save_figure, write_text
 
-def wilson_interval(successes, n, z=1.96):
-    """95% confidence interval (percent) for a binomial proportion; sound near 0% and 100%."""
-    if n == 0:
-        return 0.0, 100.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
-
-
-def load(path, device):
-    try:
-        return load_checkpoint(path, device, with_meta=True)
-    except CheckpointError as e:
-        sys.exit(f"error: {e}")
-
-
-def pretrain_digits(meta, path):
-    try:
-        return int(meta["args"]["digits"])
-    except (KeyError, TypeError, ValueError):
-        sys.exit(f"error: {path} does not record its pre-training digits; pass a checkpoint made by "
-                 "pretrain.py")
-
-
-def solve(model, problems, device, dtype, temperature=0.0):
-    with mixed_precision(device, dtype):
-        return data.complete(model, problems, temperature=temperature, device=device)
 
 # -----------------------------------------------------------------------------
 # the critical-token probe (paper section 6, Table 1, Fig. 5)
@@ -66,8 +34,8 @@ def scratchpad_certainty(model, problems, device, dtype):
     out = []
     for (a, b), rows in zip(problems, logits):
         J = rl.certainty(rows).cpu()
-        rows[torch.arange(len(rows)), torch.tensor(data.encode(data.scratchpad(a, b)),
-                                                   device=rows.device)] = float("-inf")
+        truth = torch.tensor(data.encode(data.scratchpad(a, b)), device=rows.device)
+        rows[torch.arange(len(rows)), truth] = float("-inf")
         rows[:, data.PAD_ID] = float("-inf")  # the right character and padding are not alternatives
         out.append((J, [data.VOCAB[t] for t in rows.argmax(-1).tolist()]))
     return out
@@ -103,16 +71,19 @@ def probe(model, n, problems, greedy, device, dtype, drop=0.05, controls=4, samp
     Delta J is measured at the paper's n+1 commas (every line), the first wrong character of each failed
     greedy completion in `greedy`, every low-certainty token and `controls` uniformly random places per
     problem (whatever their J). Decisiveness, which costs 2 x `samples` generations per token, is tested
-    at the commas of lines 1-3, the first errors, the random places and up to `low_tested` random
-    low-certainty tokens per problem ("decisive" is None elsewhere). Returns one dict per token ("why":
-    how it was chosen) and {problem: J at every character}."""
+    at the commas of lines 1-3, the first errors, the random places, up to `low_tested` random
+    low-certainty tokens per problem that are not first errors (those enter the low-certainty set by
+    construction, so they are counted apart), and for each of these a random place on the same line and
+    field of the scratchpad ("matched": its control). "decisive" is None where untested. Returns one dict
+    per token ("why": how it was chosen) and {problem: J at every character}."""
     rng = torch.Generator().manual_seed(seed)
     tested, j_by_problem = [], {}
-    for (a, b), text, (J, wrong) in zip(problems, greedy, scratchpad_certainty(model, problems, device,
-                                                                               dtype)):
+    certainties = scratchpad_certainty(model, problems, device, dtype)
+    for (a, b), text, (J, wrong) in zip(problems, greedy, certainties):
         j_by_problem[(a, b)] = J.tolist()
         delta = delta_j(J)
         end = data.scratchpad(a, b).index("</scratch>")  # the answer line only copies A: not probed
+        places = [errors.locate(a, b, t)[0] for t in range(len(J))]
         why = {}
         for t in data.critical_positions((a, b), n, lines=None):
             why.setdefault(t, set()).add("every line")
@@ -126,13 +97,18 @@ def probe(model, n, problems, greedy, device, dtype, drop=0.05, controls=4, samp
                 why.setdefault(t, set()).add("low")
         for t in torch.randperm(end, generator=rng)[:controls].tolist():
             why.setdefault(t, set()).add("random")
-        low = [t for t, reasons in why.items() if "low" in reasons]
-        test_low = {low[i] for i in torch.randperm(len(low), generator=rng)[:low_tested].tolist()}
+        low = sorted(t for t, reasons in why.items() if "low" in reasons and "first error" not in reasons)
+        test_low = [low[i] for i in torch.randperm(len(low), generator=rng)[:low_tested].tolist()]
+        for t in test_low:  # its control: a random place where the scratchpad does the same job
+            same = [u for u in range(end) if u != t and same_place(places[u], places[t])]
+            if same:
+                pick = same[torch.randint(len(same), (1,), generator=rng).item()]
+                why.setdefault(pick, set()).add("matched")
+        always = {"paper", "first error", "random", "matched"}  # tested for decisiveness wherever they fall
         for t, reasons in sorted(why.items()):
             tested.append({"problem": (a, b), "t": t, "J": J[t].item(), "delta": delta[t].item(),
-                           "why": reasons,
-                           "low": delta[t].item() < -drop, "wrote": wrong[t], **errors.locate(a, b, t)[0],
-                           "test": t in test_low or bool(reasons & {"paper", "first error", "random"})})
+                           "why": reasons, "low": delta[t].item() < -drop, "wrote": wrong[t], **places[t],
+                           "test": t in test_low or bool(reasons & always)})
     # decisiveness: the same number of sampled continuations after the right and after the wrong character
     for row in tested:
         row["decisive"] = row["critical"] = None
@@ -140,11 +116,11 @@ def probe(model, n, problems, greedy, device, dtype, drop=0.05, controls=4, samp
     truths = [data.scratchpad(*row["problem"]) for row in tested]
     probs = [row["problem"] for row in tested for _ in range(samples)]
     generator = torch.Generator(device).manual_seed(seed)
-    for key, prefix in (("right_wins", lambda s, r: s[:r["t"] + 1]), ("wrong_wins", lambda s,
-                                                                      r: s[:r["t"]] + r["wrote"])):
-        texts = continue_from(model, probs, [prefix(s, r) for s, r in zip(truths,
-                                                                          tested) for _ in range(samples)],
-                              device, dtype, temperature, generator)
+    prefixes = {"right_wins": lambda truth, row: truth[:row["t"] + 1],
+                "wrong_wins": lambda truth, row: truth[:row["t"]] + row["wrote"]}
+    for key, prefix in prefixes.items():
+        heads = [prefix(truth, row) for truth, row in zip(truths, tested) for _ in range(samples)]
+        texts = continue_from(model, probs, heads, device, dtype, temperature, generator)
         for i, row in enumerate(tested):
             row[key] = sum(data.reward(row["problem"], c) for c in texts[i * samples:(i + 1) * samples])
     for row in tested:
@@ -153,10 +129,15 @@ def probe(model, n, problems, greedy, device, dtype, drop=0.05, controls=4, samp
     return sorted(tested + untested, key=lambda r: (problems.index(r["problem"]), r["t"])), j_by_problem
 
 
+def same_place(place, other):
+    """Whether two characters do the same job in the scratchpad: the same line and field (errors.locate)."""
+    return place["line"] == other["line"] and place["field"] == other["field"]
+
+
 def decisive(right_wins, wrong_wins, samples):
     """Whether continuations after the right character succeed clearly more often than after the wrong one:
     the 95% Wilson intervals of the two success rates do not overlap."""
-    return wilson_interval(right_wins, samples)[0] > wilson_interval(wrong_wins, samples)[1]
+    return metrics.wilson_interval(right_wins, samples)[0] > metrics.wilson_interval(wrong_wins, samples)[1]
 
 
 def delta_j(J):
@@ -171,8 +152,11 @@ TABLE1_ROWS = [
     ("first wrong character of failed greedy texts", lambda r: "first error" in r["why"]),
     ("random places (J not looked at)", lambda r: "random" in r["why"]),
     ("random places found decisive (no Delta J filter)", lambda r: "random" in r["why"] and r["decisive"]),
-    ("low certainty (Delta J below -drop: selected by Delta J)", lambda r: r["low"]),
-    ("low certainty and decisive (selected by Delta J)", lambda r: r["critical"]),
+    ("low certainty, first errors apart (selected by Delta J)",
+     lambda r: r["low"] and "first error" not in r["why"]),
+    ("random places on the line and field of a tested low-certainty one", lambda r: "matched" in r["why"]),
+    ("low certainty and decisive, first errors apart (selected by Delta J)",
+     lambda r: r["critical"] and "first error" not in r["why"]),
 ]
 
 
@@ -240,14 +224,13 @@ def cmd_probe(args, device, dtype):
                " | every token |", "|---" * (len(TABLE1_ROWS) + 4) + "|"]
     report = []
     for path in args.ckpt:
-        model, meta = load(path, device)
-        n = pretrain_digits(meta, path)
+        model, meta = metrics.load(path, device)
+        n = metrics.pretrain_digits(meta, path)
         if data.longest_sequence(n + 1) > model.config.block_size:
             sys.exit(f"error: {path} has too few positions for {n + 1}-digit problems")
         problems = data.eval_set("identical", n + 1, args.n)
-        completions = solve(model, problems, device, dtype)
-        accuracy = 100 * sum(data.reward((a, b), c) for c, (a, b) in zip(completions,
-                                                                         problems)) / len(problems)
+        completions = metrics.solve(model, problems, device, dtype)
+        accuracy = data.percent_correct(completions, problems)
         tested, j_by_problem = probe(model, n, problems, completions, device, dtype, drop=args.drop,
                                      controls=args.controls, samples=args.samples, low_tested=args.low_tested)
         rows = table1(tested, j_by_problem, args.drop)
@@ -256,18 +239,19 @@ def cmd_probe(args, device, dtype):
         report += [f"## {path} (N = {n}): {len(problems)} problems of {n + 1}+{n + 1} digits, greedy "
                    f"accuracy {accuracy:.1f}%", "", *table1_markdown(rows, args.drop), "",
                    *decisiveness_note(tested, args.samples, accuracy), "",
-                   *places_markdown(critical, args.top), "", *alpha_markdown(model, n, args.alpha_n, device,
-                                                                             dtype), ""]
+                   *places_markdown(critical, args.top), "",
+                   *alpha_markdown(model, n, args.alpha_n, device, dtype), ""]
         if critical:
             fig5(model, critical[0]["problem"], problems, completions, path, args.results, device, dtype)
-    text = "\n".join(["# Critical-token probe (`python analyze.py probe`)", "",
-                      "Table 1: Delta J = certainty on the token minus the mean certainty on the other "
-                      "tokens of its text, mean +- sd (n tokens), for tokens chosen in different ways. The "
-                      "two low-certainty columns choose by Delta J (below -drop by construction); the paper "
-                      "reports critical tokens.",
-                      "", *summary, "", *report])
+    text = "\n".join(["# Critical-token probe (`python analyze.py probe`)", "", TABLE1_NOTE, "", *summary, "",
+                      *report])
     write_text(os.path.join(args.results, "probe.md"), text + "\n")
     print(text)
+
+
+TABLE1_NOTE = ("Table 1: Delta J = certainty on the token minus the mean certainty on the other tokens of "
+               "its text, mean +- sd (n tokens), for tokens chosen in different ways. The two low-certainty "
+               "columns choose by Delta J (below -drop by construction); the paper reports critical tokens.")
 
 
 def short_cell(row):
@@ -317,8 +301,7 @@ def places_markdown(critical, top):
 
 
 def alpha_markdown(model, n, size, device, dtype):
-    """Which alpha does what: the penalty's weight J^alpha where this model decides its errors, and
-    elsewhere."""
+    """Which alpha does what: the weight J^alpha where this model decides its errors, and elsewhere."""
     problems = data.eval_set("rl", 1, size, n=n)
     with mixed_precision(device, dtype):
         completions = data.complete(model, problems, device=device)
@@ -331,7 +314,10 @@ def alpha_markdown(model, n, size, device, dtype):
         cells = ["n/a" if not values else f"{metrics.mean_weight(values, lambda j: rl.kl_weight(j, a)):.3f}"
                  for a in ALPHAS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines
+    below = [sum(j < metrics.UNCERTAIN for j in values) for values in (decisive, elsewhere)]
+    return lines + ["", f"J below {metrics.UNCERTAIN:g}, where rl.py splits the KL (metrics.kl_split): "
+                        f"{below[0]} of {len(decisive)} first-error states, {below[1]} of {len(elsewhere)} "
+                        "others."]
 
 
 def fig5(model, problem, problems, completions, path, results, device, dtype):
@@ -347,42 +333,3 @@ def fig5(model, problem, problems, completions, path, results, device, dtype):
     stem = os.path.splitext(os.path.basename(path))[0]
     plot_certainty(text, J, low_j, os.path.join(results, f"certainty_{stem}.png"),
                    f"{stem}: {a}+{b}, each character coloured by the certainty J of the model writing it")
-
-
-def cmd_errors(args, device, dtype):
-    model, meta = load(args.ckpt, device)
-    n = pretrain_digits(meta, args.ckpt)
-    k = args.digits or n + 1
-    if data.longest_sequence(k) > model.config.block_size:
-        sys.exit(f"error: {k}-digit problems do not fit {args.ckpt} ({model.config.block_size} positions); "
-                 f"choose a smaller --digits")
-    problems = data.eval_set("identical", k, args.n)
-    completions = solve(model, problems, device, dtype)
-    failures = [(c, a, b) for c, (a, b) in zip(completions, problems) if not data.reward((a, b), c)]
-    # never None: a perfect scratchpad ends right
-    first_errors = [errors.describe_error(c, a, b) for c, a, b in failures]
-    in_lists = [e for e in first_errors if e["field"].startswith("operand") and e["line"] <= 3]
-    at_critical = {lines: sum(e["offset"] in data.critical_positions((a, b), n, lines)
-                              for e, (c, a, b) in zip(first_errors, failures)) for lines in (3, None)}
-    print(f"{args.ckpt}: {k}+{k} greedy accuracy {100 * (1 - len(failures) / len(problems)):.1f}% "
-          f"({len(failures)} of {len(problems)} failed)")
-    if failures:
-        def share(count):
-            return f"{count} of {len(failures)} failures ({100 * count / len(failures):.1f}%)"
-        print(f"- first error in an operand list on lines 1-3: {share(len(in_lists))}")
-        print(f"- first error at the paper's critical comma on lines 1-3: {share(at_critical[3])}")
-        print("- first error at the critical comma of any line (a list longer than pre-training ever showed "
-              f"on that line, closed where pre-training closed it): {share(at_critical[None])}")
-        print("\n| line | field | digits before | expected | wrote | kind | count "
-              "|\n|---|---|---|---|---|---|---|")
-        where = Counter((e["line"], e["field"], e["index"], e["expected"], e["wrote"], e["kind"])
-                        for e in first_errors)
-        for (line, field, index, expected, wrote, kind), count in where.most_common(args.top):
-            print(f"| {line} | {field} | {'' if index is None else index} | {expected!r} | {wrote!r} | "
-                  f"{kind} | {count} |")
-        print("\n| kind | count |\n|---|---|")
-        for kind, count in Counter(e["kind"] for e in first_errors).most_common(args.top):
-            print(f"| {kind} | {count} |")
-    for c, a, b in failures[:args.show]:
-        print(f"\nclaims {a}+{b}={data.parse_answer(c)}, truth {a + b}; first error: "
-              f"{errors.describe_error(c, a, b)}")

@@ -12,6 +12,7 @@ import analyze
 import curves
 import data
 import errors
+import metrics
 import probe
 from model import GPT, GPTConfig, save_checkpoint
 
@@ -52,9 +53,9 @@ def test_describe_error_in_a_sum_and_in_a_truncated_text():
 
 
 def test_wilson_interval():
-    low, high = probe.wilson_interval(50, 100)
+    low, high = metrics.wilson_interval(50, 100)
     assert low < 50 < high and abs((low + high) / 2 - 50) < 1e-9
-    assert probe.wilson_interval(0, 1000)[0] == 0.0 and probe.wilson_interval(1000, 1000)[1] == 100.0
+    assert metrics.wilson_interval(0, 1000)[0] == 0.0 and metrics.wilson_interval(1000, 1000)[1] == 100.0
 
 
 @pytest.mark.parametrize("command", [["accuracy", "--extra", "1"], ["errors"]])
@@ -245,13 +246,13 @@ def test_probe_finds_the_one_hesitant_decisive_token():
     problems = [(1234, 5678), (4321, 8765)]
     offset = data.critical_positions((1234, 5678), 3)[0]  # the n+1 comma of line 1, operand 1, in both
     model = Scripted(offset, "]")
-    greedy = probe.solve(model, problems, "cpu", None)
+    greedy = metrics.solve(model, problems, "cpu", None)
     tested, certainty = probe.probe(model, 3, problems, greedy, "cpu", None, controls=3, samples=8)
     critical = [r for r in tested if r["critical"]]
     assert [(r["problem"], r["t"]) for r in critical] == [(p, offset) for p in problems]
     hit = critical[0]
-    assert hit["wrote"] == "]" and "paper" in hit["why"] and (hit["line"], hit["field"],
-                                                              hit["index"]) == (1, "operand 1", 3)
+    assert hit["wrote"] == "]" and "paper" in hit["why"]
+    assert (hit["line"], hit["field"], hit["index"]) == (1, "operand 1", 3)
     assert (hit["right_wins"], hit["wrong_wins"]) == (8, 0)
     # two equally likely characters: J = 1 - log 2 / log |V|, against about 1 on every other token
     assert hit["J"] == pytest.approx(1 - math.log(2) / math.log(len(data.VOCAB)), abs=1e-3)
@@ -261,9 +262,12 @@ def test_probe_finds_the_one_hesitant_decisive_token():
     # what sets the critical token apart is its certainty alone
     assert all(r["decisive"] and not r["critical"] for r in randoms if r["t"] != offset)
     rows = {r["positions"]: r for r in probe.table1(tested, certainty, drop=0.05)}
-    selected = rows["low certainty and decisive (selected by Delta J)"]
-    assert selected["n"] == 2 and selected["mean"] == pytest.approx(hit["delta"],
-                                                                    abs=1e-3) and selected["below"] == 1
+    # greedy decoding writes the right character there (a tie goes to ','): not a first error
+    selected = rows["low certainty and decisive, first errors apart (selected by Delta J)"]
+    assert selected["n"] == 2 and selected["mean"] == pytest.approx(hit["delta"], abs=1e-3)
+    assert selected["below"] == 1 and rows["first wrong character of failed greedy texts"]["n"] == 0
+    controls = [r for r in tested if "matched" in r["why"]]  # one per tested low-certainty token
+    assert len(controls) == 2 and all((r["line"], r["field"]) == (1, "operand 1") for r in controls)
     assert rows["the paper's n+1 comma, lines 1-3 (fixed places)"]["n"] == 2 * 2 * 3  # 2 operands x 3 lines
     assert abs(rows["every token of the texts"]["mean"]) < 0.01
 
@@ -278,9 +282,8 @@ def test_decisiveness_needs_a_gap_with_intervals():
 
 def test_probe_subcommand_writes_table_and_figure(tiny_checkpoint, tmp_path):
     r = subprocess.run([sys.executable, "analyze.py", "probe", "--ckpt", tiny_checkpoint, "--n", "3",
-                        "--controls",
-                        "2", "--results",
-                        str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                        "--controls", "2", "--results", str(tmp_path)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "Table 1" in r.stdout and (tmp_path / "probe.md").exists()
 
@@ -332,3 +335,18 @@ def test_ansi_rendering_keeps_every_character_and_marks_the_unsure_one():
     black = "\x1b[38;2;0;0;0m"
     # red at J = low, white at 1
     assert f"48;2;255;80;80m{black}," in out and f"48;2;255;255;255m{black}[" in out
+
+
+def test_a_low_certainty_token_gets_a_control_on_its_own_line_and_field():
+    """A model unsure at one digit copy that it still writes right: that token is low-certainty without
+    being a first error, and its control is another digit of the same operand list on the same line."""
+    problems = [(1234, 5678)]
+    offset = data.scratchpad(1234, 5678).index("[1,2,3,4]") + 3  # the '2' of line 1, operand 1
+    model = Scripted(offset, "7")
+    greedy = [data.scratchpad(*p) for p in problems]  # right everywhere: no first error
+    tested, _ = probe.probe(model, 3, problems, greedy, "cpu", None, controls=0, samples=2)
+    low = [r for r in tested if r["low"]]
+    matched = [r for r in tested if "matched" in r["why"]]
+    assert [r["t"] for r in low] == [offset] and len(matched) == 1 and matched[0]["t"] != offset
+    assert (matched[0]["line"], matched[0]["field"]) == (low[0]["line"], low[0]["field"]) == (1, "operand 1")
+    assert matched[0]["decisive"] is not None  # tested, as its low-certainty token is
