@@ -73,12 +73,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default="checkpoints/add7.pt", help="model to time")
     add_number(p, "--digits", int, None, "K for the K+K problems (default N+1)", at_least=1)
-    add_number(p, "--batch-size", int, 64,
-               "rows generated at once (default 64: one RL iteration, 16 problems x "
-               "4 samples)", at_least=1, at_most=65_536)
-    add_number(p, "--recompute-every", int, 16,
-               "time the full recompute at every K-th new token, scaled by K "
-               "(default 16; 1: exact)", at_least=1)
+    add_number(p, "--batch-size", int, 64, "rows generated at once (default 64: one RL iteration, "
+               "16 problems x 4 samples)", at_least=1, at_most=65_536)
+    add_number(p, "--recompute-every", int, 16, "time the full recompute at every K-th new token, scaled "
+               "by K (default 16; 1: exact)", at_least=1)
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_number(p, "--threads", int, None, "CPU threads (default: all cores)", at_least=1)
     p.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
@@ -138,8 +136,8 @@ def main(argv=None):
     prompt_lengths = (prompts != data.PAD_ID).sum(1).tolist()
     generated = forward_flops(model, [p + t for row, p in zip(written.tolist(), prompt_lengths)
                                       for t, real in enumerate(row, 1) if real])
-    trained = 3 * forward_flops(model,
-                                [t for _ in range(x.size(0)) for t in range(1, x.size(1) + 1)])  # + backward
+    positions = [t for _ in range(x.size(0)) for t in range(1, x.size(1) + 1)]
+    trained = 3 * forward_flops(model, positions)  # forward and backward
     peaks = {d: matmul_peak(device, d) for d in (dtype, gen_dtype)}  # the precision of each part
     shown = " and ".join(f"{peak:.1f}{'' if i else ' GFLOP/s'} in {precision_name(d)}"
                          for i, (d, peak) in enumerate(peaks.items()))

@@ -73,8 +73,8 @@ def read_run(run_dir):
                 sys.exit(f"error: {metrics_path} line {number} is not JSON; remove the line or the run")
             missing = [k for k in REQUIRED if not isinstance(row, dict) or row.get(k) is None]
             if missing:
-                sys.exit(f"error: {metrics_path} line {number} lacks {', '.join(missing)}; remove the line "
-                         "or the run")
+                sys.exit(f"error: {metrics_path} line {number} lacks {', '.join(missing)}; "
+                         "remove the line or the run")
             rows.append(row)
     return {"dir": run_dir, "config": config, "rows": rows} if rows else None
 

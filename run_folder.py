@@ -46,10 +46,10 @@ def prepare(args, config):
                   if k not in RESUME_MAY_DIFFER and old.get(k) != v]
         if differ:
             sys.exit(f"error: --resume with other settings than {run_dir} was made with: {'; '.join(differ)}")
-        if device_type(old.get("device", "cpu")) != device_type(config["device"]):
-            sys.exit(f"error: {run_dir} ran on {old.get('device', 'cpu')} and its random state cannot move "
-                     "to "
-                     f"{config['device']}; resume it with --device {device_type(old.get('device', 'cpu'))}")
+        started_on = old.get("device", "cpu")
+        if device_type(started_on) != device_type(config["device"]):
+            sys.exit(f"error: {run_dir} ran on {started_on} and its random state cannot move to "
+                     f"{config['device']}; resume it with --device {device_type(started_on)}")
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         # a kill after the state was saved leaves rows the resumed run writes again: cut them
         rows = cut_back(metrics_path, state["episode"])

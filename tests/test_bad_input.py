@@ -46,8 +46,10 @@ CASES = [
     ("rl", ["--temperature", "0"], "--temperature must be positive"),
     ("rl", ["--kl-estimator", "k9"], "invalid choice"),
     ("rl", ["--dtype", "half"], "invalid choice"),
-    ("rl", ["--kl-estimator", "k1"], "zero expected gradient"), ("rl", ["--lr", "inf"], "finite"),
-    ("rl", ["--kl-coef", "inf"], "finite"), ("rl", ["--alpha", "nan"], "finite"),
+    ("rl", ["--kl-estimator", "k1"], "zero expected gradient"),
+    ("rl", ["--lr", "inf"], "finite"),
+    ("rl", ["--kl-coef", "inf"], "finite"),
+    ("rl", ["--alpha", "nan"], "finite"),
     ("rl", ["--temperature", "1e-40"], "at least 0.01"),
     ("rl", ["--certainty-temperature", "0"], "--certainty-temperature must be positive"),
     ("rl", ["--group-size", "1"], "group of one learns nothing"),
@@ -100,8 +102,8 @@ def files_under(folder):
 def playground(tmp_path, tiny_checkpoint):
     """An empty-looking folder with the few things the cases need: an existing file, an existing run."""
     (tmp_path / "existing.pt").write_text("not a checkpoint")
-    save_checkpoint(str(tmp_path / "no_digits.pt"), GPT(GPTConfig(block_size=64, n_layer=1, n_head=1,
-                                                                  n_embd=8)))
+    tiny = GPT(GPTConfig(block_size=64, n_layer=1, n_head=1, n_embd=8))
+    save_checkpoint(str(tmp_path / "no_digits.pt"), tiny)
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "metrics.jsonl").write_text("{}\n")
     (tmp_path / "empty").mkdir()

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GPUS = [d for d, there in (("cuda", torch.cuda.is_available()), ("mps",
-                                                                 torch.backends.mps.is_available())) if there]
+AVAILABLE = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+GPUS = [device for device, there in AVAILABLE.items() if there]
 pytestmark = pytest.mark.skipif(not GPUS, reason="no CUDA or MPS device here: the GPU smoke tests need one")
 DEVICE = GPUS[0] if GPUS else "cpu"
 

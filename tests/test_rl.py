@@ -138,6 +138,11 @@ def test_ppo_ratio_is_one_on_the_first_epoch():
     assert torch.allclose(g_ppo, g_plain, atol=1e-6)  # ratio 1: same gradient as the policy gradient
 
 
+def some_signal(problem, completion):
+    """A reward that a tiny untrained model earns now and then, so that advantages are not all zero."""
+    return float(len(completion) % 2)
+
+
 def test_group_advantages():
     rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
     adv = rl.group_advantages(rewards, 4)
@@ -184,11 +189,11 @@ def test_critical_probability_reads_the_comma():
 
 
 def test_smoke_run_writes_metrics_and_checkpoint(tiny_checkpoint, tmp_path):
-    r = subprocess.run([sys.executable, "rl.py", "--ckpt", tiny_checkpoint, "--episodes", "8", "--batch-size",
-                        "2",
-                        "--group-size", "2", "--eval-every", "4", "--eval-size", "4", "--out", str(tmp_path),
-                        "--name", "smoke", "--algo", "ppo", "--device",
-                        "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    flags = ["--ckpt", tiny_checkpoint, "--episodes", "8", "--batch-size", "2", "--group-size", "2",
+             "--eval-every", "4", "--eval-size", "4", "--out", str(tmp_path), "--name", "smoke",
+             "--algo", "ppo", "--device", "cpu"]
+    r = subprocess.run([sys.executable, "rl.py", *flags], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stderr
     assert "done: N+1 (3 digits) greedy accuracy" in r.stdout
     rows = [json.loads(line) for line in open(tmp_path / "smoke" / "metrics.jsonl")]
@@ -213,13 +218,11 @@ def test_an_existing_run_is_not_replaced_without_force(tiny_checkpoint, tmp_path
 
 
 def test_a_diverging_run_stops_with_one_line_and_valid_logs(tiny_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setattr(rl.data, "reward", lambda problem,
-                        completion: float(len(completion) % 2))  # some signal
+    monkeypatch.setattr(rl.data, "reward", some_signal)
     with pytest.raises(SystemExit) as e:
         rl.main(["--ckpt", tiny_checkpoint, "--episodes", "16", "--batch-size", "2", "--group-size", "2",
-                 "--eval-every", "8", "--eval-size", "2", "--out", str(tmp_path), "--name", "nan", "--lr",
-                 "1e30",
-                 "--grad-clip", "0", "--threads", "1", "--device", "cpu"])
+                 "--eval-every", "8", "--eval-size", "2", "--out", str(tmp_path), "--name", "nan",
+                 "--lr", "1e30", "--grad-clip", "0", "--threads", "1", "--device", "cpu"])
     assert isinstance(e.value.code, str) and "not finite" in e.value.code and "\n" not in e.value.code
     # valid JSON: null, never NaN
     rows = [json.loads(line) for line in open(tmp_path / "nan" / "metrics.jsonl")]
@@ -227,12 +230,10 @@ def test_a_diverging_run_stops_with_one_line_and_valid_logs(tiny_checkpoint, tmp
 
 
 def test_an_interrupted_run_resumes_to_the_same_metrics(tiny_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setattr(rl.data, "reward", lambda problem,
-                        completion: float(len(completion) % 2))  # some signal
+    monkeypatch.setattr(rl.data, "reward", some_signal)
     flags = ["--ckpt", tiny_checkpoint, "--episodes", "16", "--batch-size", "2", "--group-size", "2",
-             "--eval-every",
-             "4", "--eval-size", "2", "--out", str(tmp_path), "--threads", "1", "--no-save", "--device",
-             "cpu"]
+             "--eval-every", "4", "--eval-size", "2", "--out", str(tmp_path), "--threads", "1", "--no-save",
+             "--device", "cpu"]
     rl.main([*flags, "--name", "whole"])
     save = run_folder.atomic_save  # the run's state is written by run_folder.save_state
 
@@ -328,10 +329,8 @@ def test_critical_probabilities_read_every_position_in_one_copy():
 
 def test_a_run_resumes_only_on_the_kind_of_device_it_started_on(tiny_checkpoint, tmp_path):
     flags = ["--ckpt", tiny_checkpoint, "--episodes", "8", "--batch-size", "2", "--group-size", "2",
-             "--eval-every",
-             "4", "--eval-size", "2", "--out", str(tmp_path), "--name", "moved", "--threads", "1",
-             "--no-save",
-             "--device", "cpu"]
+             "--eval-every", "4", "--eval-size", "2", "--out", str(tmp_path), "--name", "moved",
+             "--threads", "1", "--no-save", "--device", "cpu"]
     save = run_folder.atomic_save
     with pytest.MonkeyPatch.context() as patch:
         def save_then_stop(obj, path):
@@ -351,10 +350,8 @@ def test_a_run_resumes_only_on_the_kind_of_device_it_started_on(tiny_checkpoint,
 
 def test_every_term_of_the_loss_is_logged_each_iteration(tiny_checkpoint, tmp_path):
     rl.main(["--ckpt", tiny_checkpoint, "--episodes", "8", "--batch-size", "2", "--group-size", "2",
-             "--eval-every",
-             "8", "--eval-size", "2", "--out", str(tmp_path), "--name", "ppo", "--algo", "ppo", "--threads",
-             "1",
-             "--no-save", "--device", "cpu"])
+             "--eval-every", "8", "--eval-size", "2", "--out", str(tmp_path), "--name", "ppo",
+             "--algo", "ppo", "--threads", "1", "--no-save", "--device", "cpu"])
     steps = [json.loads(line) for line in open(tmp_path / "ppo" / "train.jsonl")]
     _, terms = rl.rl_loss(*toy_batch(), kl_coef=1.0, alpha=1.0, old_logp=torch.zeros(3, 5))
     assert [row["iteration"] for row in steps] == [1, 2] and [row["episode"] for row in steps] == [4, 8]

@@ -94,9 +94,8 @@ def test_a_toy_task_pretrains_and_fine_tunes_through_the_interface(reverse_task,
     out = str(tmp_path / "reverse.pt")
     pretrain.main(["--digits", "3", "--steps", "12", "--eval-every", "6", "--out", out, *tiny])
     rl.main(["--ckpt", out, "--episodes", "8", "--batch-size", "2", "--group-size", "2", "--eval-every", "4",
-             "--eval-size", "4", "--out", str(tmp_path), "--name", "reverse", "--device", "cpu", "--threads",
-             "1",
-             "--no-save"])
+             "--eval-size", "4", "--out", str(tmp_path), "--name", "reverse", "--device", "cpu",
+             "--threads", "1", "--no-save"])
     rows = [json.loads(line) for line in open(tmp_path / "reverse" / "metrics.jsonl")]
     assert [row["episode"] for row in rows] == [0, 4, 8]
     assert all(0 <= row["acc_plus"] <= 100 and 0 <= row["critical_p"] <= 1 for row in rows)
