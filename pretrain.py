@@ -28,7 +28,8 @@ import data
 from model import GPT, GPTConfig, save_checkpoint
 from runtime import (DEVICE_HELP, DTYPE_HELP, DTYPES, add_number, atomic_save, autocast_dtype,
                      generation_dtype, mixed_precision, pick_device, precision_name, provenance,
-                     seed_everything, set_threads, too_big)
+                     seed_everything, set_threads, start_ranks, sum_gradients, sum_over_ranks, too_big,
+                     wait_for_ranks)
 
 
 def get_args(argv=None):
@@ -121,10 +122,11 @@ def save(args, model, optimizer, step, elapsed, evals, made_on):
 RESUMABLE = {"steps", "eval_every", "save_every", "eval_size", "threads", "device", "out", "resume", "force"}
 
 
-def check_out(args):
+def check_out(args, writer=True):
     """Refuse to replace an existing --out (unless --force), or to resume with other training flags than
-    the run was started with; make sure --out can be written before any work."""
-    for pattern in (".tmp*", ".state.tmp*"):  # left by a run killed in the middle of a save
+    the run was started with; make sure --out can be written before any work (writer: the one process that
+    writes, which also clears what a killed save left)."""
+    for pattern in (".tmp*", ".state.tmp*") if writer else ():  # left by a run killed in the middle of a save
         for stale in glob.glob(glob.escape(args.out) + pattern):
             os.remove(stale)
     if args.resume:
@@ -134,9 +136,8 @@ def check_out(args):
             state = torch.load(args.out + ".state", map_location="cpu", weights_only=True)
         except Exception as e:  # a truncated or foreign file: say which, not where torch.load failed
             sys.exit(f"error: cannot read {args.out}.state ({type(e).__name__}); start without --resume")
-        differ = [f"--{k.replace('_', '-')} {v} (the run has {state['args'].get(k)})" for k,
-                  v in vars(args).items()
-                  if k not in RESUMABLE and state["args"].get(k) != v]
+        differ = [f"--{k.replace('_', '-')} {v} (the run has {state['args'].get(k)})"
+                  for k, v in vars(args).items() if k not in RESUMABLE and state["args"].get(k) != v]
         if differ:
             sys.exit(f"error: --resume with other flags than {args.out} was trained with: "
                      f"{'; '.join(differ)}")
@@ -148,10 +149,11 @@ def check_out(args):
         sys.exit(f"error: {args.out} exists; choose another --out, continue it with --resume, or pass "
                  "--force to replace it")
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out + ".tmp-check", "w"):
-            pass
-        os.remove(args.out + ".tmp-check")
+        if writer:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            with open(args.out + ".tmp-check", "w"):
+                pass
+            os.remove(args.out + ".tmp-check")
     except OSError as e:
         sys.exit(f"error: cannot write {args.out}: {e.strerror} ({e.filename}); choose another --out")
     return None
@@ -161,7 +163,11 @@ def main(argv=None):
     args = get_args(argv)
     set_threads(args.threads)
     device = pick_device(args.device)
-    seed_everything(args.seed, device)
+    rank, ranks, device = start_ranks(device)  # ranks: under torchrun, each takes 1/ranks of every batch
+    if args.batch_size % ranks:
+        sys.exit(f"error: --batch-size {args.batch_size} does not split over {ranks} processes: use a "
+                 f"multiple of {ranks}")
+    seed_everything(args.seed, device)  # the same on every rank: the same weights and the same batches
     made_on = provenance(device)
     dtype = autocast_dtype(args.dtype, device)
     config = GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
@@ -169,7 +175,7 @@ def main(argv=None):
     longest = data.longest_sequence(args.digits)
     if message := too_big(config, args.batch_size, longest, device):
         sys.exit(f"error: {message}; lower --batch-size or the model's size")
-    state = check_out(args)  # for --resume: model, optimizer, RNGs and step, all from one file
+    state = check_out(args, writer=rank == 0)  # for --resume: model, optimizer, RNGs and step, in one file
     model = GPT(config).to(device)
     eval_dtype = generation_dtype(args.dtype, device)
     model.train()
@@ -188,8 +194,10 @@ def main(argv=None):
         torch.set_rng_state(state["torch_rng"])
         for _ in range(start_step):  # replay the data stream: the same batches as an uninterrupted run
             next(stream)
-    print(f"model: {model.num_params() / 1e6:.2f}M parameters | device {device} | autocast {dtype or 'off'} "
-          f"(generation {precision_name(eval_dtype)}) | steps {start_step}..{args.steps}")
+    if rank == 0:
+        print(f"model: {model.num_params() / 1e6:.2f}M parameters | device {device} x {ranks} | autocast "
+              f"{dtype or 'off'} (generation {precision_name(eval_dtype)}) | steps "
+              f"{start_step}..{args.steps}")
 
     # Ctrl-C (or a kill's SIGTERM) asks the loop to stop at the end of the current step: it saves a whole step
     stop = []
@@ -197,45 +205,57 @@ def main(argv=None):
     previous = {sig: signal.signal(sig, lambda *_: stop.append(True)) for sig in signals}
     t0 = time.time() - elapsed
     bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, desc="pretrain",
-               dynamic_ncols=True)
+               dynamic_ncols=True, disable=rank > 0)
     try:
         for step in bar:
-            x, y = data.make_batch(next(stream), device)
+            batch = next(stream)
+            x, y = data.make_batch(batch[rank::ranks], device)  # ranks: this process's share of the batch
             offset = None
             if args.random_offset:  # any start that keeps the whole row inside the block; drawn on the CPU,
                 # whose generator the resume state holds: a resumed run draws the same offsets on any device
-                offset = torch.randint(0, args.block_size - x.size(1) + 1, (x.size(0),)).to(device)
+                width = max(data.sequence_length(problem) for problem in batch) - 1
+                offset = torch.randint(0, args.block_size - width + 1, (len(batch),))[rank::ranks].to(device)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, args)
             with mixed_precision(device, dtype):
                 _, loss = model(x, y, offset)
+            if ranks > 1:  # ranks: weighted by its share of the targets, the summed gradients are the mean's
+                loss = loss * (y != -1).sum() / sum(len(data.target(problem)) for problem in batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            sum_gradients(model)  # ranks: add up every process's gradients (nothing when alone)
             if args.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
             optimizer.step()
             steps_done = step + 1
+            if ranks > 1 and sum_over_ranks([len(stop)])[0]:  # ranks: one stops, all stop at this step
+                stop.append(True)
             evaluating = steps_done % args.eval_every == 0 or steps_done == args.steps
             saving = evaluating or steps_done % args.save_every == 0 or stop
             if saving or steps_done % LOOK_EVERY == 0:  # a look at the loss waits for a GPU's queue
-                if not torch.isfinite(loss):  # nothing saved: the last checkpoint stays the last good one
+                batch_loss = sum_over_ranks([loss.item()])[0]  # ranks: the shares add up to the batch's loss
+                if not math.isfinite(batch_loss):  # nothing saved: the last checkpoint stays the last good
                     sys.exit(f"error: the loss is not finite by step {steps_done}; {args.out} holds the last "
                              f"good checkpoint (if any); try a lower --lr")
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                bar.set_postfix(loss=f"{batch_loss:.4f}")
             if saving:
                 elapsed = time.time() - t0
-            if evaluating:
+            if evaluating and rank == 0:  # ranks: the others wait at the save
                 evals[steps_done] = acc = evaluate(model, args.digits, args.eval_size, device, eval_dtype)
                 shown = " ".join(f"{k}:{a:.0f}" for k, a in acc.items())
-                tqdm.write(f"step {steps_done} | loss {loss.item():.4f} | {elapsed / 60:.1f} min | "
+                tqdm.write(f"step {steps_done} | loss {batch_loss:.4f} | {elapsed / 60:.1f} min | "
                            f"greedy acc K+K: {shown}")
-            if saving:
+            if saving and rank == 0:
                 save(args, model, optimizer, steps_done, elapsed, evals, made_on)
+            if saving:
+                wait_for_ranks()
             if stop:
                 sys.exit(f"\ninterrupted after step {steps_done}: saved {args.out}; continue with --resume")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if rank > 0:
+        return
     elapsed = time.time() - t0
     acc = evals[args.steps]
     longer = args.digits + 1

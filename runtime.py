@@ -6,6 +6,7 @@ Every script calls these; none of it is about the model or the task.
     precision   autocast_dtype (training), generation_dtype (sampling), mixed_precision
     threads     set_threads; seeds: seed_everything (and deterministic kernels on CUDA)
     provenance  what a run ran on (code commit, machine, threads, torch), for its config
+    ranks       start_ranks, sum_over_ranks, sum_gradients, wait_for_ranks: torchrun's processes
     memory      training_gb, too_big: refuse a run that cannot fit before it starts
     files       replace_atomically, atomic_save, write_text, save_figure: a run cut off mid-write
                 leaves the old file intact
@@ -163,6 +164,54 @@ def cpu_model():
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+# -----------------------------------------------------------------------------
+# more than one process: `torchrun --nproc_per_node K script.py ...` runs K ranks that each take a share of
+# every batch and add up their gradients (the scripts mark these lines "# ranks"); alone, rank 0 of 1
+
+def start_ranks(device):
+    """(rank, world size, device): under torchrun, join the process group (nccl for CUDA, gloo otherwise)
+    and put each rank on its own GPU of the machine; alone, (0, 1, device) and nothing else happens."""
+    if "RANK" not in os.environ:
+        return 0, 1, device
+    import torch.distributed as dist
+    cuda = device_type(device) == "cuda"
+    if cuda:
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def sum_over_ranks(values):
+    """A list of floats summed over every rank (every rank gets the sums); as it is when alone."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    on = "cuda" if dist.get_backend() == "nccl" else "cpu"  # where the backend's messages live
+    total = torch.tensor(values, dtype=torch.float64, device=on)
+    dist.all_reduce(total)
+    return total.tolist()
+
+
+def sum_gradients(model):
+    """Every rank's gradients replaced by their sum over ranks, in one message (nothing when alone)."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    for g, summed in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(summed.view_as(g))
+
+
+def wait_for_ranks():
+    """Every rank waits here until all have arrived (nothing when alone)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 # -----------------------------------------------------------------------------

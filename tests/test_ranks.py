@@ -1,0 +1,68 @@
+"""More than one process: torchrun runs each script with two ranks (gloo on a CPU), and two ranks' summed
+gradients are those of one process on the union of their shares."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import data
+from model import GPT, GPTConfig, load_checkpoint
+from runtime import sum_gradients
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "256", "--batch-size", "8",
+        "--eval-size", "4", "--device", "cpu", "--threads", "1", "--seed", "0"]
+BATCH = [(12, 34), (5, 6), (99, 1), (7, 80), (31, 4), (60, 60)]
+
+
+def torchrun(script, *flags):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script,
+               *flags]
+    r = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def test_pretraining_with_two_ranks_matches_one_process(tmp_path):
+    flags = ["--digits", "2", "--steps", "3", "--eval-every", "3", *TINY]
+    torchrun("pretrain.py", *flags, "--out", str(tmp_path / "two.pt"))
+    subprocess.run([sys.executable, "pretrain.py", *flags, "--out", str(tmp_path / "one.pt")], cwd=ROOT,
+                   check=True, capture_output=True, timeout=300)
+    one, two = (load_checkpoint(str(tmp_path / f"{name}.pt")).state_dict() for name in ("one", "two"))
+    # Adam divides by the gradient's size: where a gradient is ~1e-8, rounding can flip a step of lr; a
+    # rank that trained on its share alone would move most weights elsewhere
+    differ = sum(((one[k] - two[k]).abs() > 1e-6).sum().item() for k in one)
+    assert differ <= 0.01 * sum(t.numel() for t in one.values()), f"{differ} weights differ"
+    torchrun("pretrain.py", *flags[:3], "4", *flags[4:], "--out", str(tmp_path / "two.pt"), "--resume")
+
+
+def _share_gradients(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=256, n_layer=1, n_head=2, n_embd=16))
+    share = BATCH[rank::world]
+    x, y = data.make_batch(share)
+    _, loss = model(x, y)
+    targets = sum(len(data.target(problem)) for problem in BATCH)
+    (loss * (y != -1).sum() / targets).backward()  # as pretrain.py weighs a rank's share
+    sum_gradients(model)
+    if rank == 0:
+        torch.save([p.grad for p in model.parameters()], out)
+    dist.destroy_process_group()
+
+
+def test_summed_share_gradients_equal_the_gradient_of_the_whole_batch(tmp_path):
+    out = str(tmp_path / "grads.pt")
+    mp.spawn(_share_gradients, args=(2, 29517, out), nprocs=2)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=256, n_layer=1, n_head=2, n_embd=16))
+    x, y = data.make_batch(BATCH)
+    model(x, y)[1].backward()
+    for alone, shared in zip((p.grad for p in model.parameters()), torch.load(out)):
+        assert torch.allclose(alone, shared, atol=1e-6, rtol=1e-4)
