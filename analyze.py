@@ -105,13 +105,7 @@ def run_rl(runs, budget, jobs):
     threads = max(1, torch.get_num_threads() // jobs)
 
     def launch(run):
-        out, name, flags = run
-        command = [sys.executable, "rl.py", "--episodes", str(budget["episodes"]), "--eval-every",
-                   str(budget["eval_every"]), "--out", out, "--name", name, "--no-save",
-                   "--threads", str(threads),
-                   # a run cut off continues from its last evaluation; one that never got there starts again
-                   "--resume" if os.path.exists(os.path.join(out, name, "state.pt")) else "--force",
-                   *budget.get("rl_flags", []), *flags]
+        command = rl_command(*run, budget, threads)
         sys.stderr.write("$ " + " ".join(command[1:]) + "\n")  # one write: runs start side by side
         if jobs == 1:  # the run's own progress bar
             return run, subprocess.run(command).returncode, ""
@@ -130,6 +124,15 @@ def run_rl(runs, budget, jobs):
         sys.exit(f"error: {len(failed)} rl.py run(s) failed: {', '.join(failed)} (commands printed above)")
 
 
+def rl_command(out, name, flags, budget, threads):
+    """The rl.py command of one study run; a run cut off continues from its last evaluation, one that never
+    got there starts again."""
+    return [sys.executable, "rl.py", "--episodes", str(budget["episodes"]), "--eval-every",
+            str(budget["eval_every"]), "--out", out, "--name", name, "--no-save", "--threads", str(threads),
+            "--resume" if os.path.exists(os.path.join(out, name, "state.pt")) else "--force",
+            *budget.get("rl_flags", []), *flags]
+
+
 def cmd_study(args):
     """Every table and figure: accuracy (Tables 4-5), the probe (Table 1, Fig. 5), standard against
     prioritized KL (Fig. 4), the alpha sweep (Fig. 6) and RL on N+2 after more pre-training (Fig. 3)."""
@@ -141,6 +144,11 @@ def cmd_study(args):
         sys.exit(f"error: missing {', '.join(missing)}: the study needs the shipped checkpoints (see "
                  "checkpoints/README.md)")
     common = ["--device", args.device]
+    figures = study_runs(budget, out, common)
+    if args.print_commands:  # one command a line, one thread each: for `parallel -j N` or a job array
+        for run in (run for runs in (figures["fig6"], figures["fig3"]) for run in runs):
+            print(" ".join(["python", *rl_command(*run, budget, 1)[1:]]))
+        return
     base = [sys.executable, "analyze.py"]
     for step in (["accuracy", "--ckpt", *CHECKPOINTS, "--n", str(budget["n"])],
                  ["probe", "--ckpt", *CHECKPOINTS, "--n", str(budget["probe_n"])]):
@@ -148,7 +156,6 @@ def cmd_study(args):
         if subprocess.run([*base, *step, *common, "--results", results],
                           stdout=subprocess.DEVNULL).returncode:
             sys.exit(f"error: analyze.py {step[0]} failed")
-    figures = study_runs(budget, out, common)
     run_rl([run for runs in (figures["fig6"], figures["fig3"]) for run in runs], budget, args.jobs)
     for name, runs in figures.items():
         cmd_curves(argparse.Namespace(runs=[os.path.join(o, n) for o, n, _ in runs], name=name,
@@ -227,6 +234,9 @@ def get_args(argv=None):
     stu.add_argument("--results", default="results",
                      help="tables and figures go to <results>/study_<budget>/")
     stu.add_argument("--device", default="auto", help=DEVICE_HELP)
+    stu.add_argument("--print-commands", action="store_true",
+                     help="print the study's rl.py runs, one command a line with one thread each (for GNU "
+                     "parallel or a cluster's job array), and run nothing")
     stu.add_argument("--jobs", type=int, default=1, help="rl.py runs at once, each with its share of the CPU "
                      "threads or of the GPU (default 1)")
     for s, size in ((acc, 1000), (err, 1000), (pro, 50)):

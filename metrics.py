@@ -103,6 +103,13 @@ def weights_at_errors(reference, problems, completions, certainty, weight):
                                                                           certainty)]
 
 
+def weights_line(alpha, decisive, elsewhere):
+    """weights_at_errors as the line rl.py prints before training."""
+    shown = ["n/a" if w is None else f"{w:.3f}" for w in (decisive, elsewhere)]
+    return (f"KL weight J_ref^alpha (alpha {alpha:g}): {shown[0]} at the states where the pre-trained model "
+            f"makes its first error, {shown[1]} on average elsewhere")
+
+
 def mean_weight(certainties, weight):
     """The mean of weight(J) over a list of certainties J (floats); None for an empty list."""
     return sum(weight(j) for j in certainties) / len(certainties) if certainties else None

@@ -5,9 +5,9 @@ RL fine-tuning of the pre-trained adder on longer numbers, with the prioritized 
     python rl.py --alpha 0       # the standard KL penalty
     python rl.py --kl-coef 0     # no penalty at all
 
-The paper's idea is `rl_loss`, right below (Eq. 1 and 2); then, top-down, the helpers it calls, the rollout,
-the update, and the run (flags, then the loop). The smallest complete version of the whole algorithm is
-tests/test_rl.py::test_a_tiny_model_learns_a_trivial_reward. Its choices (official = the paper's own code):
+The paper's idea is `rl_loss`, right below (Eq. 1 and 2); then what it calls, the rollout, the update and
+the run (lines for torchrun are marked "ranks"). The smallest complete version of the algorithm is
+tests/test_rl.py::test_a_tiny_model_learns_a_trivial_reward. Its choices (official = the paper's code):
  1. Rollout: --batch-size problems of the "N+k" distribution, --group-size completions each, sampled at
     --temperature with the KV cache. A default run is 2048 / (16 x 4) = 32 iterations, 32 gradient steps.
  2. Reward at the end only: 1 for an exactly right answer line, else 0 (the paper; official trains on +1/-1).
@@ -22,8 +22,7 @@ tests/test_rl.py::test_a_tiny_model_learns_a_trivial_reward. Its choices (offici
  7. Policy and reference log-probs use softmax(logits / temperature), the distribution sampled: on-policy.
  8. One AdamW step per batch (lr 1e-4; official 1e-6 over 400 episodes); --algo ppo reuses the batch for
     --ppo-epochs clipped epochs. No entropy bonus (official 0.001).
-Logs: every --eval-every episodes a row of metrics.jsonl (metrics.py: accuracy, critical tokens, the KL on
-uncertain and certain states); every iteration a row of train.jsonl (every term rl_loss returns, and more).
+Logs: a row of metrics.jsonl per evaluation (metrics.py), of train.jsonl per iteration (all rl_loss returns).
 """
 import argparse
 import os
@@ -39,9 +38,9 @@ import data
 import metrics
 import run_folder
 from model import CheckpointError, load_checkpoint, save_checkpoint
-from runtime import (DEVICE_HELP, DTYPE_HELP, DTYPES, add_number, autocast_dtype, generation_dtype,
-                     mixed_precision, pick_device, precision_name, provenance, seed_everything, set_threads,
-                     too_big)
+from runtime import (DEVICE_HELP, DTYPE_HELP, DTYPES, add_number, autocast_dtype, gather, generation_dtype,
+                     mean_over_ranks, mixed_precision, pick_device, precision_name, provenance,
+                     seed_everything, set_threads, start_ranks, sum_gradients, too_big, wait_for_ranks)
 
 # -----------------------------------------------------------------------------
 # the paper's idea: the loss, then what it calls
@@ -97,9 +96,8 @@ K1_REFUSED = ("the k1 estimator has zero expected gradient, so the penalty would
 
 
 def kl_weight(certainty, alpha):
-    """Eq. 1's weight of a state's KL term: the reference's certainty J to the power alpha (a tensor or a
-    float). alpha = 0: 1 everywhere, the standard penalty. The one place the weighting is written: the loss,
-    rl.py's start-of-run printout, probe.py's table and curves.py's "uniform" all call it."""
+    """Eq. 1's weight of a state's KL term: the reference's certainty J (tensor or float) to the power alpha;
+    alpha = 0: the standard penalty. The loss, the printout, probe.py's table and curves.py all call it."""
     return certainty ** alpha
 
 
@@ -178,10 +176,10 @@ def rollout(policy, problems, temperature, generator, fast=True):
     return (*data.generated_batch(prompts, sequences), rewards)
 
 
-def update(policy, reference, optimizer, batch, advantages, args, dtype):
-    """The teacher-forced passes and the gradient step(s) on one rollout: one step (REINFORCE), or
-    --ppo-epochs clipped steps on the same batch (PPO). Returns the last step's rl_loss terms, with the
-    total loss and the gradient norm before clipping. FloatingPointError if either is not finite."""
+def update(policy, reference, optimizer, batch, advantages, args, dtype, ranks=1):
+    """The teacher-forced passes and the gradient step(s) on one rollout: one (REINFORCE) or --ppo-epochs
+    (PPO). Returns the last step's rl_loss terms, the loss and the gradient norm before clipping;
+    FloatingPointError if either is not finite. ranks: each one's loss is the mean over its own tokens."""
     inputs, actions, mask = batch
     device = inputs.device.type
     with torch.no_grad(), mixed_precision(device, dtype):
@@ -198,6 +196,7 @@ def update(policy, reference, optimizer, batch, advantages, args, dtype):
                               certainty_temperature=args.certainty_temperature, clip=args.clip)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        sum_gradients(policy, divide_by=ranks)  # ranks: the mean over processes (nothing when alone)
         norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), args.grad_clip or float("inf"))
         if not (torch.isfinite(loss) and torch.isfinite(norm)):  # stop before the weights are ruined
             raise FloatingPointError(f"loss {loss.item():g}, gradient norm {norm.item():g}")
@@ -222,9 +221,10 @@ def get_args(argv=None):
     add_number(core, "--episodes", int, 2048, "completions sampled in all (default 2048)", at_least=1)
     add_number(core, "--batch-size", int, 16, "problems per iteration (default 16)", at_least=1)
     add_number(core, "--group-size", int, 4, "completions per problem, at least 2 (default 4)", at_least=2,
-               message=GROUP_OF_ONE)
+               message="--group-size must be at least 2: the advantage subtracts the group's mean, so a "
+               "group of one learns nothing")
     add_number(core, "--temperature", float, 1.0, "sampling temperature of the policy, at least 0.01",
-               at_least=0.01, message=TOO_COLD)
+               at_least=0.01, message="--temperature must be positive, at least 0.01 (logits / T overflows)")
     add_number(core, "--lr", float, 1e-4, "AdamW learning rate", above=0)
     add_number(core, "--grad-clip", float, 1.0, "clip the gradient norm to this (0: off)", at_least=0)
     variants = p.add_argument_group("variants (the official code's, and other choices)")
@@ -275,11 +275,6 @@ def get_args(argv=None):
     return args
 
 
-GROUP_OF_ONE = ("--group-size must be at least 2: the advantage is the reward minus the mean of its group, "
-                "so a group of one learns nothing")
-TOO_COLD = "--temperature must be positive, at least 0.01 (logits / T overflows below that)"
-
-
 def load_models(args, device):
     """The policy (trained) and the frozen reference, both from --ckpt, and N, its pre-training digits;
     exits with one line if the checkpoint cannot serve this run."""
@@ -290,8 +285,7 @@ def load_models(args, device):
         sys.exit(f"error: {e}")
     n = meta.get("args", {}).get("digits")
     if not isinstance(n, int):
-        sys.exit(f"error: {args.ckpt} does not record its pre-training digits; use a checkpoint made by "
-                 "pretrain.py")
+        sys.exit(f"error: {args.ckpt} does not record its pre-training digits; make it with pretrain.py")
     longest = data.longest_sequence(n + args.digits_plus)
     if longest > policy.config.block_size:
         sys.exit(f"error: {n + args.digits_plus}-digit problems need {longest} positions but {args.ckpt} has "
@@ -305,54 +299,55 @@ def load_models(args, device):
 def main(argv=None):
     args = get_args(argv)
     set_threads(args.threads)
-    device = pick_device(args.device)
+    rank, ranks, device = start_ranks(pick_device(args.device))  # ranks: torchrun's processes (alone: 0, 1)
+    if args.batch_size % ranks:
+        sys.exit(f"error: --batch-size {args.batch_size} does not split over {ranks} processes; use a "
+                 f"multiple of {ranks}")
     seed_everything(args.seed, device)
     policy, reference, n, meta = load_models(args, device)  # no dropout: train and eval modes are the same
-    dtype = autocast_dtype(args.dtype, device)  # for the update
-    gen_dtype = generation_dtype(args.dtype, device)  # for sampling
+    dtype, gen_dtype = autocast_dtype(args.dtype, device), generation_dtype(args.dtype, device)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0)
     recorded = {"pretrain_digits": n, "device": device, "training_dtype": precision_name(dtype),
                 "generation_dtype": precision_name(gen_dtype),  # what --dtype chose on this machine
-                "provenance": provenance(device)}
-    run_dir, state, rows = run_folder.prepare(args, {**vars(args), **recorded})
+                "provenance": provenance(device), **({"ranks": ranks} if ranks > 1 else {})}
+    run_dir, state, rows = run_folder.prepare(args, {**vars(args), **recorded}, rank)
     sets = data.rl_eval_sets(n, args.digits_plus, args.eval_size)  # choose on val_plus, report acc_plus
-    rng = random.Random(args.seed)  # the problem stream
-    generator = torch.Generator(device).manual_seed(args.seed)  # the sampling noise
+    rng = random.Random(args.seed)  # the problem stream, the same on every rank
+    generator = torch.Generator(device).manual_seed(args.seed + rank)  # the sampling noise, each rank its own
     per_iteration = args.batch_size * args.group_size
     iterations = args.episodes // per_iteration
 
     t0 = time.time() - 60 * (state["minutes"] if state else 0.0)
+    first, last = (rows[0], rows[-1]) if rows else (None, None)  # rows: rank 0's only
     if state:  # --resume: back to the last evaluation, where the state was saved
-        start = run_folder.restore_state(state, policy, optimizer, rng, generator)
-        first, last = rows[0], rows[-1]
+        start = run_folder.restore_state(state, policy, optimizer, rng, generator, rank, ranks)
         tqdm.write(f"resuming {run_dir} at episode {state['episode']}")
     else:  # evaluation 0: the policy is still the reference, so its greedy texts are the reference's
-        measured, greedy = metrics.evaluate(policy, sets, n, args.temperature, args.seed, device, gen_dtype,
-                                            args.fast_generate)
-        with mixed_precision(device, dtype):  # how much of the penalty alpha lifts where it matters
-            decisive, elsewhere = metrics.weights_at_errors(
-                reference, sets["plus"], greedy, lambda logits: certainty(logits, args.certainty,
-                                                                          args.certainty_temperature),
-                lambda j: kl_weight(j, args.alpha))
-        shown = ["n/a" if w is None else f"{w:.3f}" for w in (decisive, elsewhere)]
-        tqdm.write(f"KL weight J_ref^alpha (alpha {args.alpha:g}): {shown[0]} at the states where the "
-                   f"pre-trained model makes its first error, {shown[1]} on average elsewhere")
-        first = last = {"episode": 0, **measured, **{k: None for k in metrics.WINDOW},
-                        "minutes": round((time.time() - t0) / 60, 2),
-                        "weight_decisive": decisive, "weight_elsewhere": elsewhere}
-        run_folder.append_row(run_dir, last)
-        run_folder.save_state(run_dir, policy, optimizer, rng, generator, 0, last)  # for --resume
-        tqdm.write(metrics.one_line(last, args.digits_plus))
-        start = 0
+        generators, start = gather(generator.get_state()), 0  # ranks: each one's, for --resume
+        if rank == 0:
+            measured, greedy = metrics.evaluate(policy, sets, n, args.temperature, args.seed, device,
+                                                gen_dtype, args.fast_generate)
+            with mixed_precision(device, dtype):  # how much of the penalty alpha lifts where it matters
+                weights = metrics.weights_at_errors(reference, sets["plus"], greedy, lambda logits: certainty(
+                    logits, args.certainty, args.certainty_temperature), lambda j: kl_weight(j, args.alpha))
+            tqdm.write(metrics.weights_line(args.alpha, *weights))
+            first = last = {"episode": 0, **measured, **{k: None for k in metrics.WINDOW},
+                            "minutes": round((time.time() - t0) / 60, 2),
+                            "weight_decisive": weights[0], "weight_elsewhere": weights[1]}
+            run_folder.save_evaluation(run_dir, last, policy, optimizer, rng, generators, 0)
+            tqdm.write(metrics.one_line(last, args.digits_plus))
+        wait_for_ranks()
 
     window = {k: [] for k in metrics.WINDOW}
     episode = start * per_iteration
-    bar = tqdm(range(start, iterations), initial=start, total=iterations, desc="rl", dynamic_ncols=True)
+    bar = tqdm(range(start, iterations), initial=start, total=iterations, desc="rl", dynamic_ncols=True,
+               disable=rank > 0)
     try:
         for it in bar:
-            # 1. rollout: each problem appears group_size times in a row
+            # 1. rollout: each problem appears group_size times in a row; ranks: each rank its whole groups
             problems = [p for p in (data.rl_problem(n, args.digits_plus, rng) for _ in range(args.batch_size))
                         for _ in range(args.group_size)]
+            problems = problems[rank * len(problems) // ranks:(rank + 1) * len(problems) // ranks]
             with mixed_precision(device, gen_dtype):
                 inputs, actions, mask, rewards = rollout(policy, problems, args.temperature, generator,
                                                          args.fast_generate)
@@ -360,39 +355,45 @@ def main(argv=None):
             advantages = group_advantages(rewards, args.group_size)
             # 3. the update
             try:
-                stats = update(policy, reference, optimizer, (inputs, actions, mask), advantages, args, dtype)
+                stats = update(policy, reference, optimizer, (inputs, actions, mask), advantages, args, dtype,
+                               ranks)
             except FloatingPointError as e:
                 sys.exit(f"error: the loss or its gradient is not finite at episode {episode} ({e}); "
                          f"{run_dir} holds the run up to its last evaluation; try a lower --lr")
             # 4. log: every iteration to train.jsonl; an evaluation every eval_every episodes and at the end
-            episode += len(problems)
-            stats = {"iteration": it + 1, "episode": episode, "reward": rewards.mean().item(),
-                     "completion_length": mask.sum(1).mean().item(), **stats}
-            run_folder.append_row(run_dir, stats, run_folder.TRAIN_LOG)
+            episode += per_iteration
+            stats = mean_over_ranks({"reward": rewards.mean().item(),  # ranks: the whole batch's means
+                                     "completion_length": mask.sum(1).mean().item(), **stats})
+            stats = {"iteration": it + 1, "episode": episode, **stats}
             for k in metrics.WINDOW:
                 window[k].append(stats[k])
             bar.set_postfix(reward=f"{stats['reward']:.2f}", kl=f"{stats['kl']:.4f}")
-            crossed = episode // args.eval_every > (episode - len(problems)) // args.eval_every
+            if rank == 0:
+                run_folder.append_row(run_dir, stats, run_folder.TRAIN_LOG)
+            crossed = episode // args.eval_every > (episode - per_iteration) // args.eval_every
             if crossed or it == iterations - 1:
-                measured, _ = metrics.evaluate(policy, sets, n, args.temperature, args.seed, device,
-                                               gen_dtype, args.fast_generate)
-                last = {"episode": episode, **measured, **metrics.window_means(window),
-                        "minutes": round((time.time() - t0) / 60, 2)}
+                generators = gather(generator.get_state())
+                if rank == 0:  # ranks: the others wait
+                    measured, _ = metrics.evaluate(policy, sets, n, args.temperature, args.seed, device,
+                                                   gen_dtype, args.fast_generate)
+                    last = {"episode": episode, **measured, **metrics.window_means(window),
+                            "minutes": round((time.time() - t0) / 60, 2)}
+                    run_folder.save_evaluation(run_dir, last, policy, optimizer, rng, generators, it + 1)
+                    tqdm.write(metrics.one_line(last, args.digits_plus))
                 window = {k: [] for k in metrics.WINDOW}
-                run_folder.append_row(run_dir, last)
-                run_folder.save_state(run_dir, policy, optimizer, rng, generator, it + 1, last)
-                tqdm.write(metrics.one_line(last, args.digits_plus))
+                wait_for_ranks()
     except KeyboardInterrupt:
-        sys.exit(f"\ninterrupted at episode {episode}: {run_dir} holds the run up to its last evaluation "
-                 f"(episode {last['episode']}); continue with the same command and --resume")
+        sys.exit(f"\ninterrupted at episode {episode}: {run_dir} holds the run up to its last evaluation; "
+                 f"continue with the same command and --resume")
+    if rank > 0:
+        return
     if args.save:
         save_checkpoint(os.path.join(run_dir, "model.pt"), policy, rl_args=vars(args),
                         args=meta.get("args", {}), episodes=episode)
     run_folder.finish(run_dir)
-    minutes = (time.time() - t0) / 60
     print(f"done: N+{args.digits_plus} ({n + args.digits_plus} digits) greedy accuracy "
           f"{first['acc_plus']:.1f}% -> {last['acc_plus']:.1f}% | comfort zone {first['acc_comfort']:.1f}% "
-          f"-> {last['acc_comfort']:.1f}% | {minutes:.1f} min | {run_dir}")
+          f"-> {last['acc_comfort']:.1f}% | {(time.time() - t0) / 60:.1f} min | {run_dir}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from runtime import atomic_save, device_type, write_text
+from runtime import atomic_save, device_type, wait_for_ranks, write_text
 
 METRICS_LOG, TRAIN_LOG = "metrics.jsonl", "train.jsonl"
 # no effect on the numbers (provenance: where the run was started; a resumed part may run elsewhere)
@@ -26,7 +26,21 @@ RESUME_MAY_DIFFER = {"threads", "resume", "force", "fast_generate", "save", "dev
 # cuda:1 share one): a run goes on on the kind it started on
 
 
-def prepare(args, config):
+def prepare(args, config, rank=0):
+    """prepare_folder on rank 0 (alone: the only rank); under torchrun the other ranks wait for it and read
+    the saved state when resuming. Returns (run_dir, state or None, the rows logged so far)."""
+    if rank == 0:
+        prepared = prepare_folder(args, config)
+        wait_for_ranks()
+        return prepared
+    wait_for_ranks()
+    run_dir = os.path.join(args.out, args.name)
+    state_path = os.path.join(run_dir, "state.pt")
+    state = torch.load(state_path, map_location="cpu", weights_only=True) if args.resume else None
+    return run_dir, state, []
+
+
+def prepare_folder(args, config):
     """Make --out/--name for a new run (refusing to replace one without --force) and write its config;
     or, with --resume, check that the run was made with the same settings and return its saved state and
     its rows, with metrics.jsonl cut back to the evaluation the state was saved at.
@@ -90,20 +104,31 @@ def append_row(run_dir, row, log=METRICS_LOG):
                             for k, v in row.items()}) + "\n")
 
 
-def save_state(run_dir, policy, optimizer, rng, generator, iteration, row):
-    """Everything --resume needs to go on as if the run had never stopped, in one atomic write."""
+def save_evaluation(run_dir, row, policy, optimizer, rng, generators, iteration):
+    """An evaluation: its row appended to metrics.jsonl, then the state --resume goes on from."""
+    append_row(run_dir, row)
+    save_state(run_dir, policy, optimizer, rng, generators, iteration, row)
+
+
+def save_state(run_dir, policy, optimizer, rng, generators, iteration, row):
+    """Everything --resume needs to go on as if the run had never stopped, in one atomic write. generators:
+    each rank's sampling generator state (one when alone, saved as it always was)."""
     atomic_save({"policy": policy.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.getstate(),
-                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                 "generator": generators[0] if len(generators) == 1 else generators,
+                 "torch_rng": torch.get_rng_state(),
                  "iteration": iteration, "episode": row["episode"], "minutes": row["minutes"]},
                 os.path.join(run_dir, "state.pt"))
 
 
-def restore_state(state, policy, optimizer, rng, generator):
-    """Put a saved state back in place; returns the iteration to go on from."""
+def restore_state(state, policy, optimizer, rng, generator, rank=0, ranks=1):
+    """Put a saved state back (rank: whose sampling generator); returns the iteration to go on from."""
+    saved = state["generator"] if isinstance(state["generator"], list) else [state["generator"]]
+    if len(saved) != ranks:
+        sys.exit(f"error: the run was made by {len(saved)} process(es), not {ranks}; resume with as many")
     policy.load_state_dict(state["policy"])
     optimizer.load_state_dict(state["optimizer"])
     rng.setstate(state["rng"])
-    generator.set_state(state["generator"])
+    generator.set_state(saved[rank])
     torch.set_rng_state(state["torch_rng"])
     return state["iteration"]
 

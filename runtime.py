@@ -6,7 +6,7 @@ Every script calls these; none of it is about the model or the task.
     precision   autocast_dtype (training), generation_dtype (sampling), mixed_precision
     threads     set_threads; seeds: seed_everything (and deterministic kernels on CUDA)
     provenance  what a run ran on (code commit, machine, threads, torch), for its config
-    ranks       start_ranks, sum_over_ranks, sum_gradients, wait_for_ranks: torchrun's processes
+    ranks       start_ranks, sum_gradients, sum_over_ranks, mean_over_ranks, gather, wait_for_ranks
     memory      training_gb, too_big: refuse a run that cannot fit before it starts
     files       replace_atomically, atomic_save, write_text, save_figure: a run cut off mid-write
                 leaves the old file intact
@@ -195,14 +195,35 @@ def sum_over_ranks(values):
     return total.tolist()
 
 
-def sum_gradients(model):
-    """Every rank's gradients replaced by their sum over ranks, in one message (nothing when alone)."""
+def mean_over_ranks(values):
+    """A dict of numbers (or None) averaged over the ranks that have a number; as it is when alone."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    sums = sum_over_ranks([x for v in values.values() for x in ((v, 1.0) if v is not None else (0.0, 0.0))])
+    return {k: sums[2 * i] / sums[2 * i + 1] if sums[2 * i + 1] else None for i, k in enumerate(values)}
+
+
+def gather(value):
+    """[every rank's value], in rank order ([value] when alone)."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def sum_gradients(model, divide_by=1):
+    """Every rank's gradients replaced by their sum over ranks (divided by divide_by: ranks for their mean),
+    in one message; nothing when alone."""
     import torch.distributed as dist
     if not (dist.is_available() and dist.is_initialized()):
         return
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
+    flat /= divide_by
     for g, summed in zip(grads, flat.split([g.numel() for g in grads])):
         g.copy_(summed.view_as(g))
 

@@ -1,5 +1,6 @@
 """More than one process: torchrun runs each script with two ranks (gloo on a CPU), and two ranks' summed
 gradients are those of one process on the union of their shares."""
+import json
 import os
 import subprocess
 import sys
@@ -66,3 +67,31 @@ def test_summed_share_gradients_equal_the_gradient_of_the_whole_batch(tmp_path):
     model(x, y)[1].backward()
     for alone, shared in zip((p.grad for p in model.parameters()), torch.load(out)):
         assert torch.allclose(alone, shared, atol=1e-6, rtol=1e-4)
+
+
+def test_rl_with_two_ranks_logs_once_and_resumes_only_with_two(tiny_checkpoint, tmp_path):
+    flags = ["--ckpt", tiny_checkpoint, "--episodes", "8", "--batch-size", "2", "--group-size", "2",
+             "--eval-every", "4", "--eval-size", "2", "--out", str(tmp_path), "--name", "two", "--no-save",
+             "--device", "cpu", "--threads", "1"]
+    r = torchrun("rl.py", *flags)
+    assert r.stdout.count("done:") == 1  # rank 0 alone reports
+    rows = [json.loads(line) for line in open(tmp_path / "two" / "metrics.jsonl")]
+    steps = [json.loads(line) for line in open(tmp_path / "two" / "train.jsonl")]
+    assert [row["episode"] for row in rows] == [0, 4, 8] and [row["episode"] for row in steps] == [4, 8]
+    assert json.load(open(tmp_path / "two" / "config.json"))["ranks"] == 2
+
+
+def test_a_run_of_two_ranks_does_not_resume_alone():
+    from run_folder import restore_state
+    state = {"generator": [torch.Generator().get_state()] * 2}
+    with pytest.raises(SystemExit, match="2 process"):
+        restore_state(state, None, None, None, torch.Generator())
+
+
+def test_the_study_prints_one_command_per_run():
+    r = subprocess.run([sys.executable, "analyze.py", "study", "--print-commands"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    lines = r.stdout.strip().splitlines()
+    assert r.returncode == 0 and len(lines) >= 10
+    assert all(line.startswith("python rl.py ") and "--threads 1" in line for line in lines)
+    assert len({line.split("--name ")[1].split()[0] for line in lines}) == len(lines)  # no run twice
