@@ -297,8 +297,9 @@ def test_study_runs_every_step_and_resumes(tmp_path, monkeypatch, capsys):
         "n": 4, "probe_n": 2, "episodes": 4, "eval_every": 4, "seeds": 2, "alphas": [0, 100],
         "alpha_seeds": 1, "pretraining_seeds": 1, "pretraining_plus": 2,
         "rl_flags": ["--batch-size", "2", "--group-size", "2", "--eval-size", "4"]}})
-    args = analyze.argparse.Namespace(budget="small", runs=str(tmp_path / "runs"), results=str(tmp_path / "res"),
-                                      device="cpu", jobs=2, print_commands=False)
+    args = analyze.argparse.Namespace(budget="small", runs=str(tmp_path / "runs"),
+                                      results=str(tmp_path / "res"), device="cpu", jobs=2,
+                                      print_commands=False)
     analyze.cmd_study(args)
     res = tmp_path / "res" / "study_small"
     for name in ("accuracy.md", "probe.md", "fig4.md", "fig6.md", "fig3.png"):
