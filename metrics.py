@@ -19,26 +19,33 @@ import torch.nn.functional as F
 
 import data
 from model import CheckpointError, load_checkpoint
-from runtime import mixed_precision
+from runtime import gather, mixed_precision, sum_over_ranks
 
 
-def evaluate(policy, sets, n, temperature, seed, device, dtype, fast=True):
+def evaluate(policy, sets, n, temperature, seed, device, dtype, fast=True, rank=0, ranks=1):
     """Greedy accuracy on N+k (the evaluation set, and the validation set that hyper-parameters are
     chosen on) and on the comfort zone, sampled accuracy on N+k at `temperature`, critical-token
-    probability. Returns the metrics and the greedy N+k completions (which the first evaluation reuses)."""
+    probability. Returns the metrics and the greedy N+k completions (which the first evaluation reuses).
+    ranks: each completes every ranks-th problem of each set and the right answers are added up."""
+    mine = {name: problems[rank::ranks] for name, problems in sets.items()}
     with mixed_precision(device, dtype):
-        generator = torch.Generator(device).manual_seed(seed)
+        generator = torch.Generator(device).manual_seed(seed + rank)
         paper_lines, all_lines = critical_probabilities(policy, sets["critical"], n, temperature)
-        greedy = data.complete(policy, sets["plus"], device=device, fast=fast)
-        sampled = data.complete(policy, sets["plus"], temperature=temperature, device=device,
+        greedy = data.complete(policy, mine["plus"], device=device, fast=fast)
+        sampled = data.complete(policy, mine["plus"], temperature=temperature, device=device,
                                 generator=generator, fast=fast)
-        comfort = data.complete(policy, sets["comfort"], device=device, fast=fast)
-        validation = data.complete(policy, sets["val"], device=device, fast=fast)
+        comfort = data.complete(policy, mine["comfort"], device=device, fast=fast)
+        validation = data.complete(policy, mine["val"], device=device, fast=fast)
+    right = sum_over_ranks([sum(data.reward(problem, text) for problem, text in zip(mine[name], texts))
+                            for name, texts in (("plus", greedy), ("val", validation), ("comfort", comfort),
+                                                ("plus", sampled))])
+    shares = gather(greedy)  # ranks: every rank's greedy texts, back in the order of the set
+    greedy = [shares[i % ranks][i // ranks] for i in range(len(sets["plus"]))]
     return {
-        "acc_plus": data.percent_correct(greedy, sets["plus"]),
-        "val_plus": data.percent_correct(validation, sets["val"]),
-        "acc_comfort": data.percent_correct(comfort, sets["comfort"]),
-        "acc_plus_sampled": data.percent_correct(sampled, sets["plus"]), "critical_p": paper_lines,
+        "acc_plus": 100.0 * right[0] / len(sets["plus"]),
+        "val_plus": 100.0 * right[1] / len(sets["val"]),
+        "acc_comfort": 100.0 * right[2] / len(sets["comfort"]),
+        "acc_plus_sampled": 100.0 * right[3] / len(sets["plus"]), "critical_p": paper_lines,
         "critical_p_all": all_lines,
     }, greedy
 

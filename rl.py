@@ -324,9 +324,9 @@ def main(argv=None):
         tqdm.write(f"resuming {run_dir} at episode {state['episode']}")
     else:  # evaluation 0: the policy is still the reference, so its greedy texts are the reference's
         generators, start = gather(generator.get_state()), 0  # ranks: each one's, for --resume
+        measured, greedy = metrics.evaluate(policy, sets, n, args.temperature, args.seed, device, gen_dtype,
+                                            args.fast_generate, rank, ranks)  # ranks: each a share
         if rank == 0:
-            measured, greedy = metrics.evaluate(policy, sets, n, args.temperature, args.seed, device,
-                                                gen_dtype, args.fast_generate)
             with mixed_precision(device, dtype):  # how much of the penalty alpha lifts where it matters
                 weights = metrics.weights_at_errors(reference, sets["plus"], greedy, lambda logits: certainty(
                     logits, args.certainty, args.certainty_temperature), lambda j: kl_weight(j, args.alpha))
@@ -373,9 +373,9 @@ def main(argv=None):
             crossed = episode // args.eval_every > (episode - per_iteration) // args.eval_every
             if crossed or it == iterations - 1:
                 generators = gather(generator.get_state())
+                measured, _ = metrics.evaluate(policy, sets, n, args.temperature, args.seed, device,
+                                               gen_dtype, args.fast_generate, rank, ranks)
                 if rank == 0:  # ranks: the others wait
-                    measured, _ = metrics.evaluate(policy, sets, n, args.temperature, args.seed, device,
-                                                   gen_dtype, args.fast_generate)
                     last = {"episode": episode, **measured, **metrics.window_means(window),
                             "minutes": round((time.time() - t0) / 60, 2)}
                     run_folder.save_evaluation(run_dir, last, policy, optimizer, rng, generators, it + 1)

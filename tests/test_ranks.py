@@ -2,6 +2,7 @@
 gradients are those of one process on the union of their shares."""
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -60,7 +61,10 @@ def _share_gradients(rank, world, port, out):
 
 def test_summed_share_gradients_equal_the_gradient_of_the_whole_batch(tmp_path):
     out = str(tmp_path / "grads.pt")
-    mp.spawn(_share_gradients, args=(2, 29517, out), nprocs=2)
+    with socket.socket() as probe:  # a free port for the two processes to meet on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_share_gradients, args=(2, port, out), nprocs=2)
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=256, n_layer=1, n_head=2, n_embd=16))
     x, y = data.make_batch(BATCH)
