@@ -4,6 +4,7 @@ Supervised pre-training on 1..N-digit additions with the scratchpad (the paper's
     python pretrain.py --digits 7                  # writes runs/add7.pt (~42 min on 2 CPU cores)
     python pretrain.py --digits 3 --steps 2000     # a quick, not yet accurate one
     python pretrain.py --digits 7 --resume         # continue an interrupted run (Ctrl-C saves)
+    torchrun --standalone --nproc_per_node 2 pretrain.py --threads 1   # 2 processes, half a batch each
 
 The story: flags -> seed and device -> model and optimizer -> loop (batch, step, evaluate, save).
 Two choices matter for the RL stage that follows:
