@@ -21,6 +21,7 @@ import subprocess
 import sys
 
 import torch
+import torch.distributed as dist
 
 # -----------------------------------------------------------------------------
 # device
@@ -175,7 +176,6 @@ def start_ranks(device):
     and put each rank on its own GPU of the machine; alone, (0, 1, device) and nothing else happens."""
     if "RANK" not in os.environ:
         return 0, 1, device
-    import torch.distributed as dist
     cuda = device_type(device) == "cuda"
     if cuda:
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
@@ -184,10 +184,14 @@ def start_ranks(device):
     return dist.get_rank(), dist.get_world_size(), device
 
 
+def under_torchrun():
+    """Whether this process is one of several ranks (start_ranks has joined the process group)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def sum_over_ranks(values):
     """A list of floats summed over every rank (every rank gets the sums); as it is when alone."""
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()):
+    if not under_torchrun():
         return values
     on = "cuda" if dist.get_backend() == "nccl" else "cpu"  # where the backend's messages live
     total = torch.tensor(values, dtype=torch.float64, device=on)
@@ -197,8 +201,7 @@ def sum_over_ranks(values):
 
 def mean_over_ranks(values):
     """A dict of numbers (or None) averaged over the ranks that have a number; as it is when alone."""
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()):
+    if not under_torchrun():
         return values
     sums = sum_over_ranks([x for v in values.values() for x in ((v, 1.0) if v is not None else (0.0, 0.0))])
     return {k: sums[2 * i] / sums[2 * i + 1] if sums[2 * i + 1] else None for i, k in enumerate(values)}
@@ -206,8 +209,7 @@ def mean_over_ranks(values):
 
 def gather(value):
     """[every rank's value], in rank order ([value] when alone)."""
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()):
+    if not under_torchrun():
         return [value]
     values = [None] * dist.get_world_size()
     dist.all_gather_object(values, value)
@@ -217,8 +219,7 @@ def gather(value):
 def sum_gradients(model, divide_by=1):
     """Every rank's gradients replaced by their sum over ranks (divided by divide_by: ranks for their mean),
     in one message; nothing when alone."""
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()):
+    if not under_torchrun():
         return
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     flat = torch.cat([g.reshape(-1) for g in grads])
@@ -230,8 +231,7 @@ def sum_gradients(model, divide_by=1):
 
 def wait_for_ranks():
     """Every rank waits here until all have arrived (nothing when alone)."""
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
+    if under_torchrun():
         dist.barrier()
 
 
