@@ -30,10 +30,11 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 import data
-from curves import cmd_curves, cmd_frontier, read_run
+from curves import cmd_curves, cmd_frontier
 from errors import cmd_errors
 from metrics import load, pretrain_digits, solve, wilson_interval
 from probe import cmd_probe
+from run_folder import read_run
 from runtime import DEVICE_HELP, autocast_dtype, pick_device, set_threads, write_text
 
 
@@ -221,6 +222,8 @@ def get_args(argv=None):
     cur.add_argument("runs", nargs="+", help="run folders, or folders holding them (runs/sweep)")
     cur.add_argument("--name", default="curves", help="results/<name>.md and results/<name>.png")
     cur.add_argument("--results", default="results", help="folder for the table and the figure")
+    cur.add_argument("--baseline", default=None, help="add paired per-seed differences against the group "
+                     "with these settings, e.g. alpha=0,kl_coef=10 (KEY=VALUE as in config.json)")
     fro = sub.add_parser("frontier",
                          help="final accuracy against KL to the reference: uniform vs prioritized penalties")
     fro.add_argument("runs", nargs="+", help="run folders, or folders holding them")

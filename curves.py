@@ -13,6 +13,7 @@ import os
 import sys
 
 import rl
+from run_folder import find_runs, run_finished
 from runtime import save_figure, write_text
 
 # -----------------------------------------------------------------------------
@@ -37,51 +38,6 @@ def mean_ci(values):
         return mean, float("nan")
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     return mean, (T_975[n - 2] if n - 1 <= len(T_975) else 1.96) * sd / math.sqrt(n)
-
-
-# --reward pm1 was the 0/1 reward with a doubled advantage under the group baseline
-RETIRED = {"reward": "01"}
-# runs made before rl.py recorded its precisions: every one ran on a CPU with bfloat16 support, where the
-# --dtype auto of then trained and generated in bfloat16 (results/speed.md)
-BEFORE_DTYPES = {"training_dtype": "bfloat16", "generation_dtype": "bfloat16"}
-REQUIRED = ("episode", "acc_plus", "acc_comfort")  # what every metrics.jsonl row must have
-
-
-def read_run(run_dir):
-    """config.json and the rows of metrics.jsonl of one rl.py run; None if it has not logged anything.
-    A file that cannot be read is an error naming the file and line, not a run silently dropped."""
-    config_path, metrics_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "metrics.jsonl")
-    if not (os.path.exists(config_path) and os.path.exists(metrics_path)):
-        return None
-    try:
-        with open(config_path) as f:
-            config = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        sys.exit(f"error: {config_path} is not readable JSON ({e}); remove the run or repair the file")
-    for flag, value in RETIRED.items():  # a flag rl.py no longer has, at the value every run now uses
-        if config.get(flag) == value:
-            del config[flag]
-    config = {**BEFORE_DTYPES, **config}
-    rows = []
-    with open(metrics_path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                sys.exit(f"error: {metrics_path} line {number} is not JSON; remove the line or the run")
-            missing = [k for k in REQUIRED if not isinstance(row, dict) or row.get(k) is None]
-            if missing:
-                sys.exit(f"error: {metrics_path} line {number} lacks {', '.join(missing)}; "
-                         "remove the line or the run")
-            rows.append(row)
-    return {"dir": run_dir, "config": config, "rows": rows} if rows else None
-
-
-def run_finished(run):
-    """Whether a run logged its last evaluation (a run cut off early has no final accuracy)."""
-    return run["rows"][-1]["episode"] >= run["config"].get("episodes", 0)
 
 
 def damaged(run):
@@ -147,7 +103,9 @@ def summarize(groups):
                              ("critical_p", [r["rows"][-1].get("critical_p", float("nan")) for r in done]),
                              ("critical_p_all", [r["rows"][-1].get("critical_p_all",
                                                                    float("nan")) for r in done]),
-                             ("kl", [r["rows"][-1].get("kl") or 0.0 for r in done])):
+                             ("kl", [r["rows"][-1].get("kl") or 0.0 for r in done]),
+                             ("kl_uncertain", [seed_value(r, "kl_uncertain") for r in done]),
+                             ("kl_certain", [seed_value(r, "kl_certain") for r in done])):
             row[name], row[name + "_ci"] = mean_ci(values)
         row["start"] = done[0]["rows"][0]["acc_plus"]
         row["damaged"] = sum(damaged(r) for r in done)
@@ -155,16 +113,6 @@ def summarize(groups):
                                                                        float("nan")) for r in done])
         table.append(row)
     return table
-
-
-def find_runs(paths):
-    """Run folders named directly, or found one level below a named folder (runs/sweep -> runs/sweep/*)."""
-    runs = []
-    for path in paths:
-        candidates = [path] if os.path.exists(os.path.join(path, "metrics.jsonl")) else \
-            sorted(os.path.join(path, d) for d in (os.listdir(path) if os.path.isdir(path) else []))
-        runs += [r for r in map(read_run, candidates) if r is not None]
-    return runs
 
 
 def clipped(value, top):
@@ -243,8 +191,54 @@ def plot_alpha(groups, table, path):
 
 
 def seed_value(run, key):
-    """One run's final N+k accuracy ("final") or its area under the curve ("auc")."""
-    return run["rows"][-1]["acc_plus"] if key == "final" else area_under_curve(run["rows"])
+    """One run's number for a table column: "final" N+k accuracy, "auc" (area under the curve), final
+    "comfort" zone accuracy, or the last value of any other key it logged (nan if it never did)."""
+    if key == "auc":
+        return area_under_curve(run["rows"])
+    value = run["rows"][-1].get({"final": "acc_plus", "comfort": "acc_comfort"}.get(key, key))
+    return float("nan") if value is None else value
+
+
+# the columns of the paired table: (key for seed_value, header, digits)
+PAIRED = (("final", "N+k final", 1), ("auc", "area under curve", 1), ("comfort", "comfort zone final", 1),
+          ("kl_uncertain", "KL/token where pi_ref unsure", 4), ("kl_certain", "KL/token where sure", 4))
+
+
+def matches(settings, baseline):
+    """Whether a group's settings match --baseline's KEY=VALUE,... (numbers compared as numbers)."""
+    for pair in baseline.split(","):
+        key, _, value = pair.partition("=")
+        have = settings.get(key.strip(), 0.0 if key.strip() in ("alpha", "kl_coef") else None)
+        try:
+            same = float(have) == float(value)
+        except (TypeError, ValueError):
+            same = str(have) == value.strip()
+        if not same:
+            return False
+    return True
+
+
+def paired_lines(table, baseline):
+    """Every group minus the --baseline group, seed by seed: arms that share a seed share the problem
+    stream, so the per-seed difference is the sharper comparison. Mean and 95% interval of the differences."""
+    base = [r for r in table if matches(r["settings"], baseline)]
+    if len(base) != 1:
+        sys.exit(f"error: --baseline {baseline} matches {len(base)} groups, not one; "
+                 "name the settings that single it out (KEY=VALUE,KEY=VALUE)")
+    base = base[0]
+    by_seed = {run["config"].get("seed"): run for run in base["runs"]}
+    lines = [f"Paired per-seed differences: each group minus {base['group']}, on the seeds both ran "
+             "(mean and 95% interval of the differences):", "",
+             "| runs | pairs | " + " | ".join(header for _, header, _ in PAIRED) + " |", "|---" * 7 + "|"]
+    for r in table:
+        pairs = [(run, by_seed[run["config"].get("seed")]) for run in r["runs"]
+                 if run["config"].get("seed") in by_seed]
+        if r is base or not pairs:
+            continue
+        cells = [plus_minus(*mean_ci([seed_value(a, key) - seed_value(b, key) for a, b in pairs]), digits)
+                 for key, _, digits in PAIRED]
+        lines.append(f"| {r['group']} | {len(pairs)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def load_groups(paths):
@@ -278,6 +272,7 @@ def write_table(args, command, lines, unfinished, runs):
     print(text, end="")
     # the first line is the command that rewrites this file from the logs (tests/test_readme.py re-runs it)
     rewrite = f"python analyze.py {command} {' '.join(args.runs)} --name {args.name} --results {args.results}"
+    rewrite += f" --baseline {args.baseline}" if getattr(args, "baseline", None) else ""
     write_text(os.path.join(args.results, args.name + ".md"), f"`{rewrite}`\n\n" + text)
 
 
@@ -291,14 +286,19 @@ def cmd_curves(args):
     lines += ["", "In full:", "",
               "| runs | seeds | episodes | N+k accuracy: start | final (95% CI) | validation final | "
               "area under curve (95% CI) | sampled final | comfort zone final (95% CI) | damaged seeds | "
-              "critical p final, lines 1-3 / every line (95% CI) | KL/token final |", "|---" * 12 + "|"]
+              "critical p final, lines 1-3 / every line (95% CI) | KL/token final | "
+              "KL/token final where pi_ref unsure / sure |", "|---" * 13 + "|"]
     for r in table:
         lines.append(f"| {r['group']} | {r['seeds']} | {r['episodes']} | {r['start']:.1f} | "
                      f"{plus_minus(r['final'], r['final_ci'])} | {plus_minus(r['val'], r['val_ci'])} | "
                      f"{plus_minus(r['auc'], r['auc_ci'])} | {plus_minus(r['sampled'], r['sampled_ci'])} | "
                      f"{plus_minus(r['comfort'], r['comfort_ci'])} | {r['damaged']}/{r['seeds']} | "
                      f"{plus_minus(r['critical_p'], r['critical_p_ci'], 4)} / "
-                     f"{plus_minus(r['critical_p_all'], r['critical_p_all_ci'], 4)} | {r['kl']:.4f} |")
+                     f"{plus_minus(r['critical_p_all'], r['critical_p_all_ci'], 4)} | {r['kl']:.4f} | "
+                     f"{plus_minus(r['kl_uncertain'], r['kl_uncertain_ci'], 4)} / "
+                     f"{plus_minus(r['kl_certain'], r['kl_certain_ci'], 4)} |")
+    if getattr(args, "baseline", None):
+        lines += [""] + paired_lines(table, args.baseline)
     lines += ["", "At each evaluation (mean and 95% interval over the finished seeds):", "",
               "| runs | episode | N+k greedy | comfort zone | critical p, lines 1-3 | "
               "critical p, every line |",

@@ -136,3 +136,61 @@ def restore_state(state, policy, optimizer, rng, generator, rank=0, ranks=1):
 def finish(run_dir):
     """A finished run keeps no state.pt (only an unfinished one can be resumed)."""
     os.remove(os.path.join(run_dir, "state.pt"))
+
+
+# -----------------------------------------------------------------------------
+# reading run folders back (curves.py, analyze.py)
+
+# --reward pm1 was the 0/1 reward with a doubled advantage under the group baseline
+RETIRED = {"reward": "01"}
+# runs made before rl.py recorded its precisions: every one ran on a CPU with bfloat16 support, where the
+# --dtype auto of then trained and generated in bfloat16 (results/speed.md)
+BEFORE_DTYPES = {"training_dtype": "bfloat16", "generation_dtype": "bfloat16"}
+REQUIRED = ("episode", "acc_plus", "acc_comfort")  # what every metrics.jsonl row must have
+
+
+def read_run(run_dir):
+    """config.json and the rows of metrics.jsonl of one rl.py run; None if it has not logged anything.
+    A file that cannot be read is an error naming the file and line, not a run silently dropped."""
+    config_path, metrics_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, METRICS_LOG)
+    if not (os.path.exists(config_path) and os.path.exists(metrics_path)):
+        return None
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        sys.exit(f"error: {config_path} is not readable JSON ({e}); remove the run or repair the file")
+    for flag, value in RETIRED.items():  # a flag rl.py no longer has, at the value every run now uses
+        if config.get(flag) == value:
+            del config[flag]
+    config = {**BEFORE_DTYPES, **config}
+    rows = []
+    with open(metrics_path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                sys.exit(f"error: {metrics_path} line {number} is not JSON; remove the line or the run")
+            missing = [k for k in REQUIRED if not isinstance(row, dict) or row.get(k) is None]
+            if missing:
+                sys.exit(f"error: {metrics_path} line {number} lacks {', '.join(missing)}; "
+                         "remove the line or the run")
+            rows.append(row)
+    return {"dir": run_dir, "config": config, "rows": rows} if rows else None
+
+
+def run_finished(run):
+    """Whether a run logged its last evaluation (a run cut off early has no final accuracy)."""
+    return run["rows"][-1]["episode"] >= run["config"].get("episodes", 0)
+
+
+def find_runs(paths):
+    """Run folders named directly, or found one level below a named folder (runs/sweep -> runs/sweep/*)."""
+    runs = []
+    for path in paths:
+        candidates = [path] if os.path.exists(os.path.join(path, METRICS_LOG)) else \
+            sorted(os.path.join(path, d) for d in (os.listdir(path) if os.path.isdir(path) else []))
+        runs += [r for r in map(read_run, candidates) if r is not None]
+    return runs

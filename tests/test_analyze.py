@@ -14,6 +14,7 @@ import data
 import errors
 import metrics
 import probe
+import run_folder
 from model import GPT, GPTConfig, save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,7 +103,7 @@ def test_runs_are_grouped_by_the_precision_they_generated_in(tmp_path):
               generation_dtype="bfloat16")
     _fake_run(tmp_path, "auto", 0.0, 2, 70.0, dtype="auto", training_dtype="bfloat16",
               generation_dtype="float32")
-    groups = curves.group_runs(curves.find_runs([str(tmp_path)]))
+    groups = curves.group_runs(run_folder.find_runs([str(tmp_path)]))
     names = {label: [run["config"]["name"] for run in members] for label, _, members in groups}
     assert names == {"generation_dtype=bfloat16": ["before", "pinned"], "generation_dtype=float32": ["auto"]}
 
@@ -112,7 +113,7 @@ def test_runs_on_other_machines_group_together_and_the_table_says_where_each_ran
     _fake_run(tmp_path, "epyc", 0.0, 0, 70.0, provenance=here)
     _fake_run(tmp_path, "xeon", 0.0, 1, 80.0, provenance={**here, "machine": "Intel Xeon (2 cores)"})
     _fake_run(tmp_path, "old", 0.0, 2, 90.0)
-    groups = curves.group_runs(curves.find_runs([str(tmp_path)]))
+    groups = curves.group_runs(run_folder.find_runs([str(tmp_path)]))
     assert len(groups) == 1 and len(groups[0][2]) == 3  # the machine is not a setting
     line = curves.made_on(groups[0][2])
     assert "AMD EPYC (2 cores), 1 thread(s), torch 2.13.0, code abc1234: 1 run(s)" in line
@@ -126,7 +127,7 @@ def test_curves_groups_seeds_and_writes_table_and_figure(tmp_path):
         _fake_run(runs, f"a0_s{seed}", 0.0, seed, final)
         _fake_run(runs, f"a30_s{seed}", 30.0, seed, final + 10)
     (runs / "empty").mkdir()  # a run that never logged is skipped, not an error
-    groups = curves.group_runs(curves.find_runs([str(runs)]))
+    groups = curves.group_runs(run_folder.find_runs([str(runs)]))
     assert [(label, len(members)) for label, _, members in groups] == [("alpha=0.0", 2), ("alpha=30.0", 2)]
     out = subprocess.run([sys.executable, "analyze.py", "curves", str(runs), "--name", "fig", "--results",
                           str(tmp_path / "res")], cwd=ROOT, capture_output=True, text=True)
@@ -142,12 +143,30 @@ def test_runs_measured_differently_or_cut_off_are_not_averaged_in(tmp_path):
     _fake_run(runs, "s1", 0.0, 1, 80.0, eval_size=200)
     _fake_run(runs, "small_eval", 0.0, 2, 90.0, eval_size=50)  # another evaluation set size: its own group
     _fake_run(runs, "cut", 0.0, 3, 10.0, eval_size=200, episodes=256)  # stopped at 256 of 512 episodes
-    table = curves.summarize(curves.group_runs(curves.find_runs([str(runs)])))
+    table = curves.summarize(curves.group_runs(run_folder.find_runs([str(runs)])))
     assert [(r["group"], r["seeds"], r["unfinished"], r["final"]) for r in table] == \
         [("eval_size=50", 1, 0, 90.0), ("eval_size=200", 2, 1, 75.0)]
     out = subprocess.run([sys.executable, "analyze.py", "curves", str(runs), "--results", str(tmp_path)],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and "Left out, not finished: " in out.stdout and "cut" in out.stdout
+
+
+def test_paired_differences_pair_runs_by_seed_and_skip_seeds_without_a_partner(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for seed, standard, prioritized in ((0, 70.0, 75.0), (1, 80.0, 86.0), (2, 90.0, 93.0)):
+        _fake_run(runs, f"std_s{seed}", 0.0, seed, standard)
+        _fake_run(runs, f"prio_s{seed}", 100.0, seed, prioritized)
+    _fake_run(runs, "prio_s3", 100.0, 3, 10.0)  # no standard run of seed 3: not a pair
+    command = [sys.executable, "analyze.py", "curves", str(runs), "--results", str(tmp_path / "res")]
+    out = subprocess.run(command + ["--baseline", "alpha=0,kl_coef=10"], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+    # differences 5, 6, 3: mean 4.67, sd 1.53, t(2) = 4.303 -> half-width 3.80; logs without the KL split: n/a
+    assert "| alpha=100.0 | 3 | 4.7 +- 3.8 | " in out.stdout and out.stdout.rstrip().count("n/a") >= 2
+    assert "--baseline alpha=0,kl_coef=10`" in (tmp_path / "res" / "curves.md").read_text().splitlines()[0]
+    out = subprocess.run(command + ["--baseline", "alpha=3"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode != 0 and "matches 0 groups" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_damage_is_a_comfort_loss_a_fall_below_the_start_or_a_non_finite_value():
@@ -167,7 +186,7 @@ def test_frontier_says_which_prioritized_runs_lie_above_the_uniform_frontier(tmp
         _fake_run(runs, f"std_s{seed}", 0.0, seed, 75.0 + seed, kl=0.002)
         _fake_run(runs, f"prio_s{seed}", 100.0, seed, 90.0 + seed, kl=0.002)  # above: no uniform >= at <= KL
         _fake_run(runs, f"weak_s{seed}", 3.0, seed, 70.0 + seed, kl=0.003)  # below: std is better at less KL
-    table = curves.summarize(curves.group_runs(curves.find_runs([str(runs)])))
+    table = curves.summarize(curves.group_runs(run_folder.find_runs([str(runs)])))
     verdict = {r["group"]: [u["group"] for u in curves.beaten_by(r, table)] for r in table
                if not curves.is_uniform(r["settings"])}
     assert verdict == {"alpha=100.0, kl_coef=10.0": [],
@@ -323,7 +342,7 @@ def test_runs_side_by_side_log_what_runs_one_by_one_log(tiny_checkpoint, tmp_pat
         runs = [(str(tmp_path / f"jobs{jobs}"), f"alpha{a}", ["--alpha", str(a)]) for a in (0, 100)]
         analyze.run_rl(runs, budget, jobs)
         for out, name, _ in runs:
-            rows = curves.read_run(os.path.join(out, name))["rows"]
+            rows = run_folder.read_run(os.path.join(out, name))["rows"]
             logs[jobs, name] = [{k: v for k, v in row.items() if k != "minutes"} for row in rows]
     assert logs[1, "alpha0"] == logs[2, "alpha0"] and logs[1, "alpha100"] == logs[2, "alpha100"]
     assert [row["episode"] for row in logs[2, "alpha0"]] == [0, 2, 4]
