@@ -3,7 +3,7 @@ Look inside the models, and make every table and figure of the paper: one comman
 
     python analyze.py accuracy --ckpt checkpoints/add7.pt [--n 1000]
         greedy exact-match accuracy on held-out 'identical' (K+K) and 'varying' (K+M, M <= K)
-        problems, K = N..N+3, with 95% confidence intervals (paper Tables 4 and 5)          (here)
+        problems, K = N..N+3, 95% intervals (paper Tables 4 and 5; Fig. 2: accuracy.png)   (here)
     python analyze.py errors --ckpt checkpoints/add7.pt [--digits 8] [--n 1000]
         for each failed K+K generation, the first character that differs from the correct scratchpad:
         which line, which field (operand list, A, carry, sum) and what was written instead  (errors.py)
@@ -35,7 +35,7 @@ from errors import cmd_errors
 from metrics import load, pretrain_digits, solve, wilson_interval
 from probe import cmd_probe
 from run_folder import read_run
-from runtime import DEVICE_HELP, autocast_dtype, pick_device, set_threads, write_text
+from runtime import DEVICE_HELP, autocast_dtype, pick_device, save_figure, set_threads, write_text
 
 
 # -----------------------------------------------------------------------------
@@ -62,11 +62,46 @@ def cmd_accuracy(args, device, dtype):
     lines += [f"| {r['checkpoint']} | {r['set']} | {r['K']} | {r['accuracy']:.1f} | "
               f"{r['ci_low']:.1f}-{r['ci_high']:.1f} |"
               for r in rows]
+    columns = ["K = N"] + [f"K = N+{k}" for k in range(1, args.extra + 1)]
+    for kind, title in (("identical", "Table 4 (identical: K+K digits)"),
+                        ("varying", "Table 5 (varying: K + M digits, M uniform in 1..K)")):
+        lines += ["", title, "", "| checkpoint | " + " | ".join(columns) + " |",
+                  "|---" * (len(columns) + 1) + "|"]
+        for path in args.ckpt:
+            cells = {r["K"] - r["N"]: f"{r['accuracy']:.1f} ({r['ci_low']:.1f}-{r['ci_high']:.1f})"
+                     for r in rows if r["checkpoint"] == path and r["set"] == kind}
+            lines.append(f"| {path} | " + " | ".join(cells.get(k, "too long") for k in range(args.extra + 1))
+                         + " |")
     print("\n".join(lines))
     write_csv(os.path.join(args.results, "accuracy.csv"), rows)
     write_text(os.path.join(args.results, "accuracy.md"),
-               f"`python analyze.py accuracy --ckpt {' '.join(args.ckpt)} --n {args.n}` (greedy exact match, "
-               f"Wilson 95% intervals)\n\n" + "\n".join(lines) + "\n")
+               f"`python analyze.py accuracy --ckpt {' '.join(args.ckpt)} --extra {args.extra} --n {args.n}` "
+               f"(greedy exact match, Wilson 95% intervals)\n\n" + "\n".join(lines) + "\n")
+    plot_accuracy(rows, os.path.join(args.results, "accuracy.png"))
+
+
+def plot_accuracy(rows, path):
+    """Fig. 2: greedy accuracy against the number of digits K, one line per checkpoint, Wilson intervals."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, kind in zip(axes, ("identical", "varying")):
+        for ckpt in dict.fromkeys(r["checkpoint"] for r in rows):
+            mine = [r for r in rows if r["checkpoint"] == ckpt and r["set"] == kind]
+            if not mine:  # every K too long for its positions
+                continue
+            below = [r["accuracy"] - r["ci_low"] for r in mine]
+            above = [r["ci_high"] - r["accuracy"] for r in mine]
+            ax.errorbar([r["K"] for r in mine], [r["accuracy"] for r in mine], yerr=[below, above],
+                        marker="o", capsize=3, label=f"{os.path.basename(ckpt)} (N = {mine[0]['N']})")
+        ax.set(xlabel="K (digits of the operands)", title=f"{kind} problems")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].set_ylabel("greedy exact-match accuracy (%)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
 
 
 # -----------------------------------------------------------------------------

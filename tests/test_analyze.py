@@ -66,6 +66,13 @@ def test_subcommands_run(tiny_checkpoint, tmp_path, command):
     assert r.returncode == 0, r.stderr
     if command[0] == "accuracy":
         assert "| identical | 2 |" in r.stdout and (tmp_path / "accuracy.csv").exists()
+        # Tables 4 and 5: one row per checkpoint, a cell (accuracy and interval) per K = N, N+1
+        cell = r"\d+\.\d \(\d+\.\d-\d+\.\d\)"
+        row = rf"\| \S+ \| {cell} \| {cell} \|"
+        wide = [line for line in r.stdout.splitlines() if re.fullmatch(row, line)]
+        assert len(wide) == 2 and "Table 4 (identical" in r.stdout and "Table 5 (varying" in r.stdout
+        assert "--extra 1 --n 5`" in (tmp_path / "accuracy.md").read_text().splitlines()[0]
+        assert (tmp_path / "accuracy.png").stat().st_size > 1000  # Fig. 2
     else:
         assert "3+3 greedy accuracy" in r.stdout
 
