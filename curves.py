@@ -208,7 +208,7 @@ def matches(settings, baseline):
     """Whether a group's settings match --baseline's KEY=VALUE,... (numbers compared as numbers)."""
     for pair in baseline.split(","):
         key, _, value = pair.partition("=")
-        have = settings.get(key.strip(), 0.0 if key.strip() in ("alpha", "kl_coef") else None)
+        have = settings.get(key.strip())
         try:
             same = float(have) == float(value)
         except (TypeError, ValueError):
@@ -229,7 +229,8 @@ def paired_lines(table, baseline):
     by_seed = {run["config"].get("seed"): run for run in base["runs"]}
     lines = [f"Paired per-seed differences: each group minus {base['group']}, on the seeds both ran "
              "(mean and 95% interval of the differences):", "",
-             "| runs | pairs | " + " | ".join(header for _, header, _ in PAIRED) + " |", "|---" * 7 + "|"]
+             "| runs | pairs | " + " | ".join(header for _, header, _ in PAIRED) + " |",
+             "|---" * (len(PAIRED) + 2) + "|"]
     for r in table:
         pairs = [(run, by_seed[run["config"].get("seed")]) for run in r["runs"]
                  if run["config"].get("seed") in by_seed]
