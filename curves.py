@@ -96,10 +96,10 @@ def summarize(groups):
         row = {"group": label, "settings": settings, "seeds": len(done),
                "unfinished": len(members) - len(done),
                "episodes": done[0]["rows"][-1]["episode"], "runs": done}
-        for name, values in (("final", [r["rows"][-1]["acc_plus"] for r in done]),
+        for name, values in (("final", [seed_value(r, "final") for r in done]),
                              ("val", [r["rows"][-1].get("val_plus", float("nan")) for r in done]),
-                             ("auc", [area_under_curve(r["rows"]) for r in done]),
-                             ("comfort", [r["rows"][-1]["acc_comfort"] for r in done]),
+                             ("auc", [seed_value(r, "auc") for r in done]),
+                             ("comfort", [seed_value(r, "comfort") for r in done]),
                              ("critical_p", [r["rows"][-1].get("critical_p", float("nan")) for r in done]),
                              ("critical_p_all", [r["rows"][-1].get("critical_p_all",
                                                                    float("nan")) for r in done]),
@@ -344,11 +344,8 @@ def plot_frontier(table, path, title):
         for uniform, color in ((True, "tab:blue"), (False, "tab:orange")):
             rows = [r for r in table if is_uniform(r["settings"]) == uniform]
             for r in rows:
-                per_run = {"final": lambda x: x["rows"][-1]["acc_plus"],
-                           "auc": lambda x: area_under_curve(x["rows"]),
-                           "comfort": lambda x: x["rows"][-1]["acc_comfort"]}[key]
                 ax.scatter([x["rows"][-1].get("kl") or 0.0 for x in r["runs"]],
-                           [per_run(x) for x in r["runs"]], s=10, color=color, alpha=0.35)
+                           [seed_value(x, key) for x in r["runs"]], s=10, color=color, alpha=0.35)
                 ax.errorbar(r["kl"], r[key], xerr=r["kl_ci"], yerr=r[key + "_ci"], color=color, marker="o",
                             capsize=3)
                 setting = ("kl", "kl_coef") if uniform else ("a", "alpha")
