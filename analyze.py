@@ -21,7 +21,9 @@ Look inside the models, and make every table and figure of the paper: one comman
 """
 import argparse
 import csv
+import hashlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -41,23 +43,52 @@ from runtime import DEVICE_HELP, autocast_dtype, pick_device, save_figure, set_t
 # -----------------------------------------------------------------------------
 # accuracy tables (paper Tables 4 and 5)
 
+def accuracy_cell(model, kind, k, n, device, dtype):
+    """Greedy exact-match accuracy on n held-out problems of one set and size: a row of Tables 4-5."""
+    problems = data.eval_set(kind, k, n)
+    completions = solve(model, problems, device, dtype)
+    wins = sum(data.reward((a, b), c) for c, (a, b) in zip(completions, problems))
+    low, high = wilson_interval(wins, len(problems))
+    return {"set": kind, "K": k, "n": len(problems), "accuracy": round(100 * wins / len(problems), 1),
+            "ci_low": round(low, 1), "ci_high": round(high, 1)}
+
+
+def read_cache(path):
+    """Cells measured before, by key; a line cut off by a kill is skipped."""
+    cells = {}
+    if path and os.path.exists(path):
+        for line in open(path):
+            try:
+                cell = json.loads(line)
+                cells[cell.pop("key")] = cell
+            except (ValueError, KeyError):
+                continue
+    return cells
+
+
 def cmd_accuracy(args, device, dtype):
-    rows = []
+    # each cell is appended to --cache as soon as it is measured: a cut-off run, rerun, starts where it
+    # stopped (the key holds the checkpoint's hash, so a retrained file is measured again)
+    rows, cache = [], read_cache(args.cache)
     for path in args.ckpt:
         model, meta = load(path, device)
         n = pretrain_digits(meta, path)
+        digest = hashlib.sha1(open(path, "rb").read()).hexdigest()[:16]
         for kind in ("identical", "varying"):
             for k in range(n, n + args.extra + 1):
                 if data.longest_sequence(k) > model.config.block_size:
                     continue
-                problems = data.eval_set(kind, k, args.n)
-                completions = solve(model, problems, device, dtype)
-                wins = sum(data.reward((a, b), c) for c, (a, b) in zip(completions, problems))
-                low, high = wilson_interval(wins, len(problems))
-                rows.append({"checkpoint": path, "N": n, "set": kind, "K": k, "n": len(problems),
-                             "accuracy": round(100 * wins / len(problems), 1), "ci_low": round(low, 1),
-                             "ci_high": round(high, 1)})
-                print(f"{path} {kind} K={k}: {rows[-1]['accuracy']:.1f}%", file=sys.stderr)
+                key = f"{digest} {kind} {k} {args.n} {str(device).split(':')[0]} {dtype}"
+                cell = cache.get(key)
+                if cell is None:
+                    cell = accuracy_cell(model, kind, k, args.n, device, dtype)
+                    if args.cache:
+                        os.makedirs(os.path.dirname(args.cache) or ".", exist_ok=True)
+                        with open(args.cache, "a") as f:
+                            f.write(json.dumps({"key": key, **cell}) + "\n")
+                rows.append({"checkpoint": path, "N": n, **cell})
+                print(f"{path} {kind} K={k}: {cell['accuracy']:.1f}%{' (cached)' if key in cache else ''}",
+                      file=sys.stderr)
     lines = ["| checkpoint | set | K | accuracy % | 95% CI |", "|---|---|---|---|---|"]
     lines += [f"| {r['checkpoint']} | {r['set']} | {r['K']} | {r['accuracy']:.1f} | "
               f"{r['ci_low']:.1f}-{r['ci_high']:.1f} |"
@@ -234,6 +265,8 @@ def get_args(argv=None):
     acc = sub.add_parser("accuracy", help="accuracy tables (identical and varying, K = N..N+extra)")
     acc.add_argument("--ckpt", nargs="+", default=["checkpoints/add7.pt"], help="one or more checkpoints")
     acc.add_argument("--extra", type=int, default=3, help="largest K is N + extra (default 3)")
+    acc.add_argument("--cache", default="runs/accuracy_cache.jsonl",
+                     help="cells measured so far, reused by a rerun ('' to switch off)")
     err = sub.add_parser("errors", help="where failed generations first go wrong")
     err.add_argument("--ckpt", default="checkpoints/add7.pt", help="checkpoint to probe")
     err.add_argument("--digits", type=int, default=None, help="K for the K+K problems (default N+1)")

@@ -61,6 +61,8 @@ def test_wilson_interval():
 
 @pytest.mark.parametrize("command", [["accuracy", "--extra", "1"], ["errors"]])
 def test_subcommands_run(tiny_checkpoint, tmp_path, command):
+    if command[0] == "accuracy":
+        command = command + ["--cache", str(tmp_path / "cache.jsonl")]
     r = subprocess.run([sys.executable, "analyze.py", *command, "--ckpt", tiny_checkpoint, "--n", "5",
                         "--results", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -73,6 +75,9 @@ def test_subcommands_run(tiny_checkpoint, tmp_path, command):
         assert len(wide) == 2 and "Table 4 (identical" in r.stdout and "Table 5 (varying" in r.stdout
         assert "--extra 1 --n 5`" in (tmp_path / "accuracy.md").read_text().splitlines()[0]
         assert (tmp_path / "accuracy.png").stat().st_size > 1000  # Fig. 2
+        # a rerun reads every cell from the cache the first run wrote, and prints the same tables
+        again = subprocess.run(r.args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert again.stdout == r.stdout and again.stderr.count("(cached)") == 4, again.stderr
     else:
         assert "3+3 greedy accuracy" in r.stdout
 
