@@ -66,6 +66,14 @@ def read_cache(path):
     return cells
 
 
+def append_to_cache(path, key, cell):
+    """One line per measured cell, written at once (a kill loses at most the cell under way)."""
+    if path:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "a") as f:
+            f.write(json.dumps({"key": key, **cell}) + "\n")
+
+
 def cmd_accuracy(args, device, dtype):
     # each cell is appended to --cache as soon as it is measured: a cut-off run, rerun, starts where it
     # stopped (the key holds the checkpoint's hash, so a retrained file is measured again)
@@ -82,10 +90,7 @@ def cmd_accuracy(args, device, dtype):
                 cell = cache.get(key)
                 if cell is None:
                     cell = accuracy_cell(model, kind, k, args.n, device, dtype)
-                    if args.cache:
-                        os.makedirs(os.path.dirname(args.cache) or ".", exist_ok=True)
-                        with open(args.cache, "a") as f:
-                            f.write(json.dumps({"key": key, **cell}) + "\n")
+                    append_to_cache(args.cache, key, cell)
                 rows.append({"checkpoint": path, "N": n, **cell})
                 print(f"{path} {kind} K={k}: {cell['accuracy']:.1f}%{' (cached)' if key in cache else ''}",
                       file=sys.stderr)
