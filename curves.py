@@ -25,9 +25,11 @@ T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.045, 2.042]
 # what varies between seeds of one experiment, or does not change what is learned
 # (eval_every and eval_size change what was measured, so they do split groups)
-# (provenance: the machine, threads and code a run ran on, listed under each table instead)
+# (provenance: the machine, threads and code a run ran on, and the training precision --dtype auto chose
+# there, are listed under each table instead: like the machine, bfloat16 or float32 training changes only
+# rounding; the generation precision moves greedy near-ties at the start, so it does split groups)
 NOT_A_SETTING = {"seed", "name", "out", "device", "save", "threads", "fast_generate", "force", "resume",
-                 "provenance", "dtype"}  # the flag; the precisions it chose: training_dtype, generation_dtype
+                 "provenance", "dtype", "training_dtype"}
 
 
 def mean_ci(values):
@@ -256,12 +258,13 @@ def load_groups(paths):
 
 
 def made_on(runs):
-    """One line: what the runs ran on (machine, threads, torch, code commit) and how many on each, so a
-    table that mixes them says so."""
+    """One line: what the runs ran on (machine, threads, torch, code commit, training precision) and how
+    many on each, so a table that mixes them says so."""
     counts = {}
     for run in runs:
-        p = run["config"].get("provenance")
-        where = (f"{p['machine']}, {p['threads']} thread(s), torch {p['torch']}, code {p['commit']}" if p else
+        p, training = run["config"].get("provenance"), run["config"].get("training_dtype")
+        where = (f"{p['machine']}, {p['threads']} thread(s), torch {p['torch']}, code {p['commit']}, "
+                 f"training in {training}" if p else
                  "not recorded in the runs (made before rl.py recorded it: results/README.md)")
         counts[where] = counts.get(where, 0) + 1
     return "Made on: " + "; ".join(f"{where}: {n} run(s)" for where, n in sorted(counts.items())) + "."

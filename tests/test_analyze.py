@@ -122,14 +122,18 @@ def test_runs_are_grouped_by_the_precision_they_generated_in(tmp_path):
 
 def test_runs_on_other_machines_group_together_and_the_table_says_where_each_ran(tmp_path):
     here = {"commit": "abc1234", "threads": 1, "machine": "AMD EPYC (2 cores)", "torch": "2.13.0"}
-    _fake_run(tmp_path, "epyc", 0.0, 0, 70.0, provenance=here)
-    _fake_run(tmp_path, "xeon", 0.0, 1, 80.0, provenance={**here, "machine": "Intel Xeon (2 cores)"})
+    # --dtype auto trains in bfloat16 where the CPU has it natively, else in float32: a rounding difference
+    # like the machine's, so it does not split the group either, and the table says which ran how
+    _fake_run(tmp_path, "epyc", 0.0, 0, 70.0, provenance=here, training_dtype="bfloat16")
+    _fake_run(tmp_path, "xeon", 0.0, 1, 80.0, provenance={**here, "machine": "Intel Xeon (2 cores)"},
+              training_dtype="float32")
     _fake_run(tmp_path, "old", 0.0, 2, 90.0)
     groups = curves.group_runs(run_folder.find_runs([str(tmp_path)]))
-    assert len(groups) == 1 and len(groups[0][2]) == 3  # the machine is not a setting
+    assert len(groups) == 1 and len(groups[0][2]) == 3  # neither the machine nor the precision is a setting
     line = curves.made_on(groups[0][2])
-    assert "AMD EPYC (2 cores), 1 thread(s), torch 2.13.0, code abc1234: 1 run(s)" in line
-    assert "Intel Xeon" in line and "not recorded" in line
+    assert "AMD EPYC (2 cores), 1 thread(s), torch 2.13.0, code abc1234, training in bfloat16: 1 run(s)" in line
+    assert "Intel Xeon (2 cores), 1 thread(s), torch 2.13.0, code abc1234, training in float32" in line
+    assert "not recorded" in line
 
 
 def test_curves_groups_seeds_and_writes_table_and_figure(tmp_path):
