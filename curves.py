@@ -23,11 +23,10 @@ from runtime import save_figure, write_text
 T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
          2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
          2.045, 2.042]
-# what varies between seeds of one experiment, or does not change what is learned
-# (eval_every and eval_size change what was measured, so they do split groups)
-# (provenance: the machine, threads and code a run ran on, and the training precision --dtype auto chose
-# there, are listed under each table instead: like the machine, bfloat16 or float32 training changes only
-# rounding; the generation precision moves greedy near-ties at the start, so it does split groups)
+# what varies between seeds of one experiment, or does not change what is learned (eval_every and
+# eval_size change what was measured, so they do split groups). The machine, threads and code a run ran on,
+# and the training precision --dtype auto chose there, are listed under each table instead: like the
+# machine, they change only rounding; generation precision moves greedy near-ties, so it splits groups.
 NOT_A_SETTING = {"seed", "name", "out", "device", "save", "threads", "fast_generate", "force", "resume",
                  "provenance", "dtype", "training_dtype"}
 
@@ -79,7 +78,9 @@ def group_runs(runs):
     varying = [k for k in keys if len({json.dumps(s.get(k)) for s in all_settings}) > 1]
     out = []
     for settings, members in groups.values():
-        label = ", ".join(f"{k}={settings.get(k)}" for k in varying) or "all runs"
+        # a checkpoint reads as its file name (runs made in different folders name the same file differently)
+        shown = {k: os.path.basename(v) if k == "ckpt" and v else v for k, v in settings.items()}
+        label = ", ".join(f"{k}={shown.get(k)}" for k in varying) or "all runs"
         if settings.get("kl_coef") == 0 and "alpha" in varying:
             label += " (no penalty: alpha unused)"
         out.append((label, settings, sorted(members, key=lambda r: r["config"].get("seed", 0))))
@@ -258,8 +259,7 @@ def load_groups(paths):
 
 
 def made_on(runs):
-    """One line: what the runs ran on (machine, threads, torch, code commit, training precision) and how
-    many on each, so a table that mixes them says so."""
+    """One line: what the runs ran on (machine, threads, torch, commit, training precision), how many each."""
     counts = {}
     for run in runs:
         p, training = run["config"].get("provenance"), run["config"].get("training_dtype")

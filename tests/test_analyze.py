@@ -107,6 +107,14 @@ def _fake_run(root, name, alpha, seed, final, kl_coef=10.0, kl=0.001, episodes=5
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def test_a_checkpoint_is_labelled_by_its_file_name(tmp_path):
+    """Runs started from another folder name their checkpoint by a full path; the label shows the file."""
+    _fake_run(tmp_path, "add6", 0.0, 0, 70.0, ckpt="/somewhere/checkpoints/add6.pt")
+    _fake_run(tmp_path, "add8", 0.0, 0, 80.0, ckpt="/somewhere/checkpoints/add8.pt")
+    groups = curves.group_runs(run_folder.find_runs([str(tmp_path)]))
+    assert [label for label, _, _ in groups] == ["ckpt=add6.pt", "ckpt=add8.pt"]
+
+
 def test_runs_are_grouped_by_the_precision_they_generated_in(tmp_path):
     """A run from before rl.py recorded its precisions generated in bfloat16: it groups with one made with
     --dtype bfloat16, apart from one that generated in float32."""
