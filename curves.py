@@ -100,12 +100,11 @@ def summarize(groups):
                "unfinished": len(members) - len(done),
                "episodes": done[0]["rows"][-1]["episode"], "runs": done}
         for name, values in (("final", [seed_value(r, "final") for r in done]),
-                             ("val", [r["rows"][-1].get("val_plus", float("nan")) for r in done]),
+                             ("val", [seed_value(r, "val_plus") for r in done]),
                              ("auc", [seed_value(r, "auc") for r in done]),
                              ("comfort", [seed_value(r, "comfort") for r in done]),
-                             ("critical_p", [r["rows"][-1].get("critical_p", float("nan")) for r in done]),
-                             ("critical_p_all", [r["rows"][-1].get("critical_p_all",
-                                                                   float("nan")) for r in done]),
+                             ("critical_p", [seed_value(r, "critical_p") for r in done]),
+                             ("critical_p_all", [seed_value(r, "critical_p_all") for r in done]),
                              ("kl", [r["rows"][-1].get("kl") or 0.0 for r in done]),
                              ("kl_uncertain", [seed_value(r, "kl_uncertain") for r in done]),
                              ("kl_certain", [seed_value(r, "kl_certain") for r in done])):
@@ -204,6 +203,7 @@ def seed_value(run, key):
 
 # the columns of the paired table: (key for seed_value, header, digits)
 PAIRED = (("final", "N+k final", 1), ("auc", "area under curve", 1), ("comfort", "comfort zone final", 1),
+          ("critical_p", "critical p final, lines 1-3", 4),
           ("kl_uncertain", "KL/token where pi_ref unsure", 4), ("kl_certain", "KL/token where sure", 4))
 
 
