@@ -72,15 +72,15 @@ def group_runs(runs):
     groups = {}
     for run in runs:
         settings = {k: v for k, v in run["config"].items() if k not in NOT_A_SETTING}
+        if settings.get("ckpt"):  # a checkpoint is its file name, whichever folder a run named
+            settings["ckpt"] = os.path.basename(settings["ckpt"])
         groups.setdefault(json.dumps(settings, sort_keys=True), (settings, []))[1].append(run)
     all_settings = [s for s, _ in groups.values()]
     keys = sorted({k for s in all_settings for k in s})
     varying = [k for k in keys if len({json.dumps(s.get(k)) for s in all_settings}) > 1]
     out = []
     for settings, members in groups.values():
-        # a checkpoint reads as its file name (runs made in different folders name the same file differently)
-        shown = {k: os.path.basename(v) if k == "ckpt" and v else v for k, v in settings.items()}
-        label = ", ".join(f"{k}={shown.get(k)}" for k in varying) or "all runs"
+        label = ", ".join(f"{k}={settings.get(k)}" for k in varying) or "all runs"
         if settings.get("kl_coef") == 0 and "alpha" in varying:
             label += " (no penalty: alpha unused)"
         out.append((label, settings, sorted(members, key=lambda r: r["config"].get("seed", 0))))

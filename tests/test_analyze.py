@@ -107,12 +107,14 @@ def _fake_run(root, name, alpha, seed, final, kl_coef=10.0, kl=0.001, episodes=5
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def test_a_checkpoint_is_labelled_by_its_file_name(tmp_path):
-    """Runs started from another folder name their checkpoint by a full path; the label shows the file."""
+def test_a_checkpoint_is_its_file_name(tmp_path):
+    """Runs started from another folder name their checkpoint by a full path: the label shows the file, and
+    two seeds that name one file differently are one group."""
     _fake_run(tmp_path, "add6", 0.0, 0, 70.0, ckpt="/somewhere/checkpoints/add6.pt")
     _fake_run(tmp_path, "add8", 0.0, 0, 80.0, ckpt="/somewhere/checkpoints/add8.pt")
+    _fake_run(tmp_path, "add8_s1", 0.0, 1, 90.0, ckpt="checkpoints/add8.pt")
     groups = curves.group_runs(run_folder.find_runs([str(tmp_path)]))
-    assert [label for label, _, _ in groups] == ["ckpt=add6.pt", "ckpt=add8.pt"]
+    assert [(label, len(runs)) for label, _, runs in groups] == [("ckpt=add6.pt", 1), ("ckpt=add8.pt", 2)]
 
 
 def test_runs_are_grouped_by_the_precision_they_generated_in(tmp_path):
