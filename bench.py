@@ -13,8 +13,12 @@ Lines (scripts read them):
   training, forward + backward:   the teacher-forced pass that RL and pre-training use
   arithmetic: ... GFLOP/s against a matmul peak measured in the same run
   kv-cache speedup:               full recompute time / KV-cache time
+  draft, rollout / evaluation:    decoding along the correct text (GPT.generate's draft) against the fast
+                                  loop: one RL rollout batch sampled at temperature 1 ("N+1" problems),
+                                  and a greedy evaluation of --eval-size held-out "N+1" problems
 """
 import argparse
+import random
 import sys
 import time
 
@@ -75,6 +79,8 @@ def main(argv=None):
     add_number(p, "--digits", int, None, "K for the K+K problems (default N+1)", at_least=1)
     add_number(p, "--batch-size", int, 64, "rows generated at once (default 64: one RL iteration, "
                "16 problems x 4 samples)", at_least=1, at_most=65_536)
+    add_number(p, "--eval-size", int, 200, "problems of the timed evaluation (default 200, as rl.py's)",
+               at_least=1)
     add_number(p, "--recompute-every", int, 16, "time the full recompute at every K-th new token, scaled "
                "by K (default 16; 1: exact)", at_least=1)
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -145,6 +151,23 @@ def main(argv=None):
           f"training {trained * repeats / t_train / 1e9:.1f} GFLOP/s, "
           f"matmul peak {shown} (2048 x 2048, measured now)")
     print(f"kv-cache speedup: {t_full / t_cache:.1f}x")
+    time_draft(model, k - 1, args.batch_size, args.eval_size, gen_dtype, device)
+
+
+def time_draft(model, n, rows, eval_size, dtype, device):
+    """The draft against the fast loop, on what rl.py generates: a rollout batch and an evaluation."""
+    rng = random.Random(0)
+    rollout = [data.rl_problem(n, 1, rng) for _ in range(rows)]
+    evaluation = data.eval_set("rl", 1, eval_size, n=n)
+    for name, problems, temperature in (("rollout", rollout, 1.0), ("evaluation", evaluation, 0.0)):
+        seconds = {}
+        for draft in (True, False):
+            generator = torch.Generator(device).manual_seed(0)
+            with mixed_precision(device, dtype):
+                _, seconds[draft] = timed(lambda: data.complete(model, problems, temperature, device=device,
+                                                                generator=generator, draft=draft), device)
+        print(f"draft, {name} ({len(problems)} rows, temperature {temperature:g}): {seconds[True]:.1f} s "
+              f"against {seconds[False]:.1f} s token by token: {seconds[False] / seconds[True]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 # eval_size change what was measured, so they do split groups). The machine, threads and code a run ran on,
 # and the training precision --dtype auto chose there, are listed under each table instead: like the
 # machine, they change only rounding; generation precision moves greedy near-ties, so it splits groups.
-NOT_A_SETTING = {"seed", "name", "out", "device", "save", "threads", "fast_generate", "force", "resume",
-                 "provenance", "dtype", "training_dtype"}
+NOT_A_SETTING = {"seed", "name", "out", "device", "save", "threads", "fast_generate", "draft", "force",
+                 "resume", "provenance", "dtype", "training_dtype"}
 
 
 def mean_ci(values):

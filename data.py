@@ -266,12 +266,32 @@ def generated_batch(prompts, sequences):
     generated, 0 on the prompt and on padding. (Not make_batch from the decoded texts: decoding drops a
     padding token that sampling can, rarely, emit mid-row, and the update must see the tokens sampled.)"""
     lead = (prompts == PAD_ID).sum(1, keepdim=True)
-    width = sequences.size(1)
-    columns = torch.arange(width, device=sequences.device)[None, :] + lead
-    sequences = sequences.gather(1, columns.clamp(max=width - 1)).masked_fill(columns >= width, PAD_ID)
+    sequences = shift_left(sequences, lead[:, 0])
     inputs, actions = sequences[:, :-1], sequences[:, 1:]
-    generated = torch.arange(width - 1, device=sequences.device)[None, :] >= prompts.size(1) - lead - 1
+    columns = torch.arange(sequences.size(1) - 1, device=sequences.device)[None, :]
+    generated = columns >= prompts.size(1) - lead - 1
     return inputs, actions, (generated & (actions != PAD_ID)).float()
+
+
+def shift_left(sequences, lead):
+    """Each row of sequences (B, W) moved lead[row] columns to the left, padding coming in on the right."""
+    columns = torch.arange(sequences.size(1), device=sequences.device)[None, :] + lead[:, None]
+    return sequences.gather(1, columns.clamp(max=sequences.size(1) - 1)).masked_fill(
+        columns >= sequences.size(1), PAD_ID)
+
+
+def draft_batch(problems, device="cpu", prefixes=None):
+    """The correct continuation of each prompt (after its prefix, if any: the rest of target(problem) past
+    the prefix's length) as token ids padded on the right, (B, L): GPT.generate's free draft. None when
+    the task has no correct text (its target is None)."""
+    texts = [target(problem) for problem in problems]
+    if any(text is None for text in texts):
+        return None
+    rows = [encode(text[len(prefixes[i]) if prefixes else 0:]) for i, text in enumerate(texts)]
+    x = torch.full((len(rows), max(1, max(len(r) for r in rows))), PAD_ID, dtype=torch.long)
+    for i, r in enumerate(rows):
+        x[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+    return x.to(device)
 
 
 def sequence_length(problem) -> int:
@@ -317,11 +337,12 @@ def generation_budget(model, problems, prompt_width: int) -> int:
 
 @torch.no_grad()
 def complete(model, problems, temperature=0.0, batch_size=250, device="cpu", generator=None,
-             fast=True) -> list[str]:
+             fast=True, draft=True) -> list[str]:
     """The model's completion (text after the prompt) for each problem, in the order given.
 
     Problems are sorted by length before batching so that little compute goes to padding.
-    fast: GPT.generate's optimized loop (same tokens), or the plain reference loop.
+    draft: decode along the correct text (GPT.generate's free draft: the same texts, far less work);
+    without it, fast: GPT.generate's optimized loop (same tokens), or the plain reference loop.
     """
     order = sorted(range(len(problems)), key=lambda i: sequence_length(problems[i]))
     completions = [None] * len(problems)
@@ -330,7 +351,8 @@ def complete(model, problems, temperature=0.0, batch_size=250, device="cpu", gen
         batch = [problems[i] for i in chunk]
         idx = prompt_batch(batch, device)
         out = model.generate(idx, generation_budget(model, batch, idx.size(1)), temperature=temperature,
-                             stop=Stop, generator=generator, fast=fast)
+                             stop=Stop, generator=generator, fast=fast,
+                             draft=draft_batch(batch, device) if draft else None)
         for i, row in zip(chunk, out[:, idx.size(1):].tolist()):
             completions[i] = decode(row)
     return completions

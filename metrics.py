@@ -22,20 +22,24 @@ from model import CheckpointError, load_checkpoint
 from runtime import gather, mixed_precision, sum_over_ranks
 
 
-def evaluate(policy, sets, n, temperature, seed, device, dtype, fast=True, rank=0, ranks=1):
+def evaluate(policy, sets, n, temperature, seed, device, dtype, decoding=(True, True), rank=0,
+             ranks=1):
     """Greedy accuracy on N+k (the evaluation set, and the validation set that hyper-parameters are
     chosen on) and on the comfort zone, sampled accuracy on N+k at `temperature`, critical-token
     probability. Returns the metrics and the greedy N+k completions (which the first evaluation reuses).
-    ranks: each completes every ranks-th problem of each set and the right answers are added up."""
+    decoding: (fast, draft) for data.complete. ranks: each completes every ranks-th problem of each set
+    and the right answers are added up."""
     mine = {name: problems[rank::ranks] for name, problems in sets.items()}
+    fast, draft = decoding
     with mixed_precision(device, dtype):
         generator = torch.Generator(device).manual_seed(seed + rank)
         paper_lines, all_lines = critical_probabilities(policy, sets["critical"], n, temperature)
-        greedy = data.complete(policy, mine["plus"], device=device, fast=fast)
+        together = mine["plus"] + mine["val"] + mine["comfort"]  # one call: batches of similar lengths
+        texts = data.complete(policy, together, device=device, fast=fast, draft=draft)
+        greedy, validation = texts[:len(mine["plus"])], texts[len(mine["plus"]):][:len(mine["val"])]
+        comfort = texts[len(mine["plus"]) + len(mine["val"]):]
         sampled = data.complete(policy, mine["plus"], temperature=temperature, device=device,
-                                generator=generator, fast=fast)
-        comfort = data.complete(policy, mine["comfort"], device=device, fast=fast)
-        validation = data.complete(policy, mine["val"], device=device, fast=fast)
+                                generator=generator, fast=fast, draft=draft)
     right = sum_over_ranks([sum(data.reward(problem, text) for problem, text in zip(mine[name], texts))
                             for name, texts in (("plus", greedy), ("val", validation), ("comfort", comfort),
                                                 ("plus", sampled))])

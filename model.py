@@ -5,7 +5,7 @@ Pre-LN blocks, learned absolute positions and tied input/output embeddings, as i
 Two things differ from nanoGPT because RL fine-tuning needs them:
   - forward() returns logits at every position (per-token log-probs for the policy gradient);
   - generate() is batched, accepts left-padded prompts of different lengths, keeps a KV cache,
-    and stops each row once its answer line is complete.
+    and stops each row once its answer line is complete (generation.py).
 Padding (token id 0 of data.VOCAB) never influences a real token: padded keys are masked out.
 """
 import math
@@ -16,11 +16,11 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+import generation
 from data import PAD_ID, VOCAB
 from runtime import atomic_save
 
 NEVER = -1e4  # the padding token's logit: probability e^-10000 = 0, and 0 * log p stays finite
-CHECK_EVERY_GPU = 16  # decoding steps between looks at which rows are finished, on a GPU (see generate)
 
 
 class CausalSelfAttention(nn.Module):
@@ -144,11 +144,17 @@ class GPT(nn.Module):
             mask = None
         else:  # left padding: each row counts positions from its first real token, pads are never keys
             positions = (real.cumsum(1) - 1).clamp(min=0)
-            mask = _causal_mask(real)
+            mask = generation.causal_mask(real)
         if offset is not None:
             positions = positions + offset[:, None]
         self._check_length(positions)
-        logits = self._forward_cached(idx, positions, mask)
+        if idx.device.type == "cpu" and not torch.is_grad_enabled():  # a few rows at a time (PASS_TOKENS_CPU)
+            rows = max(1, generation.PASS_TOKENS_CPU // idx.size(1))
+            logits = torch.cat([self._forward_cached(idx[i:i + rows], positions[i:i + rows],
+                                                     None if mask is None else mask[i:i + rows])
+                                for i in range(0, idx.size(0), rows)])
+        else:
+            logits = self._forward_cached(idx, positions, mask)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
@@ -157,123 +163,11 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, generator=None, fast=True, stop=None,
-                 check_every=None):
-        """Continue left-padded prompts idx (B, T); returns (B, T + new) with new <= max_new_tokens.
-
-        temperature = 0 is greedy decoding. stop: the task's stop rule, made per call as stop(B, device)
-        (data.AnswerLineStop: a row is finished once its answer line is complete); finished rows are
-        filled with padding and the loop ends when every row is finished. None: no row stops early.
-        fast=True takes `_generate_fast`, which gives the same tokens (and, with the same generator, the
-        same samples) with less work; the loop below is the plain reference that it is tested against.
-        check_every: decoding steps between looks at which rows are finished. A look copies a value from
-        the device to Python, which stalls a GPU's queue, so GPUs look every CHECK_EVERY_GPU steps; the
-        extra steps only write padding, which is cut off again: the tokens are the same for any value.
-        """
-        check_every = check_every or (1 if idx.device.type == "cpu" else CHECK_EVERY_GPU)
-        if fast:
-            return self._generate_fast(idx, max_new_tokens, temperature, generator, stop, check_every)
-        B, T = idx.shape
-        real, caches, logits = self._prefill(idx, max_new_tokens)
-        may_attend = torch.ones(B, 1, 1, T + max_new_tokens, dtype=torch.bool, device=idx.device)
-        may_attend[:, 0, 0, :T] = real  # left padding is never attended to
-        next_pos = real.sum(1)
-        rule = stop(B, idx.device) if stop else None
-        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
-        width = torch.zeros((), dtype=torch.long, device=idx.device)  # new tokens up to the last real one
-        out = []
-        for step in range(max_new_tokens):
-            tok = sample(logits, temperature, generator)
-            tok = torch.where(done, PAD_ID, tok)
-            out.append(tok)
-            width = torch.where(done.all(), width, step + 1)
-            if rule:
-                done |= rule(tok)
-            if step == max_new_tokens - 1 or ((step + 1) % check_every == 0 and done.all()):
-                break
-            logits = self._forward_cached(tok[:, None], next_pos[:, None], may_attend[:, :, :, :T + step + 1],
-                                          caches, T + step)[:, -1]
-            next_pos = next_pos + 1
-        return torch.cat([idx, torch.stack(out, 1)[:, :int(width)]], 1)
-
-    @torch.no_grad()
-    def _generate_fast(self, idx, max_new_tokens, temperature=1.0, generator=None, stop=None, check_every=1):
-        """`generate` with two savings, same tokens:
-          - the padding mask is built once as an additive bias in the cache's dtype, instead of a bool
-            mask that attention converts at every layer of every step;
-          - finished rows leave the batch (their caches are dropped) once a quarter of the rows still
-            being computed are finished, so a batch of mixed lengths stops paying for its short rows.
-        Sampling draws the random numbers for all B rows at every step, as the plain loop does, so a
-        row gets the same sample whichever other rows are still in the batch."""
-        B, T = idx.shape
-        real, caches, logits = self._prefill(idx, max_new_tokens)
-        key_bias = torch.zeros(B, 1, 1, T + max_new_tokens, dtype=caches[0][0].dtype, device=idx.device)
-        key_bias[:, 0, 0, :T].masked_fill_(~real, float("-inf"))
-        out = torch.full((B, max_new_tokens), PAD_ID, dtype=torch.long, device=idx.device)
-        rows = torch.arange(B, device=idx.device)  # which original row each batch row is
-        next_pos = real.sum(1)
-        rule = stop(B, idx.device) if stop else None
-        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
-        width = torch.zeros((), dtype=torch.long, device=idx.device)  # new tokens up to the last real one
-        for step in range(max_new_tokens):
-            tok = sample(logits, temperature, generator, rows=rows, batch=B)
-            tok = torch.where(done, PAD_ID, tok)
-            out[rows, step] = tok
-            width = torch.where(done.all(), width, step + 1)
-            if rule:
-                done |= rule(tok)
-            if step == max_new_tokens - 1:
-                break
-            if (step + 1) % check_every:
-                finished = 0  # no look at the rows this step (see generate's check_every)
-            elif (finished := int(done.sum())) == len(rows):
-                break
-            if 4 * finished >= len(rows):  # drop the finished rows
-                keep = (~done).nonzero().squeeze(1)
-                caches = [(k[keep], v[keep]) for k, v in caches]
-                rows, tok, next_pos, key_bias = rows[keep], tok[keep], next_pos[keep], key_bias[keep]
-                done = done[keep]
-                rule.keep(keep)
-            logits = self._forward_cached(tok[:, None], next_pos[:, None], key_bias[..., :T + step + 1],
-                                          caches, T + step)[:, -1]
-            next_pos = next_pos + 1
-        return torch.cat([idx, out[:, :int(width)]], 1)
-
-    def _prefill(self, idx, max_new_tokens):
-        """Check that the generation fits, allocate the KV caches and run the left-padded prompts through
-        the model. Returns (real: True on prompt tokens, caches, logits for each row's next token)."""
-        real = idx != PAD_ID
-        positions = (real.cumsum(1) - 1).clamp(min=0)
-        self._check_length(positions.max(1).values + max_new_tokens)
-        caches = self._empty_caches(idx.size(0), idx.size(1) + max_new_tokens, idx.device)
-        return real, caches, self._forward_cached(idx, positions, _causal_mask(real), caches, 0)[:, -1]
-
-    def _empty_caches(self, B, length, device):
-        """Per block, (keys, values) buffers of shape (B, n_head, length, head_dim). Under autocast keys
-        and values come out in the autocast dtype, so the buffers take it."""
-        head_dim = self.config.n_embd // self.config.n_head
-        dtype = self.wte.weight.dtype
-        if torch.is_autocast_enabled(device.type):
-            dtype = torch.get_autocast_dtype(device.type)
-        return [tuple(torch.empty(B, self.config.n_head, length, head_dim, device=device, dtype=dtype)
-                      for _ in range(2)) for _ in self.blocks]
-
-
-def sample(logits, temperature, generator=None, rows=None, batch=None):
-    """Next tokens from logits (R, V): argmax for temperature 0, else a draw from softmax(logits / T).
-
-    The draw is the exponential race, argmax_a p(a) / E_a with E_a ~ Exp(1) independent, which picks a
-    with probability p(a) (it is how torch.multinomial draws one sample). Noise is drawn for `batch`
-    rows and row r of logits uses noise row rows[r], so the draws do not depend on which rows are
-    still being decoded (rows, batch: None = all rows of logits)."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    probs = F.softmax(logits.float() / temperature, dim=-1)
-    noise = torch.empty(batch or probs.size(0), probs.size(1),
-                        device=probs.device).exponential_(generator=generator)
-    # a draw of exactly 0 (some backends round to it) would pick its token whatever its probability, padding
-    # included; the smallest positive float keeps p / E finite and leaves every other draw as it is
-    noise = noise.clamp_(min=torch.finfo(noise.dtype).tiny)
-    return (probs / (noise if rows is None else noise[rows])).argmax(-1)
+                 check_every=None, draft=None):
+        """Continue left-padded prompts idx (B, T): generation.generate (greedy for temperature 0, a stop
+        rule, a draft of the correct text); returns (B, T + new tokens)."""
+        return generation.generate(self, idx, max_new_tokens, temperature, generator, fast, stop, check_every,
+                                   draft)
 
 
 def _sinusoids(length, width, scale):
@@ -287,15 +181,6 @@ def _sinusoids(length, width, scale):
     table[:, 0::2] = torch.sin(position * frequency)
     table[:, 1::2] = torch.cos(position * frequency)[:, :width // 2]
     return scale * table
-
-
-def _causal_mask(real):
-    """(B, 1, T, T) bool: query t may attend to key s <= t if s is a real token. Every query may also
-    attend to itself, so a padded query still has one key (its output is never used)."""
-    T = real.size(1)
-    causal = torch.ones(T, T, dtype=torch.bool, device=real.device).tril()
-    eye = torch.eye(T, dtype=torch.bool, device=real.device)
-    return ((causal & real[:, None, :]) | eye)[:, None]
 
 
 # -----------------------------------------------------------------------------

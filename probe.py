@@ -55,7 +55,7 @@ def continue_from(model, problems, prefixes, device, dtype, temperature=0.0, gen
                    model.config.block_size - idx.size(1))
         with mixed_precision(device, dtype):
             out = model.generate(idx, max(1, room), temperature=temperature, generator=generator,
-                                 stop=data.Stop)
+                                 stop=data.Stop, draft=data.draft_batch(batch, device, prefixes=heads))
         for i, head, row in zip(chunk, heads, out[:, idx.size(1):].tolist()):
             completions[i] = head + data.decode(row)
     return completions

@@ -161,15 +161,17 @@ def group_advantages(rewards, group_size):
 
 
 @torch.no_grad()
-def rollout(policy, problems, temperature, generator, fast=True):
+def rollout(policy, problems, temperature, generator, fast=True, draft=True):
     """Sample one completion per problem. Returns (inputs, actions, mask, rewards) for the update: row i
     is problem i's prompt then its completion, padded on the right (so the teacher-forced passes need
     no padding mask and take attention's plain causal path); actions[:, t] is the token after
-    inputs[:, t], and mask is 1 where that token was generated, 0 on the prompt and on padding."""
+    inputs[:, t], and mask is 1 where that token was generated, 0 on the prompt and on padding.
+    draft: decode along the correct text (GPT.generate's free draft: the same distribution, less work)."""
     device = next(policy.parameters()).device
     prompts = data.prompt_batch(problems, device)
     sequences = policy.generate(prompts, data.generation_budget(policy, problems, prompts.size(1)),
-                                temperature=temperature, generator=generator, fast=fast, stop=data.Stop)
+                                temperature=temperature, generator=generator, fast=fast, stop=data.Stop,
+                                draft=data.draft_batch(problems, device) if draft else None)
     completions = [data.decode(row) for row in sequences[:, prompts.size(1):].tolist()]
     rewards = torch.tensor([data.reward(problem, text) for problem, text in zip(problems, completions)],
                            device=device)
@@ -250,6 +252,9 @@ def get_args(argv=None):
     run.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
     run.add_argument("--fast-generate", action=argparse.BooleanOptionalAction, default=True,
                      help="GPT.generate's optimized loop (same tokens); --no-fast-generate: the plain loop")
+    run.add_argument("--draft", action=argparse.BooleanOptionalAction, default=True,
+                     help="decode along the correct text, token by token only where a row leaves it (same "
+                          "distribution, 2-3x faster); --no-draft: token by token throughout")
     run.add_argument("--out", default="runs", help="folder for runs/<name>/")
     run.add_argument("--save", action=argparse.BooleanOptionalAction, default=True,
                      help="write runs/<name>/model.pt at the end (--no-save: only the logs, for sweeps)")
@@ -306,6 +311,7 @@ def main(argv=None):
     seed_everything(args.seed, device)
     policy, reference, n, meta = load_models(args, device)  # no dropout: train and eval modes are the same
     dtype, gen_dtype = autocast_dtype(args.dtype, device), generation_dtype(args.dtype, device)
+    decoding = (args.fast_generate, args.draft)  # how evaluations generate (the same texts either way)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0)
     recorded = {"pretrain_digits": n, "device": device, "training_dtype": precision_name(dtype),
                 "generation_dtype": precision_name(gen_dtype),  # what --dtype chose on this machine
@@ -325,7 +331,7 @@ def main(argv=None):
     else:  # evaluation 0: the policy is still the reference, so its greedy texts are the reference's
         generators, start = gather(generator.get_state()), 0  # ranks: each one's, for --resume
         measured, greedy = metrics.evaluate(policy, sets, n, args.temperature, args.seed, device, gen_dtype,
-                                            args.fast_generate, rank, ranks)  # ranks: each a share
+                                            decoding, rank, ranks)  # ranks: each a share
         if rank == 0:
             with mixed_precision(device, dtype):  # how much of the penalty alpha lifts where it matters
                 weights = metrics.weights_at_errors(reference, sets["plus"], greedy, lambda logits: certainty(
@@ -350,7 +356,7 @@ def main(argv=None):
             problems = problems[rank * len(problems) // ranks:(rank + 1) * len(problems) // ranks]
             with mixed_precision(device, gen_dtype):
                 inputs, actions, mask, rewards = rollout(policy, problems, args.temperature, generator,
-                                                         args.fast_generate)
+                                                         args.fast_generate, args.draft)
             # 2. advantages
             advantages = group_advantages(rewards, args.group_size)
             # 3. the update
@@ -374,7 +380,7 @@ def main(argv=None):
             if crossed or it == iterations - 1:
                 generators = gather(generator.get_state())
                 measured, _ = metrics.evaluate(policy, sets, n, args.temperature, args.seed, device,
-                                               gen_dtype, args.fast_generate, rank, ranks)
+                                               gen_dtype, decoding, rank, ranks)
                 if rank == 0:  # ranks: the others wait
                     last = {"episode": episode, **measured, **metrics.window_means(window),
                             "minutes": round((time.time() - t0) / 60, 2)}

@@ -275,7 +275,8 @@ class Scripted(torch.nn.Module):
             logits[i, hesitate, data.STOI[self.alternative]] = 0.0
         return logits, None
 
-    def generate(self, idx, max_new_tokens, temperature=0.0, generator=None, fast=True, stop=None):
+    def generate(self, idx, max_new_tokens, temperature=0.0, generator=None, fast=True, stop=None,
+                 draft=None):
         rows = []
         for row in idx.tolist():
             text = data.decode(row)

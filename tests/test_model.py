@@ -210,7 +210,7 @@ def test_fast_generation_draws_the_plain_loops_samples_with_the_same_generator()
 
 
 def test_sampling_follows_the_distribution():
-    from model import sample
+    from generation import sample
     p = torch.tensor([0.3, 0.5, 0.15, 0.05])
     logits = torch.log(p).repeat(20000, 1)
     for temperature in (1.0, 0.5):  # temperature T turns p into p^(1/T), renormalised
@@ -268,7 +268,7 @@ def test_looking_at_finished_rows_less_often_gives_the_same_tokens(fast):
 
 
 def test_a_zero_draw_of_the_sampling_noise_never_picks_an_impossible_token(monkeypatch):
-    from model import sample
+    from generation import sample
     logits = torch.tensor([[-1e4, 0.0, 1.0, -1e4]]).repeat(4, 1)  # tokens 0 and 3 have probability 0
     monkeypatch.setattr(torch.Tensor, "exponential_", lambda self, generator=None: self.zero_())
     assert sample(logits, 1.0).tolist() == [2, 2, 2, 2]  # every draw 0: the race falls back to the argmax

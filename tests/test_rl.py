@@ -156,7 +156,8 @@ class Writer(GPT):
         super().__init__(GPTConfig(block_size=256, n_layer=1, n_head=1, n_embd=8))
         self.texts = texts
 
-    def generate(self, idx, max_new_tokens, temperature=1.0, generator=None, fast=True, stop=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, generator=None, fast=True, stop=None,
+                 draft=None):
         width = max(len(t) for t in self.texts)
         new = torch.tensor([data.encode(t) + [data.PAD_ID] * (width - len(t)) for t in self.texts])
         return torch.cat([idx, new], 1)
