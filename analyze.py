@@ -37,17 +37,17 @@ from errors import cmd_errors
 from metrics import load, pretrain_digits, solve, wilson_interval
 from probe import cmd_probe
 from run_folder import read_run
-from runtime import DEVICE_HELP, autocast_dtype, pick_device, save_figure, set_threads, write_text
+from runtime import DEVICE_HELP, generation_dtype, pick_device, save_figure, set_threads, write_text
 
 
 # -----------------------------------------------------------------------------
 # accuracy tables (paper Tables 4 and 5)
 
-def accuracy_cell(model, kind, k, n, device, dtype):
+def accuracy_cell(model, kind, k, n, device, dtype, draft=True):
     """Greedy exact-match accuracy on n held-out problems of one set and size: a row of Tables 4-5."""
     problems = data.eval_set(kind, k, n)
-    completions = solve(model, problems, device, dtype)
-    wins = sum(data.reward((a, b), c) for c, (a, b) in zip(completions, problems))
+    completions = solve(model, problems, device, dtype, draft=draft)
+    wins = sum(data.reward(problem, c) for c, problem in zip(completions, problems))
     low, high = wilson_interval(wins, len(problems))
     return {"set": kind, "K": k, "n": len(problems), "accuracy": round(100 * wins / len(problems), 1),
             "ci_low": round(low, 1), "ci_high": round(high, 1)}
@@ -89,7 +89,7 @@ def cmd_accuracy(args, device, dtype):
                 key = f"{digest} {kind} {k} {args.n} {str(device).split(':')[0]} {dtype}"
                 cell = cache.get(key)
                 if cell is None:
-                    cell = accuracy_cell(model, kind, k, args.n, device, dtype)
+                    cell = accuracy_cell(model, kind, k, args.n, device, dtype, args.draft)
                     append_to_cache(args.cache, key, cell)
                 rows.append({"checkpoint": path, "N": n, **cell})
                 print(f"{path} {kind} K={k}: {cell['accuracy']:.1f}%{' (cached)' if key in cache else ''}",
@@ -264,6 +264,9 @@ def write_csv(path, rows):
     write_text(path, out.getvalue())
 
 
+ANALYSIS = "runs/analysis"  # where tables and figures go unless --out says otherwise (results/: committed)
+
+
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -293,22 +296,24 @@ def get_args(argv=None):
                      help="problems for the table of weights J^alpha (default 200)")
     cur = sub.add_parser("curves", help="learning curves of rl.py runs, mean and 95%% interval over seeds")
     cur.add_argument("runs", nargs="+", help="run folders, or folders holding them (runs/sweep)")
-    cur.add_argument("--name", default="curves", help="results/<name>.md and results/<name>.png")
-    cur.add_argument("--results", default="results", help="folder for the table and the figure")
+    cur.add_argument("--name", default="curves", help="<out>/<name>.md and <out>/<name>.png")
+    cur.add_argument("--out", "--results", dest="results", default=ANALYSIS,
+                     help=f"folder for the table and the figure (default {ANALYSIS})")
     cur.add_argument("--baseline", default=None, help="add paired per-seed differences against the group "
                      "with these settings, e.g. alpha=0,kl_coef=10 (KEY=VALUE as in config.json)")
     fro = sub.add_parser("frontier",
                          help="final accuracy against KL to the reference: uniform vs prioritized penalties")
     fro.add_argument("runs", nargs="+", help="run folders, or folders holding them")
-    fro.add_argument("--name", default="frontier", help="results/<name>.md and results/<name>.png")
-    fro.add_argument("--results", default="results", help="folder for the table and the figure")
+    fro.add_argument("--name", default="frontier", help="<out>/<name>.md and <out>/<name>.png")
+    fro.add_argument("--out", "--results", dest="results", default=ANALYSIS,
+                     help=f"folder for the table and the figure (default {ANALYSIS})")
     stu = sub.add_parser("study",
                          help="every table and figure, runs included (small: about 1 h on 2 CPU cores)")
     stu.add_argument("--budget", default="small", choices=sorted(BUDGETS), help="small (default) or full")
-    stu.add_argument("--runs", default="results",
-                     help="run logs go to <runs>/study_<budget>/ (small: commit them)")
-    stu.add_argument("--results", default="results",
-                     help="tables and figures go to <results>/study_<budget>/")
+    stu.add_argument("--runs", default="runs",
+                     help="run logs go to <runs>/study_<budget>/ (results: the committed small study's)")
+    stu.add_argument("--out", "--results", dest="results", default=ANALYSIS,
+                     help="tables and figures go to <out>/study_<budget>/")
     stu.add_argument("--device", default="auto", help=DEVICE_HELP)
     stu.add_argument("--print-commands", action="store_true",
                      help="print the study's rl.py runs, one command a line with one thread each (for GNU "
@@ -318,7 +323,12 @@ def get_args(argv=None):
     for s, size in ((acc, 1000), (err, 1000), (pro, 50)):
         s.add_argument("--n", type=int, default=size, help=f"problems per set (default {size})")
         s.add_argument("--device", default="auto", help=DEVICE_HELP)
-        s.add_argument("--results", default="results", help="folder for CSV files")
+        s.add_argument("--out", "--results", dest="results", default=ANALYSIS,
+                       help=f"folder for the tables and figures (default {ANALYSIS}; --out results rewrites "
+                       "the committed ones)")
+        s.add_argument("--draft", action=argparse.BooleanOptionalAction, default=True,
+                       help="decode along the correct text (the same texts, faster); --no-draft: token by "
+                       "token")
     for s in (acc, err, pro, stu):
         s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     args = p.parse_args(argv)
@@ -344,7 +354,7 @@ def main(argv=None):
     if args.command in ("curves", "frontier", "study"):  # read run logs, or start other scripts: no model
         return {"curves": cmd_curves, "frontier": cmd_frontier, "study": cmd_study}[args.command](args)
     device = pick_device(args.device)
-    dtype = autocast_dtype("auto", device)
+    dtype = generation_dtype("auto", device)  # these commands generate: float32, as rl.py's evaluations
     torch.manual_seed(0)
     {"accuracy": cmd_accuracy, "errors": cmd_errors, "probe": cmd_probe}[args.command](args, device, dtype)
 

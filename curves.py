@@ -69,9 +69,9 @@ def area_under_curve(rows, key="acc_plus"):
 def group_runs(runs):
     """Runs that share every setting except the seed form one group. Returns [(label, settings, runs)],
     the label naming only the settings that differ between groups."""
-    groups = {}
+    groups, defaults = {}, vars(rl.settings())  # a flag added after a run was made: its default
     for run in runs:
-        settings = {k: v for k, v in run["config"].items() if k not in NOT_A_SETTING}
+        settings = {k: v for k, v in {**defaults, **run["config"]}.items() if k not in NOT_A_SETTING}
         if settings.get("ckpt"):  # a checkpoint is its file name, whichever folder a run named
             settings["ckpt"] = os.path.basename(settings["ckpt"])
         groups.setdefault(json.dumps(settings, sort_keys=True), (settings, []))[1].append(run)
@@ -324,7 +324,8 @@ def cmd_curves(args):
 def is_uniform(settings):
     """No penalty (kl_coef 0), or a penalty whose weighting (rl.kl_weight) gives every certainty the same
     weight (alpha 0: the standard penalty): every state weighted alike."""
-    weights = {rl.kl_weight(j, settings.get("alpha", 0)) for j in (0.0, 0.25, 0.5, 0.75, 1.0)}
+    run = rl.settings(**settings)
+    weights = {float(rl.kl_weight(j, run)) for j in (0.0, 0.25, 0.5, 0.75, 1.0)}
     return settings.get("kl_coef", 0) == 0 or len(weights) == 1
 
 

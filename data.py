@@ -30,6 +30,7 @@ import torch
 
 TASK = ("prompt", "target", "reward", "pretrain_problem", "rl_problem", "eval_set", "rl_eval_sets",
         "longest_sequence", "critical_positions", "Stop")  # the names the scripts call: see above
+NAME = "addition"  # the task's name, kept in every checkpoint: a model of another task is refused
 
 # -----------------------------------------------------------------------------
 # text format (the paper's section 2, after Lee et al. 2024)

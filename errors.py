@@ -1,4 +1,6 @@
 """
+An addition-only analysis (it reads the scratchpad's lines and fields).
+
 Where a generation first goes wrong: which line and field of the scratchpad a character sits in, what kind
 of mistake a wrong one is (a list closed too early, a skipped digit, ...), and the command that counts them
 over many failures (probe.py's critical-token probe describes tokens with these too):
@@ -83,7 +85,7 @@ def cmd_errors(args, device, dtype):
         sys.exit(f"error: {k}-digit problems do not fit {args.ckpt} ({model.config.block_size} positions); "
                  f"choose a smaller --digits")
     problems = data.eval_set("identical", k, args.n)
-    completions = metrics.solve(model, problems, device, dtype)
+    completions = metrics.solve(model, problems, device, dtype, draft=args.draft)
     failures = [(c, a, b) for c, (a, b) in zip(completions, problems) if not data.reward((a, b), c)]
     # never None: a perfect scratchpad ends right
     first_errors = [describe_error(c, a, b) for c, a, b in failures]

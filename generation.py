@@ -186,7 +186,8 @@ def _decode(model, tok, caches, key_bias, column, next_pos, budget, rule, temper
                     rule.keep(keep)
         logits = model._forward_cached(tok[:, None], next_pos[:, None], key_bias[..., :column + step + 1],
                                        caches, column + step)[:, -1]
-        next_pos = next_pos + 1
+        # a finished row still in the batch may run past the last position; its tokens are never kept
+        next_pos = (next_pos + 1).clamp(max=model.config.block_size - 1)
         tok = sample(logits, temperature, generator, rows=rows, batch=B).masked_fill(done, PAD_ID)
         out[rows, step] = tok
         written = written + (~done).long()

@@ -4,6 +4,7 @@ What an RL run measures besides its loss: each row of metrics.jsonl (rl.py calls
 Everything goes through data.py's task interface.
 
     evaluate                greedy and sampled accuracy on the run's held-out sets, critical-token probability
+    evaluate_and_save       an RL run's evaluation: its metrics.jsonl row and the state --resume needs
     kl_split, window_means  the KL on uncertain and certain states; the training terms of a metrics.jsonl row
     one_line                an evaluation as the progress line rl.py prints
     completion_logits       the model's teacher-forced distribution at every character of a completion
@@ -13,13 +14,16 @@ Everything goes through data.py's task interface.
 """
 import math
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 import data
+import run_folder
 from model import CheckpointError, load_checkpoint
-from runtime import gather, mixed_precision, sum_over_ranks
+from runtime import gather, mixed_precision, sum_over_ranks, wait_for_ranks
 
 
 def evaluate(policy, sets, n, temperature, seed, device, dtype, decoding=(True, True), rank=0,
@@ -52,6 +56,31 @@ def evaluate(policy, sets, n, temperature, seed, device, dtype, decoding=(True, 
         "acc_plus_sampled": 100.0 * right[3] / len(sets["plus"]), "critical_p": paper_lines,
         "critical_p_all": all_lines,
     }, greedy
+
+
+def evaluate_and_save(run, iteration, window):
+    """An evaluation of the run (rl.start's namespace) after `iteration` iterations: `evaluate`, every rank
+    its share, then its row in metrics.jsonl and the state --resume goes on from. Evaluation 0 (window None:
+    before training, the policy still the reference) also measures how much of the penalty the weighting
+    lifts where it matters: the mean kl_weight where the reference's greedy texts first go wrong, and
+    elsewhere (printed, and kept in the first row)."""
+    args = run.args
+    generators = gather(run.generator.get_state())  # ranks: each one's, for --resume
+    measured, greedy = evaluate(run.policy, run.sets, run.n, args.temperature, args.seed, run.device,
+                                run.gen_dtype, (args.fast_generate, args.draft), run.rank, run.ranks)
+    if run.rank == 0:
+        row = {"episode": iteration * run.per_iteration, **measured, **window_means(window)}
+        if window is None:
+            with mixed_precision(run.device, run.dtype):
+                decisive, elsewhere = weights_at_errors(run.reference, run.sets["plus"], greedy,
+                                                        run.certainty, run.kl_weight)
+            tqdm.write(weights_line(decisive, elsewhere))
+            row.update(weight_decisive=decisive, weight_elsewhere=elsewhere)
+        row["minutes"] = round((time.time() - run.t0) / 60, 2)
+        run_folder.save_evaluation(run.dir, row, run.policy, run.optimizer, run.rng, generators, iteration)
+        run.rows.append(row)
+        tqdm.write(one_line(row, args.digits_plus))
+    wait_for_ranks()
 
 
 def one_line(row, digits_plus):
@@ -114,11 +143,11 @@ def weights_at_errors(reference, problems, completions, certainty, weight):
                                                                           certainty)]
 
 
-def weights_line(alpha, decisive, elsewhere):
+def weights_line(decisive, elsewhere):
     """weights_at_errors as the line rl.py prints before training."""
     shown = ["n/a" if w is None else f"{w:.3f}" for w in (decisive, elsewhere)]
-    return (f"KL weight J_ref^alpha (alpha {alpha:g}): {shown[0]} at the states where the pre-trained model "
-            f"makes its first error, {shown[1]} on average elsewhere")
+    return (f"KL weight (rl.kl_weight): {shown[0]} at the states where the pre-trained model makes its first "
+            f"error, {shown[1]} on average elsewhere")
 
 
 def mean_weight(certainties, weight):
@@ -152,9 +181,16 @@ WINDOW = ("reward", "kl", "kl_weighted", "policy_loss", "kl_weight", "kl_uncerta
           "share_uncertain")
 
 
+def training_window():
+    """Each training term's values since the last evaluation: what its metrics.jsonl row averages."""
+    return {k: [] for k in WINDOW}
+
+
 def window_means(window):
     """The mean of each training term over the iterations since the last evaluation (None values skipped;
-    None where there is none)."""
+    None where there is none, and everywhere for window None: evaluation 0, before any training)."""
+    if window is None:
+        return {k: None for k in WINDOW}
     means = {}
     for name, values in window.items():
         values = [v for v in values if v is not None]
@@ -189,6 +225,6 @@ def pretrain_digits(meta, path):
         sys.exit(f"error: {path} records no pre-training digits; pass a checkpoint made by pretrain.py")
 
 
-def solve(model, problems, device, dtype, temperature=0.0):
+def solve(model, problems, device, dtype, temperature=0.0, draft=True):
     with mixed_precision(device, dtype):
-        return data.complete(model, problems, temperature=temperature, device=device)
+        return data.complete(model, problems, temperature=temperature, device=device, draft=draft)

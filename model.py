@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+import data
 import generation
 from data import PAD_ID, VOCAB
 from runtime import atomic_save
@@ -148,7 +149,8 @@ class GPT(nn.Module):
         if offset is not None:
             positions = positions + offset[:, None]
         self._check_length(positions)
-        if idx.device.type == "cpu" and not torch.is_grad_enabled():  # a few rows at a time (PASS_TOKENS_CPU)
+        # float32 on a CPU without gradient: a few rows at a time (PASS_TOKENS_CPU; bfloat16 gained nothing)
+        if idx.device.type == "cpu" and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"):
             rows = max(1, generation.PASS_TOKENS_CPU // idx.size(1))
             logits = torch.cat([self._forward_cached(idx[i:i + rows], positions[i:i + rows],
                                                      None if mask is None else mask[i:i + rows])
@@ -207,6 +209,10 @@ def load_checkpoint(path, device="cpu", with_meta=False):
                               "it may be damaged: re-create it with pretrain.py") from None
     if not isinstance(ckpt, dict) or not {"config", "vocab", "model"} <= ckpt.keys():
         raise CheckpointError(f"{path} is not a checkpoint of this project (missing config, vocab or model)")
+    task = ckpt.get("meta", {}).get("task", "addition")  # made before tasks were recorded: all addition
+    if task != data.NAME:
+        raise CheckpointError(f"{path} was trained on the task {task!r} but this code's task (data.NAME) is "
+                              f"{data.NAME!r}: pre-train a model of this task with pretrain.py")
     if ckpt["vocab"] != VOCAB:
         raise CheckpointError(f"{path} was made with another vocabulary ({len(ckpt['vocab'])} tokens, "
                               f"this code has {len(VOCAB)}): re-train it with this version of pretrain.py")

@@ -115,8 +115,8 @@ def save(args, model, optimizer, step, elapsed, evals, made_on):
     atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                  "elapsed": elapsed, "evals": evals, "args": vars(args), "python_rng": random.getstate(),
                  "torch_rng": torch.get_rng_state()}, args.out + ".state")
-    save_checkpoint(args.out, model, args=vars(args), step=step, train_seconds=round(elapsed, 1), evals=evals,
-                    provenance=made_on)
+    save_checkpoint(args.out, model, task=data.NAME, args=vars(args), step=step,
+                    train_seconds=round(elapsed, 1), evals=evals, provenance=made_on)
 
 
 # flags that may change when a run is resumed: they do not change what is trained

@@ -1,4 +1,6 @@
 """
+An addition-only analysis (its controls are places on the scratchpad's lines and fields).
+
 Looking inside a pre-trained model: where its generations first go wrong, and which tokens are critical
 (the paper's Section 6: Table 1 and Fig. 5). Run through analyze.py:
 
@@ -42,7 +44,8 @@ def scratchpad_certainty(model, problems, device, dtype):
 
 
 @torch.no_grad()
-def continue_from(model, problems, prefixes, device, dtype, temperature=0.0, generator=None, batch_size=256):
+def continue_from(model, problems, prefixes, device, dtype, temperature=0.0, generator=None, batch_size=256,
+                  draft=True):
     """The completion prefix + the model's continuation of prompt + prefix (greedy, or sampled at
     `temperature` with `generator`), for each pair."""
     order = sorted(range(len(problems)), key=lambda i: len(prefixes[i]) - data.sequence_length(problems[i]))
@@ -55,14 +58,15 @@ def continue_from(model, problems, prefixes, device, dtype, temperature=0.0, gen
                    model.config.block_size - idx.size(1))
         with mixed_precision(device, dtype):
             out = model.generate(idx, max(1, room), temperature=temperature, generator=generator,
-                                 stop=data.Stop, draft=data.draft_batch(batch, device, prefixes=heads))
+                                 stop=data.Stop,
+                                 draft=data.draft_batch(batch, device, prefixes=heads) if draft else None)
         for i, head, row in zip(chunk, heads, out[:, idx.size(1):].tolist()):
             completions[i] = head + data.decode(row)
     return completions
 
 
 def probe(model, n, problems, greedy, device, dtype, drop=0.05, controls=4, samples=8, low_tested=4,
-          temperature=1.0, seed=0):
+          temperature=1.0, seed=0, draft=True):
     """Test tokens on the correct path of each problem, chosen in ways that do and do not look at the
     certainty J, for the two properties of a critical token:
       low certainty: Delta J = J(token) - mean J(other tokens of the text) below -drop;
@@ -120,7 +124,7 @@ def probe(model, n, problems, greedy, device, dtype, drop=0.05, controls=4, samp
                 "wrong_wins": lambda truth, row: truth[:row["t"]] + row["wrote"]}
     for key, prefix in prefixes.items():
         heads = [prefix(truth, row) for truth, row in zip(truths, tested) for _ in range(samples)]
-        texts = continue_from(model, probs, heads, device, dtype, temperature, generator)
+        texts = continue_from(model, probs, heads, device, dtype, temperature, generator, draft=draft)
         for i, row in enumerate(tested):
             row[key] = sum(data.reward(row["problem"], c) for c in texts[i * samples:(i + 1) * samples])
     for row in tested:
@@ -229,10 +233,11 @@ def cmd_probe(args, device, dtype):
         if data.longest_sequence(n + 1) > model.config.block_size:
             sys.exit(f"error: {path} has too few positions for {n + 1}-digit problems")
         problems = data.eval_set("identical", n + 1, args.n)
-        completions = metrics.solve(model, problems, device, dtype)
+        completions = metrics.solve(model, problems, device, dtype, draft=args.draft)
         accuracy = data.percent_correct(completions, problems)
         tested, j_by_problem = probe(model, n, problems, completions, device, dtype, drop=args.drop,
-                                     controls=args.controls, samples=args.samples, low_tested=args.low_tested)
+                                     controls=args.controls, samples=args.samples, low_tested=args.low_tested,
+                                     draft=args.draft)
         rows = table1(tested, j_by_problem, args.drop)
         summary.append(f"| {path} | {n} | {accuracy:.1f}% | " + " | ".join(map(short_cell, rows)) + " |")
         critical = [r for r in tested if r["critical"]]
@@ -240,7 +245,7 @@ def cmd_probe(args, device, dtype):
                    f"accuracy {accuracy:.1f}%", "", *table1_markdown(rows, args.drop), "",
                    *decisiveness_note(tested, args.samples, accuracy), "",
                    *places_markdown(critical, args.top), "",
-                   *alpha_markdown(model, n, args.alpha_n, device, dtype), ""]
+                   *alpha_markdown(model, n, args.alpha_n, device, dtype, args.draft), ""]
         if critical:
             fig5(model, critical[0]["problem"], problems, completions, path, args.results, device, dtype)
     text = "\n".join(["# Critical-token probe (`python analyze.py probe`)", "", TABLE1_NOTE, "", *summary, "",
@@ -300,19 +305,19 @@ def places_markdown(critical, top):
     return lines
 
 
-def alpha_markdown(model, n, size, device, dtype):
+def alpha_markdown(model, n, size, device, dtype, draft=True):
     """Which alpha does what: the weight J^alpha where this model decides its errors, and elsewhere."""
     problems = data.eval_set("rl", 1, size, n=n)
     with mixed_precision(device, dtype):
-        completions = data.complete(model, problems, device=device)
+        completions = data.complete(model, problems, device=device, draft=draft)
         decisive, elsewhere = metrics.certainty_at_errors(model, problems, completions, rl.certainty)
     lines = [f"Which alpha does what: the weight J^alpha of the KL term on {size} held-out 'N+1' problems "
              f"(rl.py's training distribution), at the first wrong character of the {len(decisive)} failed "
              f"greedy generations and on average over the {len(elsewhere)} characters written right:", "",
              "| alpha | " + " | ".join(f"{a:g}" for a in ALPHAS) + " |", "|---" * (len(ALPHAS) + 1) + "|"]
     for name, values in (("at the first error", decisive), ("elsewhere", elsewhere)):
-        cells = ["n/a" if not values else f"{metrics.mean_weight(values, lambda j: rl.kl_weight(j, a)):.3f}"
-                 for a in ALPHAS]
+        weights = [lambda j, run=rl.settings(alpha=a): rl.kl_weight(j, run) for a in ALPHAS]
+        cells = ["n/a" if not values else f"{metrics.mean_weight(values, weight):.3f}" for weight in weights]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     below = [sum(j < metrics.UNCERTAIN for j in values) for values in (decisive, elsewhere)]
     return lines + ["", f"J below {metrics.UNCERTAIN:g}, where rl.py splits the KL (metrics.kl_split): "

@@ -6,29 +6,32 @@ RL fine-tuning of the pre-trained adder on longer numbers, with the prioritized 
     python rl.py --kl-coef 0     # no penalty at all
 
 The paper's idea is `rl_loss`, right below (Eq. 1 and 2); then what it calls, the rollout, the update and
-the run (lines for torchrun are marked "ranks"). The smallest complete version of the algorithm is
-tests/test_rl.py::test_a_tiny_model_learns_a_trivial_reward. Its choices (official = the paper's code):
- 1. Rollout: --batch-size problems of the "N+k" distribution, --group-size completions each, sampled at
-    --temperature with the KV cache. A default run is 2048 / (16 x 4) = 32 iterations, 32 gradient steps.
+the loop, `train` (lines marked "ranks" are for torchrun's processes, each with a share of every batch).
+The smallest complete version is tests/test_rl.py::test_a_tiny_model_learns_a_trivial_reward. Its choices
+(official = the paper's code; N = the checkpoint's pre-training digits):
+ 1. Rollout: --batch-size "N+k" problems (one operand of N+k digits, the other of 1..N+k), --group-size
+    completions each, sampled at --temperature. A default run: 2048 / (16 x 4) = 32 iterations and steps.
  2. Reward at the end only: 1 for an exactly right answer line, else 0 (the paper; official trains on +1/-1).
  3. Advantage: the reward minus the mean reward of its problem's group, the same for every token of the
     completion; no division by the group's std, no critic (official: A2C with a critic and GAE).
  4. Loss = policy gradient + kl_coef x KL penalty: the KL sits in the loss, not in the reward (the paper's
     L = L_RL + kl_coef L_KL); a mean over every generated token of the batch (long texts weigh more).
- 5. The KL per state is the k2 estimate on the sampled token (official), whose gradient is that of
-    KL(pi || pi_ref); --kl-estimator full is the exact KL over the 42-token vocabulary.
+ 5. The KL per state is k2 = (log pi(a) - log pi_ref(a))^2 / 2 on the sampled token a (official), whose
+    gradient is that of KL(pi || pi_ref); --kl-estimator full is the exact KL over the 42-token vocabulary.
  6. Its weight J_ref(s)^alpha (kl_weight) comes from the frozen reference, without gradient; J is Eq. 2's
     normalised negentropy (official: --certainty maxprob --certainty-temperature 4, exponent 150).
  7. Policy and reference log-probs use softmax(logits / temperature), the distribution sampled: on-policy.
  8. One AdamW step per batch (lr 1e-4; official 1e-6 over 400 episodes); --algo ppo reuses the batch for
     --ppo-epochs clipped epochs. No entropy bonus (official 0.001).
-Logs: a row of metrics.jsonl per evaluation (metrics.py), of train.jsonl per iteration (all rl_loss returns).
+Logs: a row of metrics.jsonl per evaluation (metrics.py), of train.jsonl per iteration (all rl_loss returns,
+and the KL split: the exact KL where pi_ref is unsure, J < 0.95, and elsewhere).
 """
 import argparse
 import os
 import random
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -37,18 +40,16 @@ from tqdm import tqdm
 import data
 import metrics
 import run_folder
-from model import CheckpointError, load_checkpoint, save_checkpoint
-from runtime import (DEVICE_HELP, DTYPE_HELP, DTYPES, add_number, autocast_dtype, gather, generation_dtype,
-                     mean_over_ranks, mixed_precision, pick_device, precision_name, provenance,
-                     seed_everything, set_threads, start_ranks, sum_gradients, too_big, wait_for_ranks)
+from model import CheckpointError, load_checkpoint
+from runtime import (DEVICE_HELP, DTYPE_HELP, DTYPES, add_number, autocast_dtype, generation_dtype,
+                     mixed_precision, pick_device, precision_name, provenance, seed_everything, set_threads,
+                     share, start_ranks, sum_gradients, too_big)
 
 # -----------------------------------------------------------------------------
 # the paper's idea: the loss, then what it calls
 
 
-def rl_loss(logits, ref_logits, actions, advantages, mask, *, kl_coef, alpha, old_logp=None,
-            temperature=1.0, kl_estimator="k2", certainty_kind="entropy", certainty_temperature=1.0,
-            clip=0.2):
+def rl_loss(logits, ref_logits, actions, advantages, mask, run, old_logp=None):
     """Policy gradient plus the prioritized KL penalty, averaged over generated tokens:
 
         L    = L_RL + kl_coef * E_{s,a ~ pi} [ J_ref(s)^alpha * KL_s ]          (Eq. 1)
@@ -59,18 +60,20 @@ def rl_loss(logits, ref_logits, actions, advantages, mask, *, kl_coef, alpha, ol
 
     logits, ref_logits (B, T, V): policy (with grad) and reference (no grad) at the visited states;
     actions (B, T) the sampled tokens; advantages (B,) one per completion; mask (B, T) 1 on generated
-    tokens; old_logp (B, T): the rollout policy's log-probs for PPO, None for plain policy gradient.
-    Returns the loss and a dict of the (detached) quantities it used, each a mean over generated tokens.
+    tokens; run: the run's settings (rl.py's flags, `settings()`: kl_coef, temperature, kl_estimator, clip,
+    and what `certainty` and `kl_weight` read); old_logp (B, T): the rollout policy's log-probs for PPO,
+    None for plain policy gradient. Returns the loss and a dict of the (detached) quantities it used, each
+    a mean over generated tokens.
     """
-    if kl_estimator == "k1" and kl_coef > 0:
+    if run.kl_estimator == "k1" and run.kl_coef > 0:
         raise ValueError(K1_REFUSED)
-    logp_all = F.log_softmax(logits.float() / temperature, dim=-1)
-    ref_logp_all = F.log_softmax(ref_logits.float() / temperature, dim=-1)
+    logp_all = F.log_softmax(logits.float() / run.temperature, dim=-1)
+    ref_logp_all = F.log_softmax(ref_logits.float() / run.temperature, dim=-1)
 
     # Eq. 2 then Eq. 1: weight each state's KL by the reference's certainty to the power alpha
     with torch.no_grad():
-        weight = kl_weight(certainty(ref_logits, certainty_kind, certainty_temperature), alpha)
-    kl = kl_estimate(logp_all, ref_logp_all, actions, kl_estimator)
+        weight = kl_weight(certainty(ref_logits, run.certainty, run.certainty_temperature), run)
+    kl = kl_estimate(logp_all, ref_logp_all, actions, run.kl_estimator)
 
     # L_RL: REINFORCE, or PPO's clipped surrogate when the batch is reused
     logp = taken(logp_all, actions)
@@ -79,14 +82,14 @@ def rl_loss(logits, ref_logits, actions, advantages, mask, *, kl_coef, alpha, ol
         policy_term = -adv * logp
     else:
         ratio = torch.exp(logp - old_logp)
-        policy_term = -torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
-    per_token = policy_term + kl_coef * weight * kl
+        policy_term = -torch.min(ratio * adv, ratio.clamp(1 - run.clip, 1 + run.clip) * adv)
+    per_token = policy_term + run.kl_coef * weight * kl
     loss = masked_mean(per_token, mask)
 
     stats = {"policy_loss": policy_term, "kl": kl, "kl_weighted": weight * kl, "kl_weight": weight,
              "entropy": -(logp_all.exp() * logp_all).sum(-1)}  # the policy's entropy on the sampled states
     if old_logp is not None:  # how far this epoch has moved from the rollout policy
-        stats["clip_fraction"] = ((ratio - 1).abs() > clip).float()
+        stats["clip_fraction"] = ((ratio - 1).abs() > run.clip).float()
         stats["approx_kl"] = ratio - 1 - torch.log(ratio)  # k3 estimate of KL(pi_old || pi)
     return loss, {name: masked_mean(value.detach(), mask).item() for name, value in stats.items()}
 
@@ -95,10 +98,12 @@ K1_REFUSED = ("the k1 estimator has zero expected gradient, so the penalty would
               "paper's), k3 or full")
 
 
-def kl_weight(certainty, alpha):
-    """Eq. 1's weight of a state's KL term: the reference's certainty J (tensor or float) to the power alpha;
-    alpha = 0: the standard penalty. The loss, the printout, probe.py's table and curves.py all call it."""
-    return certainty ** alpha
+def kl_weight(certainty, run):
+    """Eq. 1's weight of a state's KL term, from the reference's certainty J (tensor or float) and the run's
+    settings: J^alpha (alpha = 0: the standard penalty). The one place the weighting is chosen: the loss,
+    the printout before training, probe.py's table and curves.py's "uniform" all call it, so a fork that
+    weights otherwise (tests/test_forks.py: a threshold with its own flag) edits this and get_args."""
+    return certainty ** run.alpha
 
 
 def certainty(logits, kind="entropy", temperature=1.0):
@@ -192,10 +197,7 @@ def update(policy, reference, optimizer, batch, advantages, args, dtype, ranks=1
             logits, _ = policy(inputs)
         if args.algo == "ppo" and epoch == 0:  # the rollout policy is the policy before this batch's updates
             old_logp = taken(F.log_softmax(logits.detach().float() / args.temperature, dim=-1), actions)
-        loss, stats = rl_loss(logits, ref_logits, actions, advantages, mask, kl_coef=args.kl_coef,
-                              alpha=args.alpha, old_logp=old_logp, temperature=args.temperature,
-                              kl_estimator=args.kl_estimator, certainty_kind=args.certainty,
-                              certainty_temperature=args.certainty_temperature, clip=args.clip)
+        loss, stats = rl_loss(logits, ref_logits, actions, advantages, mask, args, old_logp)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         sum_gradients(policy, divide_by=ranks)  # ranks: the mean over processes (nothing when alone)
@@ -212,7 +214,8 @@ def update(policy, reference, optimizer, batch, advantages, args, dtype, ranks=1
 # the run
 
 
-def get_args(argv=None):
+def flags():
+    """rl.py's command line; a fork adds its flag here (rl_loss and kl_weight read it as run.NAME)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     paper = p.add_argument_group("the paper's penalty (Eq. 1 and 2)")
     add_number(paper, "--alpha", float, 3.0, "exponent of the certainty weight (0: standard KL)", at_least=0)
@@ -262,6 +265,11 @@ def get_args(argv=None):
     run.add_argument("--force", action="store_true", help="replace an existing run folder --out/--name")
     run.add_argument("--resume", action="store_true", help="continue the run --out/--name from its last "
                      "evaluation (same flags; the state is saved at every evaluation)")
+    return p
+
+
+def get_args(argv=None):
+    p = flags()
     args = p.parse_args(argv)
     # rules between flags
     per_iteration = args.batch_size * args.group_size
@@ -303,103 +311,89 @@ def load_models(args, device):
 
 def main(argv=None):
     args = get_args(argv)
+    run = start(args)  # device, processes, models, optimizer, the run folder and the random streams
+    try:
+        train(run, args)
+    except KeyboardInterrupt:
+        sys.exit(f"\ninterrupted: {run.dir} holds the run to its last evaluation; add --resume to go on")
+    except FloatingPointError as e:
+        sys.exit(f"error: the loss or its gradient is not finite ({e}); {run.dir} holds the run up to its "
+                 f"last evaluation; try a lower --lr")
+    run_folder.finish_run(run)
+
+
+def train(run, args):
+    """The algorithm, iteration after iteration, from the run's first (or, resumed, next) iteration."""
+    window = metrics.training_window()
+    bar = tqdm(range(run.start, run.iterations), initial=run.start, total=run.iterations, desc="rl",
+               dynamic_ncols=True, disable=run.rank > 0)
+    for it in bar:
+        # 1. rollout: group_size completions of each of batch_size "N+k" problems
+        problems = share(draw_problems(run.rng, run.n, args), run.rank, run.ranks)  # ranks: whole groups
+        with mixed_precision(run.device, run.gen_dtype):
+            inputs, actions, mask, rewards = rollout(run.policy, problems, args.temperature, run.generator,
+                                                     args.fast_generate, args.draft)
+        # 2. advantages: each reward minus its group's mean
+        advantages = group_advantages(rewards, args.group_size)
+        # 3. the update
+        stats = update(run.policy, run.reference, run.optimizer, (inputs, actions, mask), advantages, args,
+                       run.dtype, run.ranks)
+        # 4. log every iteration to train.jsonl
+        stats = run_folder.log_iteration(run, it, rewards, mask, stats, window)
+        bar.set_postfix(reward=f"{stats['reward']:.2f}", kl=f"{stats['kl']:.4f}")
+        # 5. evaluate at each multiple of eval_every episodes and at the end (with the state for --resume)
+        if stats["episode"] % args.eval_every < run.per_iteration or it == run.iterations - 1:  # crossed one
+            metrics.evaluate_and_save(run, it + 1, window)
+            window = metrics.training_window()
+
+
+def start(args):
+    """All a run holds, as one namespace (device, torchrun's rank and ranks, models, optimizer, folder, sets,
+    random streams); a new run is evaluated before training, a resumed one put back at its last evaluation."""
     set_threads(args.threads)
-    rank, ranks, device = start_ranks(pick_device(args.device))  # ranks: torchrun's processes (alone: 0, 1)
+    rank, ranks, device = start_ranks(pick_device(args.device))
     if args.batch_size % ranks:
         sys.exit(f"error: --batch-size {args.batch_size} does not split over {ranks} processes; use a "
                  f"multiple of {ranks}")
     seed_everything(args.seed, device)
     policy, reference, n, meta = load_models(args, device)  # no dropout: train and eval modes are the same
     dtype, gen_dtype = autocast_dtype(args.dtype, device), generation_dtype(args.dtype, device)
-    decoding = (args.fast_generate, args.draft)  # how evaluations generate (the same texts either way)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0)
     recorded = {"pretrain_digits": n, "device": device, "training_dtype": precision_name(dtype),
                 "generation_dtype": precision_name(gen_dtype),  # what --dtype chose on this machine
                 "provenance": provenance(device), **({"ranks": ranks} if ranks > 1 else {})}
     run_dir, state, rows = run_folder.prepare(args, {**vars(args), **recorded}, rank)
-    sets = data.rl_eval_sets(n, args.digits_plus, args.eval_size)  # choose on val_plus, report acc_plus
-    rng = random.Random(args.seed)  # the problem stream, the same on every rank
-    generator = torch.Generator(device).manual_seed(args.seed + rank)  # the sampling noise, each rank its own
-    per_iteration = args.batch_size * args.group_size
-    iterations = args.episodes // per_iteration
-
-    t0 = time.time() - 60 * (state["minutes"] if state else 0.0)
-    first, last = (rows[0], rows[-1]) if rows else (None, None)  # rows: rank 0's only
+    run = SimpleNamespace(
+        args=args, rank=rank, ranks=ranks, device=device, dtype=dtype, gen_dtype=gen_dtype, policy=policy,
+        reference=reference, n=n, meta=meta, dir=run_dir, rows=rows,
+        optimizer=torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0),
+        sets=data.rl_eval_sets(n, args.digits_plus, args.eval_size),  # choose on val_plus, report acc_plus
+        rng=random.Random(args.seed),  # the problem stream, the same on every rank
+        generator=torch.Generator(device).manual_seed(args.seed + rank),  # sampling noise: each rank its own
+        per_iteration=args.batch_size * args.group_size, start=0,
+        certainty=lambda logits: certainty(logits, args.certainty, args.certainty_temperature),
+        kl_weight=lambda j: kl_weight(j, args),  # the weights at first errors, printed at evaluation 0
+        t0=time.time() - 60 * (state["minutes"] if state else 0.0))
+    run.iterations = args.episodes // run.per_iteration
     if state:  # --resume: back to the last evaluation, where the state was saved
-        start = run_folder.restore_state(state, policy, optimizer, rng, generator, rank, ranks)
+        run.start = run_folder.restore_state(state, policy, run.optimizer, run.rng, run.generator, rank,
+                                             ranks)
         tqdm.write(f"resuming {run_dir} at episode {state['episode']}")
-    else:  # evaluation 0: the policy is still the reference, so its greedy texts are the reference's
-        generators, start = gather(generator.get_state()), 0  # ranks: each one's, for --resume
-        measured, greedy = metrics.evaluate(policy, sets, n, args.temperature, args.seed, device, gen_dtype,
-                                            decoding, rank, ranks)  # ranks: each a share
-        if rank == 0:
-            with mixed_precision(device, dtype):  # how much of the penalty alpha lifts where it matters
-                weights = metrics.weights_at_errors(reference, sets["plus"], greedy, lambda logits: certainty(
-                    logits, args.certainty, args.certainty_temperature), lambda j: kl_weight(j, args.alpha))
-            tqdm.write(metrics.weights_line(args.alpha, *weights))
-            first = last = {"episode": 0, **measured, **{k: None for k in metrics.WINDOW},
-                            "minutes": round((time.time() - t0) / 60, 2),
-                            "weight_decisive": weights[0], "weight_elsewhere": weights[1]}
-            run_folder.save_evaluation(run_dir, last, policy, optimizer, rng, generators, 0)
-            tqdm.write(metrics.one_line(last, args.digits_plus))
-        wait_for_ranks()
+    else:
+        metrics.evaluate_and_save(run, 0, None)
+    return run
 
-    window = {k: [] for k in metrics.WINDOW}
-    episode = start * per_iteration
-    bar = tqdm(range(start, iterations), initial=start, total=iterations, desc="rl", dynamic_ncols=True,
-               disable=rank > 0)
-    try:
-        for it in bar:
-            # 1. rollout: each problem appears group_size times in a row; ranks: each rank its whole groups
-            problems = [p for p in (data.rl_problem(n, args.digits_plus, rng) for _ in range(args.batch_size))
-                        for _ in range(args.group_size)]
-            problems = problems[rank * len(problems) // ranks:(rank + 1) * len(problems) // ranks]
-            with mixed_precision(device, gen_dtype):
-                inputs, actions, mask, rewards = rollout(policy, problems, args.temperature, generator,
-                                                         args.fast_generate, args.draft)
-            # 2. advantages
-            advantages = group_advantages(rewards, args.group_size)
-            # 3. the update
-            try:
-                stats = update(policy, reference, optimizer, (inputs, actions, mask), advantages, args, dtype,
-                               ranks)
-            except FloatingPointError as e:
-                sys.exit(f"error: the loss or its gradient is not finite at episode {episode} ({e}); "
-                         f"{run_dir} holds the run up to its last evaluation; try a lower --lr")
-            # 4. log: every iteration to train.jsonl; an evaluation every eval_every episodes and at the end
-            episode += per_iteration
-            stats = mean_over_ranks({"reward": rewards.mean().item(),  # ranks: the whole batch's means
-                                     "completion_length": mask.sum(1).mean().item(), **stats})
-            stats = {"iteration": it + 1, "episode": episode, **stats}
-            for k in metrics.WINDOW:
-                window[k].append(stats[k])
-            bar.set_postfix(reward=f"{stats['reward']:.2f}", kl=f"{stats['kl']:.4f}")
-            if rank == 0:
-                run_folder.append_row(run_dir, stats, run_folder.TRAIN_LOG)
-            crossed = episode // args.eval_every > (episode - per_iteration) // args.eval_every
-            if crossed or it == iterations - 1:
-                generators = gather(generator.get_state())
-                measured, _ = metrics.evaluate(policy, sets, n, args.temperature, args.seed, device,
-                                               gen_dtype, decoding, rank, ranks)
-                if rank == 0:  # ranks: the others wait
-                    last = {"episode": episode, **measured, **metrics.window_means(window),
-                            "minutes": round((time.time() - t0) / 60, 2)}
-                    run_folder.save_evaluation(run_dir, last, policy, optimizer, rng, generators, it + 1)
-                    tqdm.write(metrics.one_line(last, args.digits_plus))
-                window = {k: [] for k in metrics.WINDOW}
-                wait_for_ranks()
-    except KeyboardInterrupt:
-        sys.exit(f"\ninterrupted at episode {episode}: {run_dir} holds the run up to its last evaluation; "
-                 f"continue with the same command and --resume")
-    if rank > 0:
-        return
-    if args.save:
-        save_checkpoint(os.path.join(run_dir, "model.pt"), policy, rl_args=vars(args),
-                        args=meta.get("args", {}), episodes=episode)
-    run_folder.finish(run_dir)
-    print(f"done: N+{args.digits_plus} ({n + args.digits_plus} digits) greedy accuracy "
-          f"{first['acc_plus']:.1f}% -> {last['acc_plus']:.1f}% | comfort zone {first['acc_comfort']:.1f}% "
-          f"-> {last['acc_comfort']:.1f}% | {(time.time() - t0) / 60:.1f} min | {run_dir}")
+
+def draw_problems(rng, n, args):  # batch_size "N+k" problems, each group_size times in a row (a group)
+    return [p for p in (data.rl_problem(n, args.digits_plus, rng) for _ in range(args.batch_size))
+            for _ in range(args.group_size)]
+
+
+def settings(**overrides):
+    """rl.py's flags at their defaults, with overrides: a run's settings outside a run (tests, curves.py)."""
+    run = get_args([])
+    for key, value in overrides.items():
+        setattr(run, key, value)
+    return run
 
 
 if __name__ == "__main__":

@@ -14,10 +14,12 @@ import json
 import math
 import os
 import sys
+import time
 
 import torch
 
-from runtime import atomic_save, device_type, wait_for_ranks, write_text
+from model import save_checkpoint
+from runtime import atomic_save, device_type, mean_over_ranks, wait_for_ranks, write_text
 
 METRICS_LOG, TRAIN_LOG = "metrics.jsonl", "train.jsonl"
 # no effect on the numbers (provenance: where the run was started; a resumed part may run elsewhere)
@@ -137,6 +139,34 @@ def restore_state(state, policy, optimizer, rng, generator, rank=0, ranks=1):
 def finish(run_dir):
     """A finished run keeps no state.pt (only an unfinished one can be resumed)."""
     os.remove(os.path.join(run_dir, "state.pt"))
+
+
+def log_iteration(run, it, rewards, mask, stats, window):
+    """Iteration it's row (means over every rank's share; run: rl.start's namespace) to train.jsonl and to
+    the window of training terms that the next evaluation row averages. Returns the row."""
+    stats = mean_over_ranks({"reward": rewards.mean().item(), "completion_length": mask.sum(1).mean().item(),
+                             **stats})
+    stats = {"iteration": it + 1, "episode": (it + 1) * run.per_iteration, **stats}
+    for k in window:
+        window[k].append(stats[k])
+    if run.rank == 0:
+        append_row(run.dir, stats, TRAIN_LOG)
+    return stats
+
+
+def finish_run(run):
+    """The trained policy (unless --no-save), the folder closed (no state.pt), the summary line."""
+    args = run.args
+    if run.rank > 0:
+        return
+    if args.save:
+        save_checkpoint(os.path.join(run.dir, "model.pt"), run.policy, rl_args=vars(args),
+                        args=run.meta.get("args", {}), episodes=args.episodes)
+    finish(run.dir)
+    first, last = run.rows[0], run.rows[-1]
+    print(f"done: N+{args.digits_plus} ({run.n + args.digits_plus} digits) greedy accuracy "
+          f"{first['acc_plus']:.1f}% -> {last['acc_plus']:.1f}% | comfort zone {first['acc_comfort']:.1f}% "
+          f"-> {last['acc_comfort']:.1f}% | {(time.time() - run.t0) / 60:.1f} min | {run.dir}")
 
 
 # -----------------------------------------------------------------------------

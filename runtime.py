@@ -6,7 +6,7 @@ Every script calls these; none of it is about the model or the task.
     precision   autocast_dtype (training), generation_dtype (sampling), mixed_precision
     threads     set_threads; seeds: seed_everything (and deterministic kernels on CUDA)
     provenance  what a run ran on (code commit, machine, threads, torch), for its config
-    ranks       start_ranks, sum_gradients, sum_over_ranks, mean_over_ranks, gather, wait_for_ranks
+    ranks       start_ranks, share, sum_gradients, sum_over_ranks, mean_over_ranks, gather, wait_for_ranks
     memory      training_gb, too_big: refuse a run that cannot fit before it starts
     files       replace_atomically, atomic_save, write_text, save_figure: a run cut off mid-write
                 leaves the old file intact
@@ -113,8 +113,8 @@ def mixed_precision(device, dtype):
 
 def set_threads(threads):
     """CPU threads for torch's operations; None keeps torch's default (one per core). Two runs that
-    each use every core of a small machine thrash: give each run its share (README: "Speed, threads,
-    and runs side by side")."""
+    each use every core of a small machine thrash: give each run its share (README: "On a GPU, and more
+    than one process"; results/speed.md)."""
     if threads is not None:
         torch.set_num_threads(threads)
 
@@ -182,6 +182,11 @@ def start_ranks(device):
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if cuda else "gloo")
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def share(items, rank, ranks):
+    """Rank's contiguous share of a list (all of it when alone): rl.py gives each rank whole groups."""
+    return items[rank * len(items) // ranks:(rank + 1) * len(items) // ranks]
 
 
 def under_torchrun():

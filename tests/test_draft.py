@@ -48,6 +48,21 @@ def test_greedy_along_any_draft_gives_the_plain_loops_tokens(check_every):
     assert torch.equal(model.generate(idx, 40, temperature=0, draft=drafts), without_stop)
 
 
+def test_rows_that_leave_the_draft_at_different_places_may_use_every_position():
+    """A model whose positions end right after the budget: rows depart at different places, so they have
+    different budgets left, and the finished ones stay in the batch for a while (an RL run once stopped here
+    with a position past the model's last)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=64, n_layer=1, n_head=2, n_embd=16)).eval()
+    idx = data.prompt_batch([(12, 3), (1, 2), (5, 67), (8, 9), (3, 4), (6, 7), (10, 1), (2, 2)])
+    budget = model.config.block_size - idx.size(1)
+    plain = model.generate(idx, budget, temperature=0, fast=False)
+    drafts = new_tokens(plain, idx).clone()
+    for row, place in enumerate([budget - 3, 1, 2, 3, 4, 5, 6, 7]):  # one row ends soon, the others go on
+        drafts[row, place] = (drafts[row, place] + 1) % len(data.VOCAB) or 1
+    assert torch.equal(model.generate(idx, budget, temperature=0, draft=drafts), plain)
+
+
 @pytest.mark.skipif(not os.path.exists(ADD7), reason="needs checkpoints/add7.pt")
 def test_greedy_with_the_correct_text_as_draft_matches_the_plain_loop_on_add7():
     """200 held-out 8+8-digit problems with the shipped 7-digit model (43% right: many rows depart, at every

@@ -59,7 +59,7 @@ def log_tables():
 
 def test_every_marked_readme_table_is_rows_of_its_committed_file():
     text = open(os.path.join(ROOT, "README.md")).read()
-    assert len(readme_tables(text)) >= 5, "the README's results tables carry <!-- from results/... --> marks"
+    assert len(readme_tables(text)) >= 3, "the README's results tables carry <!-- from results/... --> marks"
     assert problems(text, ROOT) == []
 
 
@@ -95,7 +95,7 @@ def test_every_file_reads_in_one_sitting():
         assert not re.search(r"^(import pretrain|from pretrain import)", source,
                              re.M) or path.endswith("pretrain.py")
     with open(os.path.join(ROOT, "README.md")) as f:
-        assert f.read().count("\n") <= 250, "README.md is over 250 lines"
+        assert f.read().count("\n") <= 230, "README.md is over 230 lines"
     with open(os.path.join(ROOT, "rl.py")) as f:
         assert "def rl_loss(" in "".join(f.readlines()[:60])
     for path in glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "tests", "*.py")):
@@ -158,8 +158,13 @@ def test_the_number_check_catches_an_unsourced_number(tmp_path):
     assert unsourced_numbers("| a | 68.5 | `results/r.md` |\n", tmp_path) != []
 
 
-def test_the_code_the_readme_quotes_is_in_rl_py():
-    readme, rl_source = (open(os.path.join(ROOT, name)).read() for name in ("README.md", "rl.py"))
-    for quoted in ("weight = kl_weight(certainty(ref_logits, certainty_kind, certainty_temperature), alpha)",
-                   "per_token = policy_term + kl_coef * weight * kl"):
-        assert quoted in " ".join(readme.split()) and quoted in rl_source
+def test_the_functions_the_readme_points_at_are_in_rl_py():
+    """The README points at functions, not at lines of code: each one it names for Eq. 1 and 2 is defined in
+    rl.py, and rl_loss calls both."""
+    import inspect
+    import rl
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    for name in ("rl_loss", "certainty", "kl_weight"):
+        assert f"`{name}`" in readme and callable(getattr(rl, name))
+    body = inspect.getsource(rl.rl_loss)
+    assert "kl_weight(certainty(" in body and "weight * kl" in body

@@ -51,7 +51,8 @@ def test_certainty_on_known_distributions():
 
 def test_alpha_zero_is_exactly_the_standard_penalty():
     logits, ref_logits, actions, advantages, mask = toy_batch()
-    loss, stats = rl.rl_loss(logits, ref_logits, actions, advantages, mask, kl_coef=0.7, alpha=0.0)
+    run = rl.settings(kl_coef=0.7, alpha=0.0)
+    loss, stats = rl.rl_loss(logits, ref_logits, actions, advantages, mask, run)
     logp = F.log_softmax(logits, -1).gather(-1, actions[..., None]).squeeze(-1)
     ref_logp = F.log_softmax(ref_logits, -1).gather(-1, actions[..., None]).squeeze(-1)
     standard = (-advantages[:, None] * logp + 0.7 * 0.5 * (logp - ref_logp) ** 2)
@@ -62,21 +63,24 @@ def test_alpha_zero_is_exactly_the_standard_penalty():
 def test_weights_are_in_unit_interval_and_vanish_for_uniform_reference():
     logits, ref_logits, actions, advantages, mask = toy_batch()
     for alpha in (0.5, 3.0, 50.0):
-        _, stats = rl.rl_loss(logits, ref_logits, actions, advantages, mask, kl_coef=1.0, alpha=alpha)
+        run = rl.settings(kl_coef=1.0, alpha=alpha)
+        _, stats = rl.rl_loss(logits, ref_logits, actions, advantages, mask, run)
         assert 0.0 < stats["kl_weight"] < 1.0
     uniform = torch.zeros_like(ref_logits)
-    loss_uniform, stats = rl.rl_loss(logits, uniform, actions, advantages, mask, kl_coef=5.0, alpha=3.0)
-    loss_no_kl, _ = rl.rl_loss(logits, uniform, actions, advantages, mask, kl_coef=0.0, alpha=3.0)
+    run = rl.settings(kl_coef=5.0, alpha=3.0)
+    loss_uniform, stats = rl.rl_loss(logits, uniform, actions, advantages, mask, run)
+    run = rl.settings(kl_coef=0.0, alpha=3.0)
+    loss_no_kl, _ = rl.rl_loss(logits, uniform, actions, advantages, mask, run)
     assert stats["kl_weight"] == pytest.approx(0.0, abs=1e-6)
     assert torch.allclose(loss_uniform, loss_no_kl)  # the penalty is switched off where pi_ref is uniform
     one_hot = torch.full_like(ref_logits, -1e4).scatter(-1, actions[..., None], 0.0)
-    _, stats = rl.rl_loss(logits, one_hot, actions, advantages, mask, kl_coef=1.0, alpha=3.0)
+    _, stats = rl.rl_loss(logits, one_hot, actions, advantages, mask, rl.settings(kl_coef=1.0, alpha=3.0))
     assert stats["kl_weight"] == pytest.approx(1.0, abs=1e-4)
 
 
 def test_kl_coef_zero_is_plain_policy_gradient_and_masks_apply_once():
     logits, ref_logits, actions, advantages, mask = toy_batch()
-    loss, _ = rl.rl_loss(logits, ref_logits, actions, advantages, mask, kl_coef=0.0, alpha=3.0)
+    loss, _ = rl.rl_loss(logits, ref_logits, actions, advantages, mask, rl.settings(kl_coef=0.0, alpha=3.0))
     logp = F.log_softmax(logits, -1).gather(-1, actions[..., None]).squeeze(-1)
     assert torch.allclose(loss, (-advantages[:, None] * logp * mask).sum() / mask.sum())
     loss.backward()
@@ -120,20 +124,20 @@ def test_which_divergence_each_estimators_expected_gradient_follows(estimator, u
 
 def test_k1_is_refused_in_the_loss():
     logits, ref_logits, actions, advantages, mask = toy_batch()
+    run = rl.settings(kl_coef=1.0, alpha=0.0, kl_estimator="k1")
     with pytest.raises(ValueError, match="zero expected gradient"):
-        rl.rl_loss(logits, ref_logits, actions, advantages, mask, kl_coef=1.0, alpha=0.0, kl_estimator="k1")
-    rl.rl_loss(logits, ref_logits, actions, advantages, mask, kl_coef=0.0, alpha=0.0,
-               kl_estimator="k1")  # no penalty
+        rl.rl_loss(logits, ref_logits, actions, advantages, mask, run)
+    run.kl_coef = 0.0  # no penalty: nothing to refuse
+    rl.rl_loss(logits, ref_logits, actions, advantages, mask, run)
 
 
 def test_ppo_ratio_is_one_on_the_first_epoch():
     logits, ref_logits, actions, advantages, mask = toy_batch()
     old = F.log_softmax(logits.detach() / 2.0, -1).gather(-1, actions[..., None]).squeeze(-1)
-    ppo, _ = rl.rl_loss(logits, ref_logits, actions, advantages, mask, kl_coef=0.3, alpha=1.0, old_logp=old,
-                        temperature=2.0)
+    run = rl.settings(kl_coef=0.3, alpha=1.0, temperature=2.0)
+    ppo, _ = rl.rl_loss(logits, ref_logits, actions, advantages, mask, run, old_logp=old)
     (g_ppo,) = torch.autograd.grad(ppo, logits)
-    plain, _ = rl.rl_loss(logits, ref_logits, actions, advantages, mask, kl_coef=0.3, alpha=1.0,
-                          temperature=2.0)
+    plain, _ = rl.rl_loss(logits, ref_logits, actions, advantages, mask, run)
     (g_plain,) = torch.autograd.grad(plain, logits)
     assert torch.allclose(g_ppo, g_plain, atol=1e-6)  # ratio 1: same gradient as the policy gradient
 
@@ -199,7 +203,7 @@ def test_smoke_run_writes_metrics_and_checkpoint(tiny_checkpoint, tmp_path):
     assert "done: N+1 (3 digits) greedy accuracy" in r.stdout
     rows = [json.loads(line) for line in open(tmp_path / "smoke" / "metrics.jsonl")]
     assert [row["episode"] for row in rows] == [0, 4, 8]
-    assert "weight_decisive" in rows[0] and "KL weight J_ref^alpha (alpha 3)" in r.stdout
+    assert "weight_decisive" in rows[0] and "KL weight (rl.kl_weight)" in r.stdout
     for key in ("acc_plus", "val_plus", "acc_comfort", "acc_plus_sampled", "kl", "reward", "critical_p"):
         assert key in rows[-1]
     config = json.load(open(tmp_path / "smoke" / "config.json"))
@@ -245,7 +249,7 @@ def test_an_interrupted_run_resumes_to_the_same_metrics(tiny_checkpoint, tmp_pat
     monkeypatch.setattr(run_folder, "atomic_save", save_then_stop)
     with pytest.raises(SystemExit) as e:
         rl.main([*flags, "--name", "cut"])
-    assert "continue with the same command and --resume" in e.value.code
+    assert "add --resume to go on" in e.value.code
     monkeypatch.setattr(run_folder, "atomic_save", save)
     with open(tmp_path / "cut" / "metrics.jsonl", "a") as f:  # as if killed between a row and its state
         f.write(json.dumps({"episode": 12}) + "\n")
@@ -284,7 +288,7 @@ def test_a_tiny_model_learns_a_trivial_reward():
         logits, _ = policy(seq[:, :-1])
         with torch.no_grad():
             ref_logits, _ = reference(seq[:, :-1])
-        loss, _ = rl.rl_loss(logits, ref_logits, seq[:, 1:], adv, mask, kl_coef=0.01, alpha=1.0)
+        loss, _ = rl.rl_loss(logits, ref_logits, seq[:, 1:], adv, mask, rl.settings(kl_coef=0.01, alpha=1.0))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -307,7 +311,7 @@ def test_certainty_at_errors_separates_the_decisive_state(monkeypatch):
     reference = Reference(GPTConfig(block_size=256, n_layer=1, n_head=1, n_embd=8))
     decisive, elsewhere = metrics.certainty_at_errors(reference, [(a, b)], [text[:wrong] + "B"], rl.certainty)
     assert len(decisive) == 1 and len(elsewhere) == wrong
-    weight = {alpha: lambda j, alpha=alpha: rl.kl_weight(j, alpha) for alpha in (0, 3)}
+    weight = {alpha: lambda j, alpha=alpha: rl.kl_weight(j, rl.settings(alpha=alpha)) for alpha in (0, 3)}
     assert metrics.mean_weight(decisive, weight[3]) == pytest.approx(0.0, abs=1e-6)
     assert metrics.mean_weight(elsewhere, weight[3]) == pytest.approx(1.0, abs=1e-4)
     assert metrics.mean_weight(decisive, weight[0]) == 1.0 and metrics.mean_weight([], weight[3]) is None
@@ -354,7 +358,7 @@ def test_every_term_of_the_loss_is_logged_each_iteration(tiny_checkpoint, tmp_pa
              "--eval-every", "8", "--eval-size", "2", "--out", str(tmp_path), "--name", "ppo",
              "--algo", "ppo", "--threads", "1", "--no-save", "--device", "cpu"])
     steps = [json.loads(line) for line in open(tmp_path / "ppo" / "train.jsonl")]
-    _, terms = rl.rl_loss(*toy_batch(), kl_coef=1.0, alpha=1.0, old_logp=torch.zeros(3, 5))
+    _, terms = rl.rl_loss(*toy_batch(), rl.settings(kl_coef=1.0, alpha=1.0), old_logp=torch.zeros(3, 5))
     assert [row["iteration"] for row in steps] == [1, 2] and [row["episode"] for row in steps] == [4, 8]
     for row in steps:
         assert set(terms) | {"loss", "grad_norm", "reward", "completion_length"} <= set(row)
@@ -366,19 +370,6 @@ def test_every_term_of_the_loss_is_logged_each_iteration(tiny_checkpoint, tmp_pa
     config = json.load(open(tmp_path / "ppo" / "config.json"))
     assert set(config["provenance"]) == {"commit", "threads", "machine", "torch"}
     assert config["provenance"]["threads"] == 1
-
-
-def test_the_weighting_is_written_once(monkeypatch):
-    """A fork that swaps J^alpha for a threshold edits rl.kl_weight alone: the loss and curves' "uniform"
-    both follow it."""
-    import curves
-    monkeypatch.setattr(rl, "kl_weight", lambda certainty, alpha: (certainty > alpha) * 1.0)
-    logits, ref_logits, actions, advantages, mask = toy_batch()
-    _, terms = rl.rl_loss(logits, ref_logits, actions, advantages, mask, kl_coef=1.0, alpha=0.5)
-    expected = rl.masked_mean((rl.certainty(ref_logits) > 0.5).float(), mask).item()
-    assert terms["kl_weight"] == pytest.approx(expected)
-    assert curves.is_uniform({"alpha": 1.5, "kl_coef": 1.0})  # a threshold above every J weighs every state 0
-    assert not curves.is_uniform({"alpha": 0.5, "kl_coef": 1.0})
 
 
 def test_the_kl_split_is_the_exact_kl_on_each_side_of_the_certainty_cut():

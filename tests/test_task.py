@@ -7,9 +7,11 @@ import random
 import pytest
 import torch
 
+import analyze
 import data
 import pretrain
 import rl
+from model import CheckpointError, load_checkpoint
 
 DIGITS = "0123456789"
 
@@ -79,6 +81,7 @@ def refuse(*args, **kwargs):
 def reverse_task(monkeypatch):
     for name in data.TASK:
         monkeypatch.setattr(data, name, getattr(Reverse, name))
+    monkeypatch.setattr(data, "NAME", "reverse")
     for name in ("scratchpad", "answer_line", "parse_answer", "rl_lengths", "operand"):  # addition only
         monkeypatch.setattr(data, name, refuse)
 
@@ -102,3 +105,14 @@ def test_a_toy_task_pretrains_and_fine_tunes_through_the_interface(reverse_task,
     steps = [json.loads(line) for line in open(tmp_path / "reverse" / "train.jsonl")]
     assert [row["iteration"] for row in steps] == [1, 2]
     assert all(row["completion_length"] > 0 for row in steps)
+    analyze.main(["accuracy", "--ckpt", out, "--extra", "1", "--n", "4", "--cache", "", "--device", "cpu",
+                  "--results", str(tmp_path / "tables")])
+    assert "Table 4" in (tmp_path / "tables" / "accuracy.md").read_text()
+
+
+def test_a_model_of_another_task_is_refused_in_one_line(reverse_task, tiny_checkpoint, tmp_path):
+    with pytest.raises(CheckpointError, match="trained on the task 'addition'") as e:
+        load_checkpoint(tiny_checkpoint)
+    assert "\n" not in str(e.value)
+    with pytest.raises(SystemExit, match="task"):
+        rl.main(["--ckpt", tiny_checkpoint, "--out", str(tmp_path), "--device", "cpu"])

@@ -1,0 +1,113 @@
+"""Two forks of rl.py as worked examples, each a change to rl.py alone (plus a line in rl.flags), plugged in
+here the way a fork would edit them:
+  - another KL weighting with a flag of its own: weight 0 where the reference's certainty J is below a
+    threshold tau, 1 elsewhere (--kl-threshold tau; unset: the paper's J^alpha). It replaces rl.kl_weight;
+    the loss, the weights rl.py prints and logs, probe.py's table and curves.py's "uniform" all follow, and
+    runs made before the flag existed still group with new runs at its default;
+  - an entropy bonus (--entropy-coef c): one term more in rl_loss, L - c * mean entropy of the policy.
+(tests/test_task.py is the third fork: another task, in data.py.)"""
+import json
+
+import pytest
+import torch
+
+import curves
+import rl
+from run_folder import read_run
+
+ORIGINAL_FLAGS = rl.flags
+
+
+def threshold_flags():
+    p = ORIGINAL_FLAGS()
+    p.add_argument("--kl-threshold", type=float, default=None,
+                   help="weight 0 where pi_ref's certainty is below this, 1 elsewhere (default: J^alpha)")
+    return p
+
+
+def threshold_weight(certainty, run):
+    if run.kl_threshold is None:
+        return certainty ** run.alpha
+    return (certainty >= run.kl_threshold) * 1.0
+
+
+def entropy_flags():
+    p = ORIGINAL_FLAGS()
+    p.add_argument("--entropy-coef", type=float, default=0.0, help="weight of the entropy bonus (default 0)")
+    return p
+
+
+ORIGINAL_LOSS = rl.rl_loss
+
+
+def loss_with_entropy_bonus(logits, ref_logits, actions, advantages, mask, run, old_logp=None):
+    """In a fork: one line at the end of rl_loss, loss = loss - run.entropy_coef * (mean entropy)."""
+    loss, stats = ORIGINAL_LOSS(logits, ref_logits, actions, advantages, mask, run, old_logp)
+    logp = torch.log_softmax(logits.float() / run.temperature, dim=-1)
+    return loss - run.entropy_coef * rl.masked_mean(-(logp.exp() * logp).sum(-1), mask), stats
+
+
+@pytest.fixture
+def threshold_fork(monkeypatch):
+    monkeypatch.setattr(rl, "flags", threshold_flags)
+    monkeypatch.setattr(rl, "kl_weight", threshold_weight)
+
+
+def toy_batch():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 7, requires_grad=True)
+    ref_logits = torch.randn(3, 5, 7) * torch.tensor([0.1, 3.0, 10.0])[:, None, None]  # unsure .. sure
+    return logits, ref_logits, torch.randint(0, 7, (3, 5)), torch.tensor([1.0, -0.5, 0.2]), torch.ones(3, 5)
+
+
+def test_the_loss_follows_the_forks_weighting(threshold_fork):
+    logits, ref_logits, actions, advantages, mask = toy_batch()
+    run = rl.settings(kl_coef=1.0, kl_threshold=0.5)
+    _, terms = rl.rl_loss(logits, ref_logits, actions, advantages, mask, run)
+    expected = rl.masked_mean((rl.certainty(ref_logits) >= 0.5).float(), mask).item()
+    assert terms["kl_weight"] == pytest.approx(expected) and 0 < expected < 1
+    assert rl.get_args(["--kl-threshold", "0.9"]).kl_threshold == 0.9
+
+
+def test_curves_call_a_threshold_weighting_uniform_only_where_it_is(threshold_fork):
+    assert curves.is_uniform({"alpha": 3.0, "kl_coef": 1.0, "kl_threshold": 1.5})  # 0 at every J
+    assert not curves.is_uniform({"alpha": 0.0, "kl_coef": 1.0, "kl_threshold": 0.5})
+    assert curves.is_uniform({"alpha": 0.0, "kl_coef": 1.0})  # an old run: the standard penalty
+
+
+def test_a_run_with_the_fork_logs_its_weights_and_groups_with_old_runs(threshold_fork, tiny_checkpoint,
+                                                                        tmp_path):
+    common = ["--ckpt", tiny_checkpoint, "--episodes", "8", "--batch-size", "2", "--group-size", "2",
+              "--eval-every", "8", "--eval-size", "4", "--out", str(tmp_path), "--device", "cpu", "--threads",
+              "1", "--no-save", "--alpha", "0"]
+    rl.main([*common, "--name", "threshold", "--kl-threshold", "0.9"])
+    steps = [json.loads(line) for line in open(tmp_path / "threshold" / "train.jsonl")]
+    assert all(0.0 <= row["kl_weight"] <= 1.0 for row in steps)
+    rl.main([*common, "--name", "plain"])  # the fork's flag left at its default: alpha 0, weight 1
+    first = {name: json.loads(open(tmp_path / name / "metrics.jsonl").readline()) for name in ("threshold",
+                                                                                             "plain")}
+    # the untrained model is unsure where it first errs: below the threshold, weight 0
+    assert first["threshold"]["weight_decisive"] == 0.0 and first["plain"]["weight_decisive"] == 1.0
+    old = tmp_path / "old"  # a run made before the fork: its config has no kl_threshold
+    old.mkdir()
+    config = json.load(open(tmp_path / "plain" / "config.json"))
+    del config["kl_threshold"]
+    json.dump({**config, "seed": 1}, open(old / "config.json", "w"))
+    (old / "metrics.jsonl").write_text(open(tmp_path / "plain" / "metrics.jsonl").read())
+    groups = curves.group_runs([read_run(str(tmp_path / name)) for name in ("plain", "old")])
+    assert len(groups) == 1 and len(groups[0][2]) == 2
+
+
+def test_an_entropy_bonus_fork_changes_the_loss_and_runs(monkeypatch, tiny_checkpoint, tmp_path):
+    monkeypatch.setattr(rl, "flags", entropy_flags)
+    monkeypatch.setattr(rl, "rl_loss", loss_with_entropy_bonus)
+    logits, ref_logits, actions, advantages, mask = toy_batch()
+    plain, stats = rl.rl_loss(logits, ref_logits, actions, advantages, mask, rl.settings(kl_coef=1.0))
+    bonus, _ = rl.rl_loss(logits, ref_logits, actions, advantages, mask, rl.settings(kl_coef=1.0,
+                                                                                     entropy_coef=0.1))
+    assert (plain - bonus).item() == pytest.approx(0.1 * stats["entropy"], rel=1e-5)
+    rl.main(["--ckpt", tiny_checkpoint, "--episodes", "4", "--batch-size", "2", "--group-size", "2",
+             "--eval-every", "4", "--eval-size", "2", "--out", str(tmp_path), "--name", "bonus", "--device",
+             "cpu", "--threads", "1", "--no-save", "--entropy-coef", "0.01"])
+    config = json.load(open(tmp_path / "bonus" / "config.json"))
+    assert config["entropy_coef"] == 0.01
