@@ -28,7 +28,7 @@ T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 # and the training precision --dtype auto chose there, are listed under each table instead: like the
 # machine, they change only rounding; generation precision moves greedy near-ties, so it splits groups.
 NOT_A_SETTING = {"seed", "name", "out", "device", "save", "threads", "fast_generate", "draft", "force",
-                 "resume", "provenance", "dtype", "training_dtype"}
+                 "resume", "provenance", "dtype", "training_dtype", "deterministic"}
 
 
 def mean_ci(values):

@@ -158,17 +158,21 @@ def _decode(model, tok, caches, key_bias, column, next_pos, budget, rule, temper
     (B,), goes into cache column `column` (the same for every row; key_bias (B, 1, 1, S): 0 where a row
     may attend, -inf elsewhere) and the next token is drawn, until each row has written budget[row] more
     tokens or the stop rule (holding the rows' state so far) finishes it. Returns the tokens (B, longest),
-    padded after each row's end, and each row's count. Two savings over the plain loop, same tokens: the
-    mask is an additive bias made once (not a bool mask converted at every layer of every step), and
-    finished rows leave the batch (their caches are dropped) once a quarter of the rows are finished.
-    Sampling draws noise for all B rows at every step, as the plain loop does, so a row gets the same
-    sample whichever other rows are still in the batch."""
+    padded after each row's end, and each row's count. Savings over the plain loop, same tokens: the mask
+    is an additive bias made once (not a bool mask converted at every layer of every step); finished rows
+    leave the batch (their caches are dropped) once a quarter of the rows are finished; every step writes
+    one column of the batch's tokens, and attends to a multiple of 8 keys (the columns not yet written are
+    masked), which GPU attention kernels take without padding. Sampling draws noise for all B rows at
+    every step, as the plain loop does, so a row gets the same sample whichever rows are still decoded."""
     B, device = tok.size(0), tok.device
     steps = int(budget.max()) if B else 0
     out = torch.full((B, steps), PAD_ID, dtype=torch.long, device=device)
+    current = out.clone()  # the tokens of the rows still in the batch, one column a step
     rows = torch.arange(B, device=device)  # which original row each batch row is
     lengths, written = torch.zeros_like(budget), torch.zeros_like(budget)
     done = budget <= 0
+    key_bias = key_bias.clone()
+    key_bias[..., column:] = float("-inf")  # not written yet: each column is opened when its token is
     for step in range(steps):
         if step % check_every == 0:  # a look at the finished rows (see generate's check_every)
             finished = int(done.sum())
@@ -176,25 +180,27 @@ def _decode(model, tok, caches, key_bias, column, next_pos, budget, rule, temper
                 break
             if 4 * finished >= len(rows):  # drop them, and the cache columns no row left may attend to
                 keep = (~done).nonzero().squeeze(1)
-                lengths[rows] = written
+                lengths[rows], out[rows] = written, current
                 cut = int((key_bias[keep, 0, 0, :column] == 0).float().argmax(1).min()) if column else 0
                 caches = [(k[keep, :, cut:], v[keep, :, cut:]) for k, v in caches]
                 key_bias, column = key_bias[keep, ..., cut:], column - cut
-                rows, tok, next_pos = rows[keep], tok[keep], next_pos[keep]
+                rows, tok, next_pos, current = rows[keep], tok[keep], next_pos[keep], current[keep]
                 done, budget, written = done[keep], budget[keep], written[keep]
                 if rule:
                     rule.keep(keep)
-        logits = model._forward_cached(tok[:, None], next_pos[:, None], key_bias[..., :column + step + 1],
-                                       caches, column + step)[:, -1]
+        key_bias[..., column + step] = 0.0
+        keys = min(-(-(column + step + 1) // 8) * 8, key_bias.size(-1))
+        logits = model._forward_cached(tok[:, None], next_pos[:, None], key_bias[..., :keys], caches,
+                                       column + step)[:, -1]
         # a finished row still in the batch may run past the last position; its tokens are never kept
         next_pos = (next_pos + 1).clamp(max=model.config.block_size - 1)
         tok = sample(logits, temperature, generator, rows=rows, batch=B).masked_fill(done, PAD_ID)
-        out[rows, step] = tok
+        current[:, step] = tok
         written = written + (~done).long()
         done = done | (written >= budget)
         if rule:
             done = done | rule(tok)
-    lengths[rows] = written
+    lengths[rows], out[rows] = written, current
     return out[:, :int(lengths.max()) if B else 0], lengths
 
 
@@ -209,13 +215,14 @@ def _prefill(model, idx, max_new_tokens):
 
 
 def _empty_caches(model, B, length, device):
-    """Per block, (keys, values) buffers of shape (B, n_head, length, head_dim). Under autocast keys
-    and values come out in the autocast dtype, so the buffers take it."""
+    """Per block, (keys, values) buffers of shape (B, n_head, length, head_dim), zeros: a step may attend to
+    a few columns not yet written (masked, and a masked zero adds nothing, where garbage could be a NaN).
+    Under autocast keys and values come out in the autocast dtype, so the buffers take it."""
     head_dim = model.config.n_embd // model.config.n_head
     dtype = model.wte.weight.dtype
     if torch.is_autocast_enabled(device.type):
         dtype = torch.get_autocast_dtype(device.type)
-    return [tuple(torch.empty(B, model.config.n_head, length, head_dim, device=device, dtype=dtype)
+    return [tuple(torch.zeros(B, model.config.n_head, length, head_dim, device=device, dtype=dtype)
                   for _ in range(2)) for _ in model.blocks]
 
 

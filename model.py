@@ -44,7 +44,8 @@ class CausalSelfAttention(nn.Module):
             cache_k, cache_v = cache
             cache_k[:, :, start:start + T] = k
             cache_v[:, :, start:start + T] = v
-            k, v = cache_k[:, :, :start + T], cache_v[:, :, :start + T]
+            keys = start + T if mask is None else mask.size(-1)  # a mask may cover columns not yet written
+            k, v = cache_k[:, :, :keys], cache_v[:, :, :keys]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 

@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 import data
 from model import GPT, GPTConfig, save_checkpoint
-from runtime import (DEVICE_HELP, DTYPE_HELP, DTYPES, add_number, atomic_save, autocast_dtype,
-                     generation_dtype, mixed_precision, pick_device, precision_name, provenance,
+from runtime import (DETERMINISM, DEVICE_HELP, DTYPE_HELP, DTYPES, add_number, atomic_save, autocast_dtype,
+                     generation_dtype, mixed_precision, pick_device, precision_name, provenance, run_script,
                      seed_everything, set_threads, start_ranks, sum_gradients, sum_over_ranks, too_big,
                      wait_for_ranks)
 
@@ -61,6 +61,7 @@ def get_args(argv=None):
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_number(p, "--threads", int, None, "CPU threads (default: all cores)", at_least=1)
     p.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True, help=DETERMINISM)
     p.add_argument("--out", default=None,
                    help="checkpoint path (default runs/add{digits}.pt; the shipped ones are in checkpoints/)")
     p.add_argument("--resume", action="store_true",
@@ -120,7 +121,8 @@ def save(args, model, optimizer, step, elapsed, evals, made_on):
 
 
 # flags that may change when a run is resumed: they do not change what is trained
-RESUMABLE = {"steps", "eval_every", "save_every", "eval_size", "threads", "device", "out", "resume", "force"}
+RESUMABLE = {"steps", "eval_every", "save_every", "eval_size", "threads", "device", "out", "resume", "force",
+             "deterministic"}
 
 
 def check_out(args, writer=True):
@@ -168,7 +170,7 @@ def main(argv=None):
     if args.batch_size % ranks:
         sys.exit(f"error: --batch-size {args.batch_size} does not split over {ranks} processes: use a "
                  f"multiple of {ranks}")
-    seed_everything(args.seed, device)  # the same on every rank: the same weights and the same batches
+    seed_everything(args.seed, device, args.deterministic)  # the same on every rank: weights and batches
     made_on = provenance(device)
     dtype = autocast_dtype(args.dtype, device)
     config = GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
@@ -201,9 +203,10 @@ def main(argv=None):
               f"{start_step}..{args.steps}")
 
     # Ctrl-C (or a kill's SIGTERM) asks the loop to stop at the end of the current step: it saves a whole step
-    stop = []
+    # (ranks: at the next look, every LOOK_EVERY steps, all together)
+    asked = []
     signals = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, lambda *_: stop.append(True)) for sig in signals}
+    previous = {sig: signal.signal(sig, lambda *_: asked.append(True)) for sig in signals}
     t0 = time.time() - elapsed
     bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, desc="pretrain",
                dynamic_ncols=True, disable=rank > 0)
@@ -229,16 +232,17 @@ def main(argv=None):
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
             optimizer.step()
             steps_done = step + 1
-            if ranks > 1 and sum_over_ranks([len(stop)])[0]:  # ranks: one stops, all stop at this step
-                stop.append(True)
             evaluating = steps_done % args.eval_every == 0 or steps_done == args.steps
-            saving = evaluating or steps_done % args.save_every == 0 or stop
-            if saving or steps_done % LOOK_EVERY == 0:  # a look at the loss waits for a GPU's queue
-                batch_loss = sum_over_ranks([loss.item()])[0]  # ranks: the shares add up to the batch's loss
+            look = (evaluating or steps_done % args.save_every == 0 or steps_done % LOOK_EVERY == 0
+                    or (ranks == 1 and bool(asked)))  # the same steps on every rank
+            if look:  # a look at the loss waits for a GPU's queue; ranks: the loss and stop requests, summed
+                batch_loss, stops = sum_over_ranks([loss.item(), float(len(asked))])
                 if not math.isfinite(batch_loss):  # nothing saved: the last checkpoint stays the last good
                     sys.exit(f"error: the loss is not finite by step {steps_done}; {args.out} holds the last "
                              f"good checkpoint (if any); try a lower --lr")
                 bar.set_postfix(loss=f"{batch_loss:.4f}")
+            stop = look and stops > 0  # ranks: one asked, all stop at this step (alone: asked now)
+            saving = evaluating or steps_done % args.save_every == 0 or stop
             if saving:
                 elapsed = time.time() - t0
             if evaluating and rank == 0:  # ranks: the others wait at the save
@@ -250,7 +254,7 @@ def main(argv=None):
                 save(args, model, optimizer, steps_done, elapsed, evals, made_on)
             if saving:
                 wait_for_ranks()
-            if stop:
+            if stop or (ranks == 1 and asked and saving):  # alone, a Ctrl-C during this step's save too
                 sys.exit(f"\ninterrupted after step {steps_done}: saved {args.out}; continue with --resume")
     finally:
         for sig, handler in previous.items():
@@ -266,4 +270,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -41,9 +41,9 @@ import data
 import metrics
 import run_folder
 from model import CheckpointError, load_checkpoint
-from runtime import (DEVICE_HELP, DTYPE_HELP, DTYPES, add_number, autocast_dtype, generation_dtype,
-                     mixed_precision, pick_device, precision_name, provenance, seed_everything, set_threads,
-                     share, start_ranks, sum_gradients, too_big)
+from runtime import (DETERMINISM, DEVICE_HELP, DTYPE_HELP, DTYPES, add_number, autocast_dtype,
+                     generation_dtype, mixed_precision, pick_device, precision_name, provenance, run_script,
+                     seed_everything, set_threads, share, start_ranks, sum_gradients, too_big)
 
 # -----------------------------------------------------------------------------
 # the paper's idea: the loss, then what it calls
@@ -167,11 +167,10 @@ def group_advantages(rewards, group_size):
 
 @torch.no_grad()
 def rollout(policy, problems, temperature, generator, fast=True, draft=True):
-    """Sample one completion per problem. Returns (inputs, actions, mask, rewards) for the update: row i
-    is problem i's prompt then its completion, padded on the right (so the teacher-forced passes need
-    no padding mask and take attention's plain causal path); actions[:, t] is the token after
-    inputs[:, t], and mask is 1 where that token was generated, 0 on the prompt and on padding.
-    draft: decode along the correct text (GPT.generate's free draft: the same distribution, less work)."""
+    """Sample one completion per problem (draft: along the correct text, the same distribution with less
+    work). Returns (inputs, actions, mask, rewards): row i is problem i's prompt then its completion, padded
+    on the right (the teacher-forced passes need no padding mask); actions[:, t] is the token after
+    inputs[:, t], and mask is 1 where that token was generated, 0 on the prompt and on padding."""
     device = next(policy.parameters()).device
     prompts = data.prompt_batch(problems, device)
     sequences = policy.generate(prompts, data.generation_budget(policy, problems, prompts.size(1)),
@@ -253,6 +252,7 @@ def flags():
     run.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_number(run, "--threads", int, None, "CPU threads (default: all cores)", at_least=1)
     run.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
+    run.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True, help=DETERMINISM)
     run.add_argument("--fast-generate", action=argparse.BooleanOptionalAction, default=True,
                      help="GPT.generate's optimized loop (same tokens); --no-fast-generate: the plain loop")
     run.add_argument("--draft", action=argparse.BooleanOptionalAction, default=True,
@@ -355,7 +355,7 @@ def start(args):
     if args.batch_size % ranks:
         sys.exit(f"error: --batch-size {args.batch_size} does not split over {ranks} processes; use a "
                  f"multiple of {ranks}")
-    seed_everything(args.seed, device)
+    seed_everything(args.seed, device, args.deterministic)
     policy, reference, n, meta = load_models(args, device)  # no dropout: train and eval modes are the same
     dtype, gen_dtype = autocast_dtype(args.dtype, device), generation_dtype(args.dtype, device)
     recorded = {"pretrain_digits": n, "device": device, "training_dtype": precision_name(dtype),
@@ -397,4 +397,4 @@ def settings(**overrides):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -24,7 +24,7 @@ from runtime import atomic_save, device_type, mean_over_ranks, wait_for_ranks, w
 METRICS_LOG, TRAIN_LOG = "metrics.jsonl", "train.jsonl"
 # no effect on the numbers (provenance: where the run was started; a resumed part may run elsewhere)
 RESUME_MAY_DIFFER = {"threads", "resume", "force", "fast_generate", "draft", "save", "device",
-                     "provenance"}
+                     "provenance", "deterministic"}
 # ... but the sampling generator's saved state only fits a generator of the same kind of device (cuda:0 and
 # cuda:1 share one): a run goes on on the kind it started on
 

@@ -68,6 +68,8 @@ def synchronize(device):
 # precision
 
 DTYPES = ["auto", "float32", "bfloat16"]
+DETERMINISM = ("CUDA: deterministic kernels, the same numbers run after run and a bit-identical --resume "
+               "(default; slower); --no-deterministic: faster, repeats agree to rounding only")
 DTYPE_HELP = ("autocast precision (default auto: train in bfloat16 where the hardware computes it natively, "
               "generate in float32)")
 
@@ -119,17 +121,41 @@ def set_threads(threads):
         torch.set_num_threads(threads)
 
 
-def seed_everything(seed, device="cpu"):
+def seed_everything(seed, device="cpu", deterministic=True):
     """Python's and torch's global generators (numpy's is never used); on CUDA also deterministic kernels.
-    CUDA: the same seed gives the same numbers run after run only with deterministic kernels and cuBLAS's
-    fixed workspace. warn_only: an operation that has no deterministic kernel warns (naming itself) instead
-    of stopping the run; then repeats agree to rounding only. Apple MPS has no such switch."""
+    CUDA: the same seed gives the same numbers run after run (and a resumed run ends bit-identically) only
+    with deterministic kernels and cuBLAS's fixed workspace. They are strict: attention's backward then takes
+    its deterministic kernels, token writes take the deterministic (sort-based) index kernels, and an
+    operation that has none stops the run (`deterministic_refusal` turns that into one line). They cost
+    speed; deterministic=False (--no-deterministic) turns them off: repeats then agree to rounding only.
+    CPUs are deterministic anyway; Apple MPS has no such switch."""
     random.seed(seed)
     torch.manual_seed(seed)
     if device_type(device) == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG",
-                              ":4096:8")  # read when cuBLAS starts: before any matmul
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        if deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG",
+                                  ":4096:8")  # read when cuBLAS starts: before any matmul
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def run_script(main):
+    """Run main(); a RuntimeError for an operation with no deterministic kernel becomes one line."""
+    try:
+        main()
+    except RuntimeError as e:
+        message = deterministic_refusal(e)
+        if message is None:
+            raise
+        sys.exit(message)
+
+
+def deterministic_refusal(error):
+    """The one-line refusal for a RuntimeError saying an operation has no deterministic kernel, else None."""
+    text = str(error)
+    if "deterministic" not in text:
+        return None
+    return (f"error: {text.splitlines()[0][:200]} -- this operation has no deterministic kernel on this GPU: "
+            f"rerun with --no-deterministic (repeats then agree to rounding only)")
 
 
 def provenance(device):
@@ -176,11 +202,22 @@ def start_ranks(device):
     and put each rank on its own GPU of the machine; alone, (0, 1, device) and nothing else happens."""
     if "RANK" not in os.environ:
         return 0, 1, device
+    if device_type(device) == "mps":
+        sys.exit("error: torchrun on Apple MPS is not supported (its gloo backend cannot carry MPS tensors); "
+                 "run one process, or pass --device cpu")
     cuda = device_type(device) == "cuda"
     if cuda:
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        if local >= torch.cuda.device_count():
+            gpus = torch.cuda.device_count()
+            sys.exit(f"error: process LOCAL_RANK={local} but only {gpus} CUDA GPU(s) are visible; give "
+                     f"torchrun --nproc_per_node {gpus} or fewer")
+        device = f"cuda:{local}"
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if cuda else "gloo")
+    if cuda:  # device_id: nccl binds this process to its GPU at once (no guessing, no hang at the barrier)
+        dist.init_process_group("nccl", device_id=torch.device(device))
+    else:
+        dist.init_process_group("gloo")
     return dist.get_rank(), dist.get_world_size(), device
 
 

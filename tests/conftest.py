@@ -1,7 +1,14 @@
 import pytest
 import torch
 
+import data
 from model import GPT, GPTConfig, save_checkpoint
+
+
+def task_problems(size, digits, seed=1234):
+    """Problems of the task (data.py's, whichever it is) of mixed sizes up to `digits`: for tests that are not
+    about addition, so that a fork that swaps the task keeps them."""
+    return data.eval_set("pretrain", digits, size, seed=seed)
 
 
 @pytest.fixture(scope="session")

@@ -139,3 +139,40 @@ def test_bad_input_is_refused_with_one_line_and_nothing_written(script, args, wo
 
 def test_there_are_at_least_forty_cases_across_the_scripts():
     assert len(CASES) >= 40 and {script for script, _, _ in CASES} == set(MAINS)
+
+
+def test_an_operation_without_a_deterministic_kernel_is_refused_in_one_line():
+    from runtime import deterministic_refusal, run_script
+    error = RuntimeError("scatter_add_cuda_kernel does not have a deterministic implementation, but you set "
+                         "'torch.use_deterministic_algorithms(True)'.\nmore")
+    line = deterministic_refusal(error)
+    assert "\n" not in line and "--no-deterministic" in line and "scatter_add_cuda_kernel" in line
+    assert deterministic_refusal(RuntimeError("CUDA out of memory")) is None
+
+    def fails(error):
+        def main():
+            raise error
+        return main
+    with pytest.raises(SystemExit, match="--no-deterministic"):
+        run_script(fails(error))
+    with pytest.raises(RuntimeError, match="out of memory"):  # any other error is left as it is
+        run_script(fails(RuntimeError("CUDA out of memory")))
+
+
+def test_torchrun_where_it_cannot_work_is_refused_in_one_line(monkeypatch):
+    from runtime import start_ranks
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    with pytest.raises(SystemExit, match="Apple MPS is not supported"):
+        start_ranks("mps")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(SystemExit, match="LOCAL_RANK=3 but only 2 CUDA GPU"):
+        start_ranks("cuda")
+
+
+def test_determinism_is_a_flag_of_both_training_scripts_and_not_a_setting():
+    import curves
+    import run_folder
+    assert rl.get_args([]).deterministic and not rl.get_args(["--no-deterministic"]).deterministic
+    assert not pretrain.get_args(["--no-deterministic"]).deterministic
+    assert "deterministic" in curves.NOT_A_SETTING and "deterministic" in run_folder.RESUME_MAY_DIFFER

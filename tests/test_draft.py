@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import data
+from conftest import task_problems
 from model import GPT, GPTConfig, load_checkpoint
 
 ADD7 = os.path.join(os.path.dirname(__file__), "..", "checkpoints", "add7.pt")
@@ -22,7 +23,7 @@ def tiny_model(seed=0):
 
 
 def mixed_prompts():
-    return data.prompt_batch([(1234, 567), (5, 7), (99, 1), (31, 4096), (123456, 654321), (8, 80)])
+    return data.prompt_batch(task_problems(6, 6, seed=7))
 
 
 def new_tokens(sequences, prompts):
@@ -54,7 +55,7 @@ def test_rows_that_leave_the_draft_at_different_places_may_use_every_position():
     with a position past the model's last)."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=64, n_layer=1, n_head=2, n_embd=16)).eval()
-    idx = data.prompt_batch([(12, 3), (1, 2), (5, 67), (8, 9), (3, 4), (6, 7), (10, 1), (2, 2)])
+    idx = data.prompt_batch(task_problems(8, 2))
     budget = model.config.block_size - idx.size(1)
     plain = model.generate(idx, budget, temperature=0, fast=False)
     drafts = new_tokens(plain, idx).clone()
@@ -112,7 +113,7 @@ def test_sampling_along_a_draft_follows_the_models_distribution():
     model = tiny_model(3)
     with torch.no_grad():
         model.wte.weight.mul_(6.0)  # a peaked distribution (few likely outcomes), tied to the head
-    prompt = data.encode(data.prompt((3, 4)))
+    prompt = data.encode(data.prompt(task_problems(1, 1)[0]))
     n, temperature = 6000, 1.0
     idx = torch.tensor([prompt] * n)
     greedy = new_tokens(model.generate(idx[:1], 2, temperature=0), idx)
@@ -137,7 +138,7 @@ def test_sampling_along_a_draft_follows_the_models_distribution():
 
 
 def test_a_task_without_a_correct_text_decodes_token_by_token(monkeypatch):
-    model, problems = tiny_model(), [(12, 34), (5, 6)]
+    model, problems = tiny_model(), task_problems(2, 2)
     monkeypatch.setattr(data, "generation_budget", lambda model, problems, width: 120)  # both read the target
     monkeypatch.setattr(data, "sequence_length", lambda problem: len(data.prompt(problem)))
     expected = data.complete(model, problems, draft=False)

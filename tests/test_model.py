@@ -2,11 +2,12 @@ import pytest
 import torch
 
 import data
+from conftest import task_problems
 from model import GPT, CheckpointError, GPTConfig, load_checkpoint, save_checkpoint
 from runtime import generation_dtype
 
 TINY = GPTConfig(block_size=512, n_layer=2, n_head=2, n_embd=32)
-PROBLEMS = [(1234, 567), (5, 7), (99, 1), (31, 4096)]
+PROBLEMS = task_problems(4, 4)
 
 
 def tiny_model(seed=0):
@@ -181,7 +182,7 @@ def test_generation_under_bfloat16_autocast_keeps_the_cache_in_bfloat16():
 
 def mixed_lengths():
     """Problems whose scratchpads differ a lot in length, so rows finish at different steps."""
-    return data.prompt_batch([(1234, 567), (5, 7), (99, 1), (31, 4096), (123456, 654321), (8, 80)])
+    return data.prompt_batch(task_problems(6, 6, seed=7))
 
 
 def test_fast_generation_gives_the_plain_loops_tokens_greedy_float32():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import data
+from conftest import task_problems
 import pretrain
 from model import load_checkpoint
 
@@ -31,7 +32,7 @@ def test_smoke_run_writes_a_loadable_checkpoint_and_resumes(tmp_path):
     assert set(meta["provenance"]) == {"commit", "threads", "machine", "torch"}  # what it was trained on
     assert model.config.n_embd == 16 and not model.training
     # the reloaded model generates text that the task code can read
-    completions = data.complete(model, [(12, 34)])
+    completions = data.complete(model, task_problems(1, 2))
     assert isinstance(completions[0], str)
     r = run("--digits", "2", "--steps", "9", "--eval-every", "3", "--out", out, "--resume", *TINY)
     assert r.returncode == 0, r.stderr
@@ -60,7 +61,7 @@ def test_batches_have_nearly_equal_lengths():
 def test_random_offset_keeps_loss_finite_and_positions_in_range():
     args = pretrain.get_args(["--digits", "2", *TINY])
     model = pretrain.GPT(pretrain.GPTConfig(block_size=256, n_layer=1, n_head=2, n_embd=16))
-    x, y = data.make_batch([(12, 34), (5, 6)])
+    x, y = data.make_batch(task_problems(2, 2))
     offset = torch.tensor([0, 256 - x.size(1)])
     _, loss = model(x, y, offset)
     assert torch.isfinite(loss)

@@ -12,13 +12,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import data
+from conftest import task_problems
 from model import GPT, GPTConfig, load_checkpoint
 from runtime import sum_gradients
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "256", "--batch-size", "8",
         "--eval-size", "4", "--device", "cpu", "--threads", "1", "--seed", "0"]
-BATCH = [(12, 34), (5, 6), (99, 1), (7, 80), (31, 4), (60, 60)]
+BATCH = task_problems(6, 2)
 
 
 def torchrun(script, *flags):

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import metrics
 import data
+from conftest import task_problems
 import rl
 import run_folder
 from model import GPT, GPTConfig
@@ -168,13 +169,13 @@ class Writer(GPT):
 
 
 def test_rollout_batch_is_prompt_then_completion_with_the_generated_tokens_masked_in():
-    problems = [(12, 34), (5, 6)]
-    texts = [data.scratchpad(12, 34), "\n<s"]  # a right answer, and a row that stopped early
+    problems = task_problems(2, 2)
+    texts = [data.target(problems[0]), data.target(problems[1])[:3]]  # right, and a row that stopped early
     inputs, actions, mask, rewards = rl.rollout(Writer(texts), problems, 1.0, None)
     assert rewards.tolist() == [1.0, 0.0]
-    for i, ((a, b), text) in enumerate(zip(problems, texts)):
-        full = data.encode(data.prompt((a, b)) + text)
-        p = len(data.prompt((a, b)))
+    for i, (problem, text) in enumerate(zip(problems, texts)):
+        full = data.encode(data.prompt(problem) + text)
+        p = len(data.prompt(problem))
         assert inputs[i, :len(full)].tolist() == full[:inputs.size(1)]  # from column 0: no left padding
         assert (inputs[i, len(full):] == data.PAD_ID).all()
         assert actions[i, p - 1:len(full) - 1].tolist() == full[p:]  # the generated tokens
@@ -271,7 +272,7 @@ def test_a_tiny_model_learns_a_trivial_reward():
     reference = GPT(GPTConfig(block_size=64, n_layer=1, n_head=2, n_embd=16))
     reference.load_state_dict(policy.state_dict())
     optimizer = torch.optim.AdamW(policy.parameters(), lr=3e-2)
-    prompts = data.prompt_batch([(1, 2)] * 32)
+    prompts = data.prompt_batch(task_problems(1, 1) * 32)
     seven = data.STOI["7"]
 
     def p_seven():
