@@ -5,7 +5,7 @@ with a 95% t-interval over seeds. Run through analyze.py:
     python analyze.py curves runs/sweep       # final accuracy, area under the curve, comfort zone, damage
     python analyze.py frontier runs/sweep     # final accuracy against KL to the reference
 
-Each writes <results>/<name>.md, whose first line is the exact command that rewrote it, and <name>.png.
+Each writes <out>/<name>.md, whose first line is the exact command that rewrote it, and <name>.png.
 """
 import json
 import math
@@ -322,8 +322,7 @@ def cmd_curves(args):
 
 
 def is_uniform(settings):
-    """No penalty (kl_coef 0), or a penalty whose weighting (rl.kl_weight) gives every certainty the same
-    weight (alpha 0: the standard penalty): every state weighted alike."""
+    """No penalty, or one whose weighting (rl.kl_weight) gives every certainty the same weight (alpha 0)."""
     run = rl.settings(**settings)
     weights = {float(rl.kl_weight(j, run)) for j in (0.0, 0.25, 0.5, 0.75, 1.0)}
     return settings.get("kl_coef", 0) == 0 or len(weights) == 1
