@@ -14,7 +14,7 @@ Look inside the models, and make every table and figure of the paper: one comman
         learning curves of rl.py runs grouped over seeds: final N+k accuracy, area under the curve,
         comfort zone, damage, mean and 95% t-interval (Fig. 4; Fig. 6 with three or more alphas)  (curves.py)
     python analyze.py frontier runs/sweep [--name frontier]
-        final accuracy against KL to the reference: uniform against prioritized penalties  (curves.py)
+        final accuracy against KL to the reference: uniform against prioritized penalties  (frontier.py)
     python analyze.py study [--budget small|full] [--jobs 2]
         all of the above, rl.py runs included: Fig. 4, Fig. 6, Fig. 3 in results/study_<budget>/;
         --jobs N runs N rl.py runs at once, each with 1/N of the CPU threads                (here)
@@ -32,8 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 import data
-from curves import cmd_curves, cmd_frontier
+from curves import cmd_curves
 from errors import cmd_errors
+from frontier import cmd_frontier
 from metrics import load, pretrain_digits, solve, wilson_interval
 from probe import cmd_probe
 from run_folder import read_run

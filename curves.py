@@ -13,7 +13,7 @@ import os
 import sys
 
 import rl
-from run_folder import find_runs, run_finished
+from run_folder import TRAIN_LOG, find_runs, run_finished
 from runtime import save_figure, write_text
 
 # -----------------------------------------------------------------------------
@@ -29,6 +29,12 @@ T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 # machine, they change only rounding; generation precision moves greedy near-ties, so it splits groups.
 NOT_A_SETTING = {"seed", "name", "out", "device", "save", "threads", "fast_generate", "draft", "force",
                  "resume", "provenance", "dtype", "training_dtype", "deterministic"}
+
+# the penalty each group paid and where its weighting put it: (key for seed_value, header, digits)
+KL_COLUMNS = (("exact_kl_train", "exact KL/token, training mean", 5),
+              ("exact_kl", "exact KL/token, final", 5), ("kl_weight_train", "mean kl_weight, training", 4),
+              ("weight_decisive", "kl_weight at pi_ref's first errors, before RL", 4),
+              ("weight_elsewhere", "kl_weight elsewhere, before RL", 4))
 
 
 def mean_ci(values):
@@ -109,6 +115,10 @@ def summarize(groups):
                              ("kl_uncertain", [seed_value(r, "kl_uncertain") for r in done]),
                              ("kl_certain", [seed_value(r, "kl_certain") for r in done])):
             row[name], row[name + "_ci"] = mean_ci(values)
+        for key, _, _ in KL_COLUMNS:  # over the seeds that logged it (a group may mix older runs in)
+            values = [v for v in (seed_value(r, key) for r in done) if not math.isnan(v)]
+            row[key], row[key + "_ci"] = mean_ci(values) if values else (float("nan"), float("nan"))
+            row[key + "_seeds"] = len(values)
         row["start"] = done[0]["rows"][0]["acc_plus"]
         row["damaged"] = sum(damaged(r) for r in done)
         row["sampled"], row["sampled_ci"] = mean_ci([r["rows"][-1].get("acc_plus_sampled",
@@ -192,11 +202,40 @@ def plot_alpha(groups, table, path):
     return True
 
 
+def exact_kl(row):
+    """One iteration's exact KL(pi || pi_ref) per generated state, from the split train.jsonl logs
+    (metrics.kl_split): the unsure states' share times their mean KL, plus the rest's."""
+    share = row["share_uncertain"]
+    return share * (row["kl_uncertain"] or 0.0) + (1 - share) * (row["kl_certain"] or 0.0)
+
+
+def training_means(run):
+    """Means over a run's train.jsonl of the exact KL and of kl_weight: over all of training, and over the
+    iterations since the evaluation before the last ("final"). Empty for a run from before the split."""
+    path = os.path.join(run["dir"], TRAIN_LOG)
+    rows = []
+    if os.path.exists(path):
+        with open(path) as f:
+            rows = [r for r in map(json.loads, filter(str.strip, f)) if r.get("share_uncertain") is not None]
+    if not rows:
+        return {}
+    last = [r for r in rows if len(run["rows"]) < 2 or r["episode"] > run["rows"][-2]["episode"]] or rows
+    return {"exact_kl_train": sum(map(exact_kl, rows)) / len(rows),
+            "exact_kl": sum(map(exact_kl, last)) / len(last),
+            "kl_weight_train": sum(r["kl_weight"] for r in rows) / len(rows)}
+
+
 def seed_value(run, key):
     """One run's number for a table column: "final" N+k accuracy, "auc" (area under the curve), final
-    "comfort" zone accuracy, or the last value of any other key it logged (nan if it never did)."""
+    "comfort" zone accuracy, a `training_means` key, the weights of evaluation 0 ("weight_decisive",
+    "weight_elsewhere"), or the last value of any other key it logged (nan if it never did)."""
     if key == "auc":
         return area_under_curve(run["rows"])
+    if key in ("exact_kl", "exact_kl_train", "kl_weight_train"):
+        return training_means(run).get(key, float("nan"))
+    if key in ("weight_decisive", "weight_elsewhere"):
+        value = run["rows"][0].get(key)
+        return float("nan") if value is None else value
     value = run["rows"][-1].get({"final": "acc_plus", "comfort": "acc_comfort"}.get(key, key))
     return float("nan") if value is None else value
 
@@ -301,6 +340,15 @@ def cmd_curves(args):
                      f"{plus_minus(r['critical_p_all'], r['critical_p_all_ci'], 4)} | {r['kl']:.4f} | "
                      f"{plus_minus(r['kl_uncertain'], r['kl_uncertain_ci'], 4)} / "
                      f"{plus_minus(r['kl_certain'], r['kl_certain_ci'], 4)} |")
+    lines += ["", "The KL to the reference, exact (over the vocabulary, at the sampling temperature, on the "
+              "training batches: train.jsonl), and the weighting, over the seeds that logged them "
+              "(n/a: none did):", "",
+              "| runs | seeds with the KL split | " + " | ".join(h for _, h, _ in KL_COLUMNS) + " |",
+              "|---" * (len(KL_COLUMNS) + 2) + "|"]
+    for r in table:
+        cells = [plus_minus(r[key], r[key + "_ci"], digits) for key, _, digits in KL_COLUMNS]
+        split = f"{r['exact_kl_seeds']} of {r['seeds']}"
+        lines.append(f"| {r['group']} | {split} | " + " | ".join(cells) + " |")
     if getattr(args, "baseline", None):
         lines += [""] + paired_lines(table, args.baseline)
     lines += ["", "At each evaluation (mean and 95% interval over the finished seeds):", "",
@@ -319,82 +367,3 @@ def cmd_curves(args):
     write_table(args, "curves", lines, unfinished, [run for _, _, members in groups for run in members])
     plot_curves(groups, os.path.join(args.results, args.name + ".png"), args.name)
     plot_alpha(groups, table, os.path.join(args.results, args.name + "_vs_alpha.png"))
-
-
-def is_uniform(settings):
-    """No penalty, or one whose weighting (rl.kl_weight) gives every certainty the same weight (alpha 0)."""
-    run = rl.settings(**settings)
-    weights = {float(rl.kl_weight(j, run)) for j in (0.0, 0.25, 0.5, 0.75, 1.0)}
-    return settings.get("kl_coef", 0) == 0 or len(weights) == 1
-
-
-def beaten_by(row, table):
-    """The uniform groups whose mean final accuracy is at least row's with no more mean KL to the reference
-    (empty: row lies above the uniform frontier)."""
-    return [u for u in table if is_uniform(u["settings"]) and u is not row
-            and u["kl"] <= row["kl"] and u["final"] >= row["final"]]
-
-
-def plot_frontier(table, path, title):
-    """Final and area-under-curve N+k accuracy, and final comfort-zone accuracy, against the final KL to
-    the reference: one small dot per run, the group's mean with 95% intervals on both axes."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for ax, key, ylabel in zip(axes, ("final", "auc", "comfort"), ("final N+k greedy accuracy (%)",
-                               "area under the N+k curve (%)", "final comfort-zone accuracy (%)")):
-        for uniform, color in ((True, "tab:blue"), (False, "tab:orange")):
-            rows = [r for r in table if is_uniform(r["settings"]) == uniform]
-            for r in rows:
-                ax.scatter([x["rows"][-1].get("kl") or 0.0 for x in r["runs"]],
-                           [seed_value(x, key) for x in r["runs"]], s=10, color=color, alpha=0.35)
-                ax.errorbar(r["kl"], r[key], xerr=r["kl_ci"], yerr=r[key + "_ci"], color=color, marker="o",
-                            capsize=3)
-                setting = ("kl", "kl_coef") if uniform else ("a", "alpha")
-                short = f"{setting[0]} {r['settings'].get(setting[1], 0):g}"
-                ax.annotate(short, (r["kl"], r[key]), textcoords="offset points", xytext=(4, 4), fontsize=7)
-            ax.plot([], [], color=color, marker="o", label="uniform: alpha 0 or kl_coef 0" if uniform else
-                    "prioritized: alpha > 0 (at its kl_coef)")
-        # the uniform frontier: the best uniform group mean at no more KL than x
-        uniform = sorted((r["kl"], r[key]) for r in table if is_uniform(r["settings"]))
-        steps = [(x, max(y for x2, y in uniform if x2 <= x)) for x, _ in uniform]
-        if steps and key != "comfort":
-            right = max(r["kl"] for r in table) * 1.1
-            ax.step([x for x, _ in steps] + [right], [y for _, y in steps] + [steps[-1][1]], where="post",
-                    color="tab:blue", linestyle="--", linewidth=1, label="uniform frontier (group means)")
-        ax.set(xlabel="KL/token to the reference at the end (k2 estimate, training batches)", ylabel=ylabel)
-        ax.set_xlim(left=0)
-    axes[0].set_title(title)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def cmd_frontier(args):
-    groups, table, unfinished = load_groups(args.runs)
-    lines = ["In short (the README's table):", "",
-             "| runs | penalty | seeds | KL/token final (95% CI) | N+k final (95% CI) | "
-             "above the uniform frontier |",
-             "|---|---|---|---|---|---|"]
-    for r in sorted(table, key=lambda r: r["kl"]):
-        uniform = is_uniform(r["settings"])
-        above = "" if uniform else ("no" if beaten_by(r, table) else "yes")
-        lines.append(f"| {r['group']} | {'uniform' if uniform else 'prioritized'} | {r['seeds']} | "
-                     f"{plus_minus(r['kl'], r['kl_ci'], 4)} | {plus_minus(r['final'], r['final_ci'])} | "
-                     f"{above} |")
-    lines += ["", "In full:", "",
-              "| runs | penalty | seeds | KL/token final (95% CI) | N+k final (95% CI) | validation final | "
-              "area under curve (95% CI) | comfort zone final (95% CI) | "
-              "uniform groups with >= accuracy at <= KL |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(table, key=lambda r: r["kl"]):
-        uniform = is_uniform(r["settings"])
-        verdict = "" if uniform else ("; ".join(f"{u['group']} ({u['final']:.1f} at {u['kl']:.4f})"
-                                                for u in beaten_by(r, table)) or "none: above the frontier")
-        lines.append(f"| {r['group']} | {'uniform' if uniform else 'prioritized'} | {r['seeds']} | "
-                     f"{plus_minus(r['kl'], r['kl_ci'], 4)} | {plus_minus(r['final'], r['final_ci'])} | "
-                     f"{plus_minus(r['val'], r['val_ci'])} | {plus_minus(r['auc'], r['auc_ci'])} | "
-                     f"{plus_minus(r['comfort'], r['comfort_ci'])} | {verdict} |")
-    write_table(args, "frontier", lines, unfinished, [run for _, _, members in groups for run in members])
-    plot_frontier(table, os.path.join(args.results, args.name + ".png"), args.name)

@@ -101,7 +101,7 @@ K1_REFUSED = ("the k1 estimator has zero expected gradient, so the penalty would
 def kl_weight(certainty, run):
     """Eq. 1's weight of a state's KL term, from the reference's certainty J (tensor or float) and the run's
     settings: J^alpha (alpha = 0: the standard penalty). The one place the weighting is chosen: the loss,
-    the printout before training, probe.py's table and curves.py's "uniform" all call it, so a fork that
+    the printout before training, probe.py's table and frontier.py's "uniform" all call it, so a fork that
     weights otherwise (tests/test_forks.py: a threshold with its own flag) edits this and get_args."""
     return certainty ** run.alpha
 

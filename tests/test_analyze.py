@@ -12,6 +12,7 @@ import analyze
 import curves
 import data
 import errors
+import frontier
 import metrics
 import probe
 import run_folder
@@ -214,8 +215,8 @@ def test_frontier_says_which_prioritized_runs_lie_above_the_uniform_frontier(tmp
         _fake_run(runs, f"prio_s{seed}", 100.0, seed, 90.0 + seed, kl=0.002)  # above: no uniform >= at <= KL
         _fake_run(runs, f"weak_s{seed}", 3.0, seed, 70.0 + seed, kl=0.003)  # below: std is better at less KL
     table = curves.summarize(curves.group_runs(run_folder.find_runs([str(runs)])))
-    verdict = {r["group"]: [u["group"] for u in curves.beaten_by(r, table)] for r in table
-               if not curves.is_uniform(r["settings"])}
+    verdict = {r["group"]: [u["group"] for u in frontier.beaten_by(r, table)] for r in table
+               if not frontier.is_uniform(r["settings"])}
     assert verdict == {"alpha=100.0, kl_coef=10.0": [],
                        "alpha=3.0, kl_coef=10.0": ["alpha=0.0, kl_coef=10.0"]}
     assert "alpha=0.0, kl_coef=0.0 (no penalty: alpha unused)" in [r["group"] for r in table]
@@ -224,6 +225,38 @@ def test_frontier_says_which_prioritized_runs_lie_above_the_uniform_frontier(tmp
     assert out.returncode == 0, out.stderr
     assert "| alpha=100.0, kl_coef=10.0 | prioritized | 2 | 0.0020 +- 0.0000 | 90.5 +- " in out.stdout
     assert "none: above the frontier" in out.stdout and (tmp_path / "res" / "fr.png").stat().st_size > 1000
+
+
+def _train_log(run_dir, splits):
+    """A train.jsonl: one iteration per (episode, share_uncertain, kl_uncertain, kl_certain)."""
+    rows = [{"episode": e, "share_uncertain": s, "kl_uncertain": u, "kl_certain": c, "kl_weight": 0.5}
+            for e, s, u, c in splits]
+    (run_dir / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_the_exact_kl_comes_from_the_split_and_can_reorder_the_frontier(tmp_path):
+    """The exact KL of an iteration is share * KL where unsure + (1 - share) * KL where sure; "final" averages
+    the iterations after the evaluation before the last. A prioritized run that pays little k2 KL but much
+    exact KL is above the k2 frontier and below the exact one."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    _fake_run(runs, "std", 0.0, 0, 92.0, kl=0.003)
+    _fake_run(runs, "prio", 100.0, 0, 90.0, kl=0.002)
+    _fake_run(runs, "old", 0.0, 0, 85.0, kl_coef=1.0, kl=0.001)  # from before the split: no exact KL
+    _train_log(runs / "std", [(128, 0.1, 0.5, 0.0), (384, 0.1, 0.2, 0.0)])  # exact 0.05, then 0.02
+    _train_log(runs / "prio", [(128, 0.5, 0.1, 0.1), (384, 0.5, 0.5, 0.1)])  # exact 0.1, then 0.3
+    table = curves.summarize(curves.group_runs(run_folder.find_runs([str(runs)])))
+    row = {r["settings"]["alpha"]: r for r in table if r["settings"]["kl_coef"] == 10.0}
+    assert row[0.0]["exact_kl"] == pytest.approx(0.02) and row[0.0]["exact_kl_train"] == pytest.approx(0.035)
+    assert row[100.0]["exact_kl"] == pytest.approx(0.3) and row[100.0]["kl_weight_train"] == 0.5
+    assert math.isnan([r for r in table if r["settings"]["kl_coef"] == 1.0][0]["exact_kl"])
+    assert frontier.beaten_by(row[100.0], table, "kl") == []  # no uniform group is >= at <= k2 KL
+    assert [u["settings"]["kl_coef"] for u in frontier.beaten_by(row[100.0], table, "exact_kl")] == [10.0]
+    out = subprocess.run([sys.executable, "analyze.py", "frontier", str(runs), "--name", "fr", "--results",
+                          str(tmp_path / "res")], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "| prioritized | 1 of 1 | 0.30000 (1 seed) | 0.0020 (1 seed) | 90.0 (1 seed) | alpha" in out.stdout
+    assert (tmp_path / "res" / "fr_exact.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("line, message", [("{not json", "line 2 is not JSON"),

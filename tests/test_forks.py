@@ -2,7 +2,7 @@
 here the way a fork would edit them:
   - another KL weighting with a flag of its own: weight 0 where the reference's certainty J is below a
     threshold tau, 1 elsewhere (--kl-threshold tau; unset: the paper's J^alpha). It replaces rl.kl_weight;
-    the loss, the weights rl.py prints and logs, probe.py's table and curves.py's "uniform" all follow, and
+    the loss, the weights rl.py prints and logs, probe.py's table and frontier.py's "uniform" all follow, and
     runs made before the flag existed still group with new runs at its default;
   - an entropy bonus (--entropy-coef c): one term more in rl_loss, L - c * mean entropy of the policy.
 (tests/test_task.py is the third fork: another task, in data.py.)"""
@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import curves
+import frontier
 import rl
 from run_folder import read_run
 
@@ -70,9 +71,9 @@ def test_the_loss_follows_the_forks_weighting(threshold_fork):
 
 
 def test_curves_call_a_threshold_weighting_uniform_only_where_it_is(threshold_fork):
-    assert curves.is_uniform({"alpha": 3.0, "kl_coef": 1.0, "kl_threshold": 1.5})  # 0 at every J
-    assert not curves.is_uniform({"alpha": 0.0, "kl_coef": 1.0, "kl_threshold": 0.5})
-    assert curves.is_uniform({"alpha": 0.0, "kl_coef": 1.0})  # an old run: the standard penalty
+    assert frontier.is_uniform({"alpha": 3.0, "kl_coef": 1.0, "kl_threshold": 1.5})  # 0 at every J
+    assert not frontier.is_uniform({"alpha": 0.0, "kl_coef": 1.0, "kl_threshold": 0.5})
+    assert frontier.is_uniform({"alpha": 0.0, "kl_coef": 1.0})  # an old run: the standard penalty
 
 
 def test_a_run_with_the_fork_logs_its_weights_and_groups_with_old_runs(threshold_fork, tiny_checkpoint,
