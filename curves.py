@@ -244,7 +244,8 @@ def seed_value(run, key):
 PAIRED = (("final", "N+k final", 1), ("auc", "area under curve", 1), ("comfort", "comfort zone final", 1),
           ("critical_p", "critical p final, lines 1-3", 4),
           ("kl_uncertain", "KL/token where pi_ref unsure", 4), ("kl_certain", "KL/token where sure", 4),
-          ("acc_plus_sampled", "N+k final, sampled", 1), ("exact_kl_train", "exact KL/token, training mean", 5))
+          ("acc_plus_sampled", "N+k final, sampled", 1),
+          ("exact_kl_train", "exact KL/token, training mean", 5))
 
 
 def matches(settings, baseline):
