@@ -295,6 +295,10 @@ def get_args(argv=None):
     pro.add_argument("--top", type=int, default=12, help="rows per table")
     pro.add_argument("--alpha-n", type=int, default=200,
                      help="problems for the table of weights J^alpha (default 200)")
+    pro.add_argument("--certainty", default="entropy", choices=["entropy", "maxprob"],
+                     help="J as in rl.py: Eq. 2 (entropy, default) or the paper's code's maxprob")
+    pro.add_argument("--certainty-temperature", type=float, default=1.0,
+                     help="temperature of the distribution J is taken from, as in rl.py (default 1)")
     cur = sub.add_parser("curves", help="learning curves of rl.py runs, mean and 95%% interval over seeds")
     cur.add_argument("runs", nargs="+", help="run folders, or folders holding them (runs/sweep)")
     cur.add_argument("--name", default="curves", help="<out>/<name>.md and <out>/<name>.png")
@@ -344,6 +348,8 @@ def get_args(argv=None):
         p.error("--jobs and --threads must be at least 1")
     if getattr(args, "drop", 0.5) <= 0 or getattr(args, "controls", 0) < 0 or getattr(args, "alpha_n", 1) < 1:
         p.error("--drop must be positive, --controls at least 0 and --alpha-n at least 1")
+    if getattr(args, "certainty_temperature", 1.0) < 0.01:
+        p.error("--certainty-temperature must be positive, at least 0.01")
     if getattr(args, "samples", 1) < 1 or getattr(args, "low_tested", 0) < 0:
         p.error("--samples must be at least 1 and --low-tested at least 0")
     return args

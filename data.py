@@ -17,7 +17,8 @@ call the task through these names, TASK below; a fork that teaches another task 
     Stop                            when a row of a generation is finished (its answer line is complete)
 
 Built on them, for any task: encode / decode (one character = one token, as in the paper), make_batch
-(padded (x, y) with the loss on the completion only), prompt_batch, first_error, complete, accuracy.
+(padded (x, y) with the loss on the completion only), prompt_batch, first_error, critical_states, complete,
+accuracy.
 
 Every problem is either a training problem or a held-out problem, decided by a hash of its text
 (`is_held_out`). Training samplers never return held-out problems and evaluation samplers return
@@ -272,6 +273,24 @@ def generated_batch(prompts, sequences):
     columns = torch.arange(sequences.size(1) - 1, device=sequences.device)[None, :]
     generated = columns >= prompts.size(1) - lead - 1
     return inputs, actions, (generated & (actions != PAD_ID)).float()
+
+
+def critical_states(problems, actions, n: int, lines: int | None = 3) -> torch.Tensor:
+    """A (B, T) float mask over the states of generated_batch's `actions`: 1 where the next right character
+    is one of critical_positions(problem, n, lines) and the row's text before it is right (the states the
+    paper tracks, "while the copy is correct"). Zeros for a task without a correct text."""
+    found = torch.zeros(actions.shape, dtype=torch.float)
+    rows = actions.tolist()
+    for i, problem in enumerate(problems):
+        right = target(problem)
+        if right is None:
+            continue
+        start, truth = len(encode(prompt(problem))) - 1, encode(right)  # the state that writes character 0
+        wrote = rows[i][start:start + len(truth)]
+        for c in critical_positions(problem, n, lines=lines):
+            if c < len(wrote) and wrote[:c] == truth[:c]:
+                found[i, start + c] = 1.0
+    return found.to(actions.device)
 
 
 def shift_left(sequences, lead):

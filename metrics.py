@@ -158,27 +158,53 @@ def mean_weight(certainties, weight):
 # J_ref below this is "uncertain": about the probe's low-certainty cut (Delta J below -0.05 in texts whose
 # mean J is close to 1), which holds most of add7's first-error states (results/probe/add7/probe.md)
 UNCERTAIN = 0.95
+LOW_SHARE = 0.1  # the other cut, relative to each batch: its lowest tenth of J
 
 
 @torch.no_grad()
-def kl_split(logits, ref_logits, mask, temperature, certainty):
+def kl_split(logits, ref_logits, mask, temperature, certainty, weight=None, critical=None):
     """Where the policy has moved from the reference on a training batch: the exact per-state
-    KL(pi || pi_ref) over the vocabulary (whatever estimator the loss uses, and also with no penalty),
-    averaged over the generated states where the reference's certainty J (Eq. 2, given) is below UNCERTAIN
-    and where it is not, and the share of states below (None where a side has no state)."""
+    KL(pi || pi_ref) over the vocabulary (whatever estimator the loss uses, and also with no penalty) on the
+    generated states (mask 1), in all (kl_exact) and split by the reference's certainty J (`certainty`,
+    (B, T): the run's own definition and temperature, as its kl_weight sees it) two ways:
+      kl_uncertain / kl_certain, share_uncertain: J below UNCERTAIN or not, and the share below;
+      kl_low_j / kl_high_j, j_low_cut: the batch's lowest LOW_SHARE of J, the rest, and the J that cuts them.
+    With `critical` (B, T), the states of data.critical_states (the paper's commas while the copy is right):
+    their exact KL, their number and, with `weight` (B, T, kl_weight of J), their mean weight.
+    None where a side has no state. (Runs made before 2026-12-05 split by Eq. 2 at temperature 1 and
+    logged only the first three keys.)"""
     logp = F.log_softmax(logits.float() / temperature, dim=-1)
     ref_logp = F.log_softmax(ref_logits.float() / temperature, dim=-1)
     kl = (logp.exp() * (logp - ref_logp)).sum(-1)
     uncertain = (certainty < UNCERTAIN).float() * mask
-    sides = {"kl_uncertain": uncertain, "kl_certain": mask - uncertain}
-    split = {name: (kl * side).sum().item() / side.sum().item() if side.sum() > 0 else None
-             for name, side in sides.items()}
-    return {**split, "share_uncertain": uncertain.sum().item() / max(1.0, mask.sum().item())}
+    sides = {"kl_exact": mask, "kl_uncertain": uncertain, "kl_certain": mask - uncertain}
+    seen = certainty[mask > 0].float()
+    low = torch.zeros_like(mask)
+    cut = None
+    if seen.numel():
+        lowest = torch.topk(-seen, max(1, round(LOW_SHARE * seen.numel()))).indices
+        low[mask > 0] = torch.zeros_like(seen).index_fill_(0, lowest, 1.0).to(low.dtype)
+        cut = seen[lowest].max().item()
+    sides.update(kl_low_j=low, kl_high_j=mask - low)
+    if critical is not None:
+        sides["kl_critical"] = critical * mask
+    split = {name: masked_average(kl, side) for name, side in sides.items()}
+    split.update(share_uncertain=uncertain.sum().item() / max(1.0, mask.sum().item()), j_low_cut=cut)
+    if critical is not None:
+        split["critical_states"] = (critical * mask).sum().item()
+        split["weight_critical"] = masked_average(weight, critical * mask) if weight is not None else None
+    return split
+
+
+def masked_average(values, side):
+    """The mean of values (B, T) over the states where side is 1; None if there is none."""
+    total = side.sum().item()
+    return (values.float() * side).sum().item() / total if total > 0 else None
 
 
 # the training terms each metrics.jsonl row averages since the last evaluation (train.jsonl has all of them)
 WINDOW = ("reward", "kl", "kl_weighted", "policy_loss", "kl_weight", "kl_uncertain", "kl_certain",
-          "share_uncertain")
+          "share_uncertain", "kl_exact", "kl_low_j", "kl_high_j", "kl_critical", "weight_critical")
 
 
 def training_window():

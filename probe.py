@@ -6,9 +6,11 @@ Looking inside a pre-trained model: where its generations first go wrong, and wh
 
     python analyze.py probe --ckpt checkpoints/add7.pt      # Table 1, decisiveness, J^alpha per alpha
 
-J is Eq. 2 (rl.certainty) with the correct scratchpad teacher-forced; Delta J is a character's J minus the
-mean J of the rest of its text; a token is decisive when continuations sampled after the right character
-succeed clearly more often than after the model's likeliest wrong one (README: glossary).
+J is rl.certainty with the correct scratchpad teacher-forced: Eq. 2 at temperature 1 by default, or what
+--certainty and --certainty-temperature choose, as in rl.py (the size of Delta J depends strongly on that
+choice); Delta J is a character's J minus the mean J of the rest of its text; a token is decisive when
+continuations sampled after the right character succeed clearly more often than after the model's likeliest
+wrong one (README: glossary).
 """
 import os
 import sys
@@ -27,15 +29,16 @@ from runtime import mixed_precision, save_figure, write_text
 # the critical-token probe (paper section 6, Table 1, Fig. 5)
 
 
-def scratchpad_certainty(model, problems, device, dtype):
-    """For each problem, the model's certainty J (Eq. 2) at every character of the correct scratchpad,
+def scratchpad_certainty(model, problems, device, dtype, certainty=rl.certainty):
+    """For each problem, the model's certainty J (`certainty`: logits -> J per row) at every character of
+    the correct scratchpad,
     teacher-forced (the same states as its own generation up to its first error), and the character it
     would most likely write there instead of the right one. Returns a list of (J, wrong) pairs."""
     with mixed_precision(device, dtype):
         logits = metrics.completion_logits(model, problems)
     out = []
     for (a, b), rows in zip(problems, logits):
-        J = rl.certainty(rows).cpu()
+        J = certainty(rows).cpu()
         truth = torch.tensor(data.encode(data.scratchpad(a, b)), device=rows.device)
         rows[torch.arange(len(rows)), truth] = float("-inf")
         rows[:, data.PAD_ID] = float("-inf")  # the right character and padding are not alternatives
@@ -66,7 +69,7 @@ def continue_from(model, problems, prefixes, device, dtype, temperature=0.0, gen
 
 
 def probe(model, n, problems, greedy, device, dtype, drop=0.05, controls=4, samples=8, low_tested=4,
-          temperature=1.0, seed=0, draft=True):
+          temperature=1.0, seed=0, draft=True, certainty=rl.certainty):
     """Test tokens on the correct path of each problem, chosen in ways that do and do not look at the
     certainty J, for the two properties of a critical token:
       low certainty: Delta J = J(token) - mean J(other tokens of the text) below -drop;
@@ -79,10 +82,11 @@ def probe(model, n, problems, greedy, device, dtype, drop=0.05, controls=4, samp
     low-certainty tokens per problem that are not first errors (those enter the low-certainty set by
     construction, so they are counted apart), and for each of these a random place on the same line and
     field of the scratchpad ("matched": its control). "decisive" is None where untested. Returns one dict
-    per token ("why": how it was chosen) and {problem: J at every character}."""
+    per token ("why": how it was chosen) and {problem: J at every character}. certainty: logits -> J per
+    row (rl.certainty with the chosen definition and temperature)."""
     rng = torch.Generator().manual_seed(seed)
     tested, j_by_problem = [], {}
-    certainties = scratchpad_certainty(model, problems, device, dtype)
+    certainties = scratchpad_certainty(model, problems, device, dtype, certainty)
     for (a, b), text, (J, wrong) in zip(problems, greedy, certainties):
         j_by_problem[(a, b)] = J.tolist()
         delta = delta_j(J)
@@ -224,8 +228,11 @@ ALPHAS = [0, 1, 3, 10, 30, 100, 300, 1000, 10000]
 def cmd_probe(args, device, dtype):
     """probe.md: Table 1 of every checkpoint in one summary, then per checkpoint its Table 1 in full,
     the decisiveness baseline, where the critical tokens are, and J^alpha per alpha; Fig. 5 as a figure."""
-    summary = ["| checkpoint | N | N+1 greedy accuracy | " + " | ".join(name for name, _ in TABLE1_ROWS) +
-               " | every token |", "|---" * (len(TABLE1_ROWS) + 4) + "|"]
+    def certainty(logits):  # J as rl.py's flags define it
+        return rl.certainty(logits, args.certainty, args.certainty_temperature)
+    summary = ["| checkpoint | N | N+1 greedy accuracy | failed texts that first err at the paper's comma | "
+               + " | ".join(name for name, _ in TABLE1_ROWS) + " | every token |",
+               "|---" * (len(TABLE1_ROWS) + 5) + "|"]
     report = []
     for path in args.ckpt:
         model, meta = metrics.load(path, device)
@@ -237,19 +244,26 @@ def cmd_probe(args, device, dtype):
         accuracy = data.percent_correct(completions, problems)
         tested, j_by_problem = probe(model, n, problems, completions, device, dtype, drop=args.drop,
                                      controls=args.controls, samples=args.samples, low_tested=args.low_tested,
-                                     draft=args.draft)
+                                     draft=args.draft, certainty=certainty)
         rows = table1(tested, j_by_problem, args.drop)
-        summary.append(f"| {path} | {n} | {accuracy:.1f}% | " + " | ".join(map(short_cell, rows)) + " |")
+        errors_at = [r for r in tested if "first error" in r["why"]]
+        at_comma = f"{sum('paper' in r['why'] for r in errors_at)} of {len(errors_at)}"
+        cells = " | ".join(map(short_cell, rows))
+        summary.append(f"| {path} | {n} | {accuracy:.1f}% | {at_comma} | {cells} |")
         critical = [r for r in tested if r["critical"]]
         report += [f"## {path} (N = {n}): {len(problems)} problems of {n + 1}+{n + 1} digits, greedy "
                    f"accuracy {accuracy:.1f}%", "", *table1_markdown(rows, args.drop), "",
                    *decisiveness_note(tested, args.samples, accuracy), "",
                    *places_markdown(critical, args.top), "",
-                   *alpha_markdown(model, n, args.alpha_n, device, dtype, args.draft), ""]
+                   *alpha_markdown(model, n, args.alpha_n, device, dtype, args.draft, certainty), ""]
         if critical:
-            fig5(model, critical[0]["problem"], problems, completions, path, args.results, device, dtype)
-    text = "\n".join(["# Critical-token probe (`python analyze.py probe`)", "", TABLE1_NOTE, "", *summary, "",
-                      *report])
+            fig5(model, critical[0]["problem"], problems, completions, path, args.results, device, dtype,
+                 certainty)
+    definition = {"entropy": "Eq. 2, the normalised negentropy",
+                  "maxprob": "1 + log max p / log|V|, the paper's code's"}[args.certainty]
+    text = "\n".join(["# Critical-token probe (`python analyze.py probe`)", "",
+                      f"Certainty J: {definition}, at temperature {args.certainty_temperature:g}.", "",
+                      TABLE1_NOTE, "", *summary, "", *report])
     write_text(os.path.join(args.results, "probe.md"), text + "\n")
     print(text)
 
@@ -305,12 +319,12 @@ def places_markdown(critical, top):
     return lines
 
 
-def alpha_markdown(model, n, size, device, dtype, draft=True):
+def alpha_markdown(model, n, size, device, dtype, draft=True, certainty=rl.certainty):
     """Which alpha does what: the weight J^alpha where this model decides its errors, and elsewhere."""
     problems = data.eval_set("rl", 1, size, n=n)
     with mixed_precision(device, dtype):
         completions = data.complete(model, problems, device=device, draft=draft)
-        decisive, elsewhere = metrics.certainty_at_errors(model, problems, completions, rl.certainty)
+        decisive, elsewhere = metrics.certainty_at_errors(model, problems, completions, certainty)
     lines = [f"Which alpha does what: the weight J^alpha of the KL term on {size} held-out 'N+1' problems "
              f"(rl.py's training distribution), at the first wrong character of the {len(decisive)} failed "
              f"greedy generations and on average over the {len(elsewhere)} characters written right:", "",
@@ -325,12 +339,12 @@ def alpha_markdown(model, n, size, device, dtype, draft=True):
                         "others."]
 
 
-def fig5(model, problem, problems, completions, path, results, device, dtype):
+def fig5(model, problem, problems, completions, path, results, device, dtype, certainty=rl.certainty):
     """Fig. 5: a problem with a critical token, as the model writes it, each character coloured by J."""
     a, b = problem
     text = completions[problems.index((a, b))]
     with mixed_precision(device, dtype):
-        J = rl.certainty(metrics.completion_logits(model, [(a, b)], [text])[0]).cpu().tolist()
+        J = certainty(metrics.completion_logits(model, [(a, b)], [text])[0]).cpu().tolist()
     low_j = min(J)
     if sys.stdout.isatty():  # colours only for a terminal, not for a file or a pipe
         print(f"\n{path}: {a}+{b}, coloured by certainty J (red = {low_j:.2f}, white = 1), "

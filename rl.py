@@ -24,7 +24,8 @@ The smallest complete version is tests/test_rl.py::test_a_tiny_model_learns_a_tr
  8. One AdamW step per batch (lr 1e-4; official 1e-6 over 400 episodes); --algo ppo reuses the batch for
     --ppo-epochs clipped epochs. No entropy bonus (official 0.001).
 Logs: a row of metrics.jsonl per evaluation (metrics.py), of train.jsonl per iteration (all rl_loss returns,
-and the KL split: the exact KL where pi_ref is unsure, J < 0.95, and elsewhere).
+and the KL split: the exact KL where pi_ref is unsure by the run's own J, J < 0.95 or the batch's lowest
+tenth of J, and elsewhere, and at the paper's critical commas).
 """
 import argparse
 import os
@@ -182,10 +183,12 @@ def rollout(policy, problems, temperature, generator, fast=True, draft=True):
     return (*data.generated_batch(prompts, sequences), rewards)
 
 
-def update(policy, reference, optimizer, batch, advantages, args, dtype, ranks=1):
+def update(policy, reference, optimizer, batch, advantages, args, dtype, ranks=1, critical=None):
     """The teacher-forced passes and the gradient step(s) on one rollout: one (REINFORCE) or --ppo-epochs
-    (PPO). Returns the last step's rl_loss terms, the loss and the gradient norm before clipping;
-    FloatingPointError if either is not finite. ranks: each one's loss is the mean over its own tokens."""
+    (PPO). Returns the last step's rl_loss terms, the loss and the gradient norm before clipping, and the
+    KL split (metrics.kl_split, by the run's own certainty; critical: data.critical_states of the batch);
+    FloatingPointError if the loss or norm is not finite. ranks: each one's loss is the mean over its own
+    tokens."""
     inputs, actions, mask = batch
     device = inputs.device.type
     with torch.no_grad(), mixed_precision(device, dtype):
@@ -204,8 +207,12 @@ def update(policy, reference, optimizer, batch, advantages, args, dtype, ranks=1
         if not (torch.isfinite(loss) and torch.isfinite(norm)):  # stop before the weights are ruined
             raise FloatingPointError(f"loss {loss.item():g}, gradient norm {norm.item():g}")
         optimizer.step()
-    # where the policy moved, on uncertain and on certain states (the exact KL, whatever the loss uses)
-    split = metrics.kl_split(logits, ref_logits, mask, args.temperature, certainty(ref_logits))
+    # where the policy moved, on uncertain and on certain states (the exact KL, whatever the loss uses),
+    # uncertain as the run's own weight sees it
+    with torch.no_grad():
+        ref_certainty = certainty(ref_logits, args.certainty, args.certainty_temperature)
+    split = metrics.kl_split(logits, ref_logits, mask, args.temperature, ref_certainty,
+                             kl_weight(ref_certainty, args), critical)
     return {**stats, "loss": loss.item(), "grad_norm": norm.item(), **split}
 
 
@@ -337,7 +344,7 @@ def train(run, args):
         advantages = group_advantages(rewards, args.group_size)
         # 3. the update
         stats = update(run.policy, run.reference, run.optimizer, (inputs, actions, mask), advantages, args,
-                       run.dtype, run.ranks)
+                       run.dtype, run.ranks, data.critical_states(problems, actions, run.n))
         # 4. log every iteration to train.jsonl
         stats = run_folder.log_iteration(run, it, rewards, mask, stats, window)
         bar.set_postfix(reward=f"{stats['reward']:.2f}", kl=f"{stats['kl']:.4f}")

@@ -148,7 +148,7 @@ def log_iteration(run, it, rewards, mask, stats, window):
                              **stats})
     stats = {"iteration": it + 1, "episode": (it + 1) * run.per_iteration, **stats}
     for k in window:
-        window[k].append(stats[k])
+        window[k].append(stats.get(k))
     if run.rank == 0:
         append_row(run.dir, stats, TRAIN_LOG)
     return stats

@@ -386,3 +386,41 @@ def test_the_kl_split_is_the_exact_kl_on_each_side_of_the_certainty_cut():
     assert split["share_uncertain"] == pytest.approx((low.sum() / mask.sum()).item())
     assert metrics.kl_split(logits, ref_logits, mask, 2.0, torch.ones(mask.shape))["kl_uncertain"] is None
     assert metrics.window_means({"a": [1.0, None, 3.0], "b": [None]}) == {"a": 2.0, "b": None}
+
+
+def test_the_kl_split_by_the_lowest_tenth_and_at_the_critical_states():
+    logits, ref_logits, _, _, mask = toy_batch()
+    certainty = torch.rand(mask.shape, generator=torch.Generator().manual_seed(0))
+    critical = torch.zeros(mask.shape)
+    critical[0, 1] = critical[1, 2] = 1.0
+    weight = certainty ** 3
+    split = metrics.kl_split(logits, ref_logits, mask, 1.0, certainty, weight, critical)
+    logp, ref = F.log_softmax(logits, -1), F.log_softmax(ref_logits, -1)
+    kl = (logp.exp() * (logp - ref)).sum(-1)
+    seen = sorted((certainty[i, t].item(), kl[i, t].item()) for i, t in mask.nonzero().tolist())
+    k = max(1, round(metrics.LOW_SHARE * len(seen)))
+    assert split["kl_low_j"] == pytest.approx(sum(v for _, v in seen[:k]) / k)
+    assert split["kl_high_j"] == pytest.approx(sum(v for _, v in seen[k:]) / (len(seen) - k))
+    assert split["j_low_cut"] == pytest.approx(seen[k - 1][0])
+    assert split["kl_exact"] == pytest.approx(sum(v for _, v in seen) / len(seen))
+    on = critical * mask
+    assert split["critical_states"] == on.sum().item()
+    assert split["kl_critical"] == pytest.approx(((kl * on).sum() / on.sum()).item())
+    assert split["weight_critical"] == pytest.approx(((weight * on).sum() / on.sum()).item())
+
+
+def test_critical_states_are_the_paper_commas_while_the_copy_is_right():
+    problems = [(123456, 7), (123456, 7)]
+    right = data.target(problems[0])
+    comma = data.critical_positions(problems[0], 5)[0]  # line 1: the comma after the 5th digit of 123456
+    wrong = right[:comma - 3] + "9" + right[comma - 2:]  # a digit before it miscopied
+    prompts = data.prompt_batch(problems)
+    texts = [data.prompt(p) + text for p, text in zip(problems, (right, wrong))]
+    sequences = torch.tensor([data.encode(text) for text in texts])
+    _, actions, mask = data.generated_batch(prompts, sequences)
+    found = data.critical_states(problems, actions, 5)
+    start = len(data.prompt(problems[0])) - 1
+    commas = [start + c for c in data.critical_positions(problems[0], 5)]
+    assert found[0].nonzero().flatten().tolist() == commas
+    assert data.VOCAB[actions[0, start + comma].item()] == "," and mask[0, start + comma] == 1
+    assert found[1].sum() == 0  # the text went wrong before the comma: not the paper's state
