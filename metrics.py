@@ -37,7 +37,8 @@ def evaluate(policy, sets, n, temperature, seed, device, dtype, decoding=(True, 
     fast, draft = decoding
     with mixed_precision(device, dtype):
         generator = torch.Generator(device).manual_seed(seed + rank)
-        paper_lines, all_lines = critical_probabilities(policy, sets["critical"], n, temperature)
+        places = {}  # the paper's commas one by one (Fig. 7)
+        paper_lines, all_lines = critical_probabilities(policy, sets["critical"], n, temperature, places=places)
         together = mine["plus"] + mine["val"] + mine["comfort"]  # one call: batches of similar lengths
         texts = data.complete(policy, together, device=device, fast=fast, draft=draft)
         greedy, validation = texts[:len(mine["plus"])], texts[len(mine["plus"]):][:len(mine["val"])]
@@ -54,7 +55,7 @@ def evaluate(policy, sets, n, temperature, seed, device, dtype, decoding=(True, 
         "val_plus": 100.0 * right[1] / len(sets["val"]),
         "acc_comfort": 100.0 * right[2] / len(sets["comfort"]),
         "acc_plus_sampled": 100.0 * right[3] / len(sets["plus"]), "critical_p": paper_lines,
-        "critical_p_all": all_lines,
+        "critical_p_all": all_lines, **places,
     }, greedy
 
 
@@ -103,12 +104,14 @@ def completion_logits(model, problems, completions=None):
             for i, (problem, text) in enumerate(zip(problems, texts))]
 
 
-def critical_probabilities(model, problems, n, temperature, lines=(3, None)):
+def critical_probabilities(model, problems, n, temperature, lines=(3, None), places=None):
     """Mean probability (at the sampling temperature) of the right character at the critical positions
     (data.critical_positions: for addition the ',' that continues a list longer than pre-training showed),
     with the correct text teacher-forced before it, i.e. while the copy is right; one value per entry of
     `lines`, all from one forward pass. 3 tracks the paper's positions (lines 1-3); None every line, which
-    matters here because add7 mostly fails on lines 5-6."""
+    matters here because add7 mostly fails on lines 5-6. A dict `places` receives the paper's positions one
+    by one, as the paper's Fig. 7 shows them: critical_p_line<j>_list<k>, the comma of line j in the k-th
+    bracketed list of that line (operand 1 or 2)."""
     right = []  # per problem: the probability of the right character at every position of its text
     for problem, rows in zip(problems, completion_logits(model, problems)):
         truth = torch.tensor(data.encode(data.target(problem)), device=rows.device)
@@ -118,6 +121,15 @@ def critical_probabilities(model, problems, n, temperature, lines=(3, None)):
         at = [p[data.critical_positions(problem, n, lines=limit)] for p, problem in zip(right, problems)]
         values = torch.cat(at).tolist()  # one copy from the device, not one per position
         means.append(sum(values) / max(1, len(values)))
+    if places is not None:
+        found = {}
+        for p, problem in zip(right, problems):
+            text, positions = data.target(problem), data.critical_positions(problem, n, lines=3)
+            for c, value in zip(positions, p[positions].tolist()):
+                line_start = text.rfind("\n", 0, c)
+                name = f"critical_p_line{text.count(chr(10), 0, c) - 1}_list{text.count('[', line_start, c)}"
+                found.setdefault(name, []).append(value)
+        places.update({name: sum(v) / len(v) for name, v in sorted(found.items())})
     return means
 
 

@@ -424,3 +424,13 @@ def test_critical_states_are_the_paper_commas_while_the_copy_is_right():
     assert found[0].nonzero().flatten().tolist() == commas
     assert data.VOCAB[actions[0, start + comma].item()] == "," and mask[0, start + comma] == 1
     assert found[1].sum() == 0  # the text went wrong before the comma: not the paper's state
+
+
+def test_the_paper_commas_one_by_one_average_to_their_mean():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=512, n_layer=1, n_head=2, n_embd=16)).eval()
+    problems = data.eval_set("identical", 4, 5)  # every 4+4 problem has the six commas of lines 1-3 for N = 3
+    places = {}
+    paper, _ = metrics.critical_probabilities(model, problems, 3, 1.0, places=places)
+    assert sorted(places) == [f"critical_p_line{j}_list{k}" for j in (1, 2, 3) for k in (1, 2)]
+    assert sum(places.values()) / 6 == pytest.approx(paper)
