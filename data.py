@@ -223,9 +223,26 @@ def rl_eval_sets(n: int, k: int, size: int) -> dict[str, list[tuple[int, int]]]:
     N+k test set that results are reported on; 'val', the same distribution but disjoint, that
     hyper-parameters are chosen on; 'comfort', 1..n digits (what pre-training taught); 'critical', n+1 digits
     each (the critical-token probability)."""
+    exist = held_out_count(n, k)
+    if exist is not None and 2 * size > exist:
+        raise ValueError(f"only {exist} held-out problems of the 'N+{k}' distribution exist for N = {n}, and "
+                         f"its test and validation sets are disjoint: at most {exist // 2} each")
     plus = eval_set("rl", k, size, n=n)
     return {"plus": plus, "val": eval_set("rl", k, size, seed=VALIDATION_SEED, n=n, exclude=plus),
             "comfort": eval_set("pretrain", n, size), "critical": eval_set("identical", n + 1, size)}
+
+
+def held_out_count(n: int, k: int, limit: int = 2_000_000) -> int | None:
+    """How many distinct held-out problems the 'N+k' distribution has, or None when it has more than `limit`
+    problems in all (then there are plenty): a set larger than what exists would be drawn forever."""
+    def count(length):  # numbers with that many digits (1 digit: 0..9)
+        return 10 if length == 1 else 9 * 10 ** (length - 1)
+    pairs = {(n + k, other) for other in range(1, n + k + 1)} | {(other, n + k) for other in range(1, n + k + 1)}
+    if sum(count(la) * count(lb) for la, lb in pairs) > limit:
+        return None
+    def numbers(length):
+        return range(10) if length == 1 else range(10 ** (length - 1), 10 ** length)
+    return sum(is_held_out(a, b) for la, lb in pairs for a in numbers(la) for b in numbers(lb))
 
 
 # -----------------------------------------------------------------------------

@@ -256,11 +256,22 @@ def load(path, device):
         sys.exit(f"error: {e}")
 
 
+MOST_DIGITS = 100  # more than any model here can hold (10+10 digits need 865 positions)
+
+
 def pretrain_digits(meta, path):
+    """N, the pre-training digits a checkpoint records (pretrain.py's --digits); one line if it has none
+    that makes sense."""
     try:
-        return int(meta["args"]["digits"])
-    except (KeyError, TypeError, ValueError):
+        n = meta["args"]["digits"]
+    except (KeyError, TypeError):
+        n = None
+    if not isinstance(n, int) or isinstance(n, bool):
         sys.exit(f"error: {path} records no pre-training digits; pass a checkpoint made by pretrain.py")
+    if not 1 <= n <= MOST_DIGITS:
+        sys.exit(f"error: {path} records {n} pre-training digits, outside 1..{MOST_DIGITS}: it is damaged or "
+                 "not made by pretrain.py")
+    return n
 
 
 def solve(model, problems, device, dtype, temperature=0.0, draft=True):

@@ -210,7 +210,10 @@ def load_checkpoint(path, device="cpu", with_meta=False):
                               "it may be damaged: re-create it with pretrain.py") from None
     if not isinstance(ckpt, dict) or not {"config", "vocab", "model"} <= ckpt.keys():
         raise CheckpointError(f"{path} is not a checkpoint of this project (missing config, vocab or model)")
-    task = ckpt.get("meta", {}).get("task", "addition")  # made before tasks were recorded: all addition
+    if not isinstance(ckpt.get("meta") or {}, dict):
+        raise CheckpointError(f"{path} is not a checkpoint of this project (its meta is not a dict)")
+    ckpt["meta"] = ckpt.get("meta") or {}
+    task = ckpt["meta"].get("task", "addition")  # made before tasks were recorded: all addition
     if task != data.NAME:
         raise CheckpointError(f"{path} was trained on the task {task!r} but this code's task (data.NAME) is "
                               f"{data.NAME!r}: pre-train a model of this task with pretrain.py")
@@ -225,5 +228,8 @@ def load_checkpoint(path, device="cpu", with_meta=False):
     except (TypeError, RuntimeError, ValueError) as e:  # ValueError: e.g. n_embd not divisible by n_head
         raise CheckpointError(f"{path} does not match this model code: "
                               f"{(str(e) or type(e).__name__).splitlines()[0]}") from None
+    if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
+        raise CheckpointError(f"{path} holds weights that are not finite (NaN or infinity): it is damaged or "
+                              "its training diverged; re-create it with pretrain.py")
     model.to(device).eval()
-    return (model, ckpt.get("meta", {})) if with_meta else model
+    return (model, ckpt["meta"]) if with_meta else model

@@ -28,6 +28,7 @@ and the KL split: the exact KL where pi_ref is unsure by the run's own J, J < 0.
 tenth of J, and elsewhere, and at the paper's critical commas).
 """
 import argparse
+import math
 import os
 import random
 import sys
@@ -43,8 +44,8 @@ import metrics
 import run_folder
 from model import CheckpointError, load_checkpoint
 from runtime import (DETERMINISM, DEVICE_HELP, DTYPE_HELP, DTYPES, add_number, autocast_dtype,
-                     generation_dtype, mixed_precision, pick_device, precision_name, provenance, run_script,
-                     seed_everything, set_threads, share, start_ranks, sum_gradients, too_big)
+                     generation_dtype, mixed_precision, pick_device, precision_name, provenance, release_locks,
+                     resume_command, run_script, seed_everything, set_threads, share, start_ranks, sum_gradients, too_big)
 
 # -----------------------------------------------------------------------------
 # the paper's idea: the loss, then what it calls
@@ -93,6 +94,16 @@ def rl_loss(logits, ref_logits, actions, advantages, mask, run, old_logp=None):
         stats["clip_fraction"] = ((ratio - 1).abs() > run.clip).float()
         stats["approx_kl"] = ratio - 1 - torch.log(ratio)  # k3 estimate of KL(pi_old || pi)
     return loss, {name: masked_mean(value.detach(), mask).item() for name, value in stats.items()}
+
+
+def not_finite(loss, norm, stats, logits, args):
+    """What went wrong when the loss or its gradient is not finite, and what to change."""
+    if not torch.isfinite(logits).all():
+        return "the policy's outputs are not finite (its weights have diverged): try a lower --lr"
+    if all(map(math.isfinite, stats.values())) and not torch.isfinite(loss):
+        return (f"the loss overflows: --kl-coef {args.kl_coef:g} times the KL term is too large for the "
+                "float range; lower --kl-coef")
+    return f"the loss ({loss.item():g}) or its gradient norm ({norm.item():g}) is not finite: try a lower --lr"
 
 
 K1_REFUSED = ("the k1 estimator has zero expected gradient, so the penalty would do nothing: use k2 (the "
@@ -205,7 +216,7 @@ def update(policy, reference, optimizer, batch, advantages, args, dtype, ranks=1
         sum_gradients(policy, divide_by=ranks)  # ranks: the mean over processes (nothing when alone)
         norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), args.grad_clip or float("inf"))
         if not (torch.isfinite(loss) and torch.isfinite(norm)):  # stop before the weights are ruined
-            raise FloatingPointError(f"loss {loss.item():g}, gradient norm {norm.item():g}")
+            raise FloatingPointError(not_finite(loss, norm, stats, logits, args))
         optimizer.step()
     # where the policy moved, on uncertain and on certain states (the exact KL, whatever the loss uses),
     # uncertain as the run's own weight sees it
@@ -225,7 +236,8 @@ def flags():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     paper = p.add_argument_group("the paper's penalty (Eq. 1 and 2)")
     add_number(paper, "--alpha", float, 3.0, "exponent of the certainty weight (0: standard KL)", at_least=0)
-    add_number(paper, "--kl-coef", float, 10.0, "weight of the KL penalty (0: none; default 10)", at_least=0)
+    add_number(paper, "--kl-coef", float, 10.0, "weight of the KL penalty (0: none; default 10)", at_least=0,
+               at_most=1e6)
     core = p.add_argument_group("RL")
     core.add_argument("--ckpt", default="checkpoints/add7.pt", help="pre-trained model: start and reference")
     add_number(core, "--digits-plus", int, 1, "k: train on the 'N+k' distribution (default 1)", at_least=1)
@@ -303,9 +315,7 @@ def load_models(args, device):
         reference = load_checkpoint(args.ckpt, device)
     except CheckpointError as e:
         sys.exit(f"error: {e}")
-    n = meta.get("args", {}).get("digits")
-    if not isinstance(n, int):
-        sys.exit(f"error: {args.ckpt} does not record its pre-training digits; make it with pretrain.py")
+    n = metrics.pretrain_digits(meta, args.ckpt)
     longest = data.longest_sequence(n + args.digits_plus)
     if longest > policy.config.block_size:
         sys.exit(f"error: {n + args.digits_plus}-digit problems need {longest} positions but {args.ckpt} has "
@@ -318,15 +328,18 @@ def load_models(args, device):
 
 def main(argv=None):
     args = get_args(argv)
-    run = start(args)  # device, processes, models, optimizer, the run folder and the random streams
+    run_dir = os.path.join(args.out, args.name)
+    go_on = resume_command("rl.py", sys.argv[1:] if argv is None else argv, args.name)
     try:
+        run = start(args)  # device, processes, models, optimizer, the run folder and the random streams
         train(run, args)
+        run_folder.finish_run(run)
     except KeyboardInterrupt:
-        sys.exit(f"\ninterrupted: {run.dir} holds the run to its last evaluation; add --resume to go on")
+        sys.exit(f"\ninterrupted: {run_dir} keeps the run up to its last evaluation; to go on: {go_on}")
     except FloatingPointError as e:
-        sys.exit(f"error: the loss or its gradient is not finite ({e}); {run.dir} holds the run up to its "
-                 f"last evaluation; try a lower --lr")
-    run_folder.finish_run(run)
+        sys.exit(f"error: {e}; {run_dir} keeps the run up to its last evaluation")
+    finally:
+        release_locks()  # the run folder is free for the next writer
 
 
 def train(run, args):
@@ -368,12 +381,14 @@ def start(args):
     recorded = {"pretrain_digits": n, "device": device, "training_dtype": precision_name(dtype),
                 "generation_dtype": precision_name(gen_dtype),  # what --dtype chose on this machine
                 "provenance": provenance(device), **({"ranks": ranks} if ranks > 1 else {})}
-    run_dir, state, rows = run_folder.prepare(args, {**vars(args), **recorded}, rank)
+    recorded["ckpt_sha256"] = run_folder.file_hash(args.ckpt)  # --resume checks it is the same file
+    sets = eval_sets(n, args)  # choose on val_plus, report acc_plus
+    run_dir, state, rows = run_folder.prepare(args, {**vars(args), **recorded}, rank, vars(settings()))
     run = SimpleNamespace(
         args=args, rank=rank, ranks=ranks, device=device, dtype=dtype, gen_dtype=gen_dtype, policy=policy,
         reference=reference, n=n, meta=meta, dir=run_dir, rows=rows,
         optimizer=torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0),
-        sets=data.rl_eval_sets(n, args.digits_plus, args.eval_size),  # choose on val_plus, report acc_plus
+        sets=sets,
         rng=random.Random(args.seed),  # the problem stream, the same on every rank
         generator=torch.Generator(device).manual_seed(args.seed + rank),  # sampling noise: each rank its own
         per_iteration=args.batch_size * args.group_size, start=0,
@@ -388,6 +403,14 @@ def start(args):
     else:
         metrics.evaluate_and_save(run, 0, None)
     return run
+
+
+def eval_sets(n, args):
+    """The run's held-out sets (data.rl_eval_sets); a size the task cannot meet is refused in one line."""
+    try:
+        return data.rl_eval_sets(n, args.digits_plus, args.eval_size)
+    except ValueError as e:
+        sys.exit(f"error: {e}; lower --eval-size")
 
 
 def draw_problems(rng, n, args):  # batch_size "N+k" problems, each group_size times in a row (a group)

@@ -10,6 +10,7 @@ An RL run's folder, --out/--name, as rl.py writes it and curves.py reads it:
 A run folder is never replaced without --force, and --resume refuses settings that differ from the run's.
 """
 import glob
+import hashlib
 import json
 import math
 import os
@@ -19,83 +20,185 @@ import time
 import torch
 
 from model import save_checkpoint
-from runtime import atomic_save, device_type, mean_over_ranks, wait_for_ranks, write_text
+from runtime import atomic_save, device_type, hold_lock, mean_over_ranks, wait_for_ranks, write_text
 
-METRICS_LOG, TRAIN_LOG = "metrics.jsonl", "train.jsonl"
-# no effect on the numbers (provenance: where the run was started; a resumed part may run elsewhere)
+METRICS_LOG, TRAIN_LOG, LOCK = "metrics.jsonl", "train.jsonl", ".lock"
+# no effect on the numbers (provenance: where the run was started; a resumed part may run elsewhere; out and
+# name: where the folder is now, which may be where it was moved to)
 RESUME_MAY_DIFFER = {"threads", "resume", "force", "fast_generate", "draft", "save", "device",
-                     "provenance", "deterministic"}
+                     "provenance", "deterministic", "out", "name"}
 # ... but the sampling generator's saved state only fits a generator of the same kind of device (cuda:0 and
 # cuda:1 share one): a run goes on on the kind it started on
+STATE_KEYS = {"policy", "optimizer", "rng", "generator", "torch_rng", "iteration", "episode", "minutes"}
 
 
-def prepare(args, config, rank=0):
+def prepare(args, config, rank=0, defaults=None):
     """prepare_folder on rank 0 (alone: the only rank); under torchrun the other ranks wait for it and read
     the saved state when resuming. Returns (run_dir, state or None, the rows logged so far)."""
     if rank == 0:
-        prepared = prepare_folder(args, config)
+        prepared = prepare_folder(args, config, defaults)
         wait_for_ranks()
         return prepared
     wait_for_ranks()
     run_dir = os.path.join(args.out, args.name)
     state_path = os.path.join(run_dir, "state.pt")
-    state = torch.load(state_path, map_location="cpu", weights_only=True) if args.resume else None
+    state = load_state(state_path) if os.path.exists(state_path) and args.resume else None
     return run_dir, state, []
 
 
-def prepare_folder(args, config):
-    """Make --out/--name for a new run (refusing to replace one without --force) and write its config;
-    or, with --resume, check that the run was made with the same settings and return its saved state and
-    its rows, with metrics.jsonl cut back to the evaluation the state was saved at.
+def prepare_folder(args, config, defaults=None):
+    """Make --out/--name for a new run and write its config, or, with --resume, check the run and return
+    its saved state and its rows (metrics.jsonl and train.jsonl cut back to the evaluation the state was
+    saved at). This process becomes the folder's only writer first (runtime.hold_lock). A folder that never
+    saved an evaluation (stopped during the first one) holds no work: a rerun or --resume starts it anew.
+    defaults: rl.py's flags at their defaults (a flag added after the run started may be at its default).
     Returns (run_dir, state or None, the rows logged so far)."""
     run_dir = os.path.join(args.out, args.name)
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        sys.exit(f"error: {run_dir} is a file, not a run folder; choose another --name or --out")
+    if args.resume and not os.path.isdir(run_dir):
+        sys.exit(f"error: there is no run {run_dir} to resume (--out and --name say where it is); start it "
+                 "without --resume")
+    hold_lock(os.path.join(run_dir, LOCK), f"the run folder {run_dir}")
     state_path, config_path = os.path.join(run_dir, "state.pt"), os.path.join(run_dir, "config.json")
-    metrics_path = os.path.join(run_dir, "metrics.jsonl")
     for stale in glob.glob(os.path.join(glob.escape(run_dir), "*.tmp*")):
         os.remove(stale)  # left by a run killed in the middle of a save
+    if args.resume and os.path.exists(state_path):
+        return resume_folder(args, config, run_dir, defaults or {})
+    if args.resume and has_work(run_dir):
+        sys.exit(f"error: {run_dir} has no state.pt to resume from: the run is finished (model.pt, or its "
+                 f"last evaluation logged) or its state was removed; start it anew with --force")
     if args.resume:
-        if not (os.path.exists(state_path) and os.path.exists(config_path) and os.path.exists(metrics_path)):
-            sys.exit(f"error: --resume needs {state_path}, config.json and metrics.jsonl (an evaluation "
-                     f"saves them); start the run without --resume")
-        with open(config_path) as f:
-            old = json.load(f)
-        differ = [f"--{k.replace('_', '-')} {old.get(k)} (now {v})" for k, v in config.items()
-                  if k not in RESUME_MAY_DIFFER and old.get(k) != v]
-        if differ:
-            sys.exit(f"error: --resume with other settings than {run_dir} was made with: {'; '.join(differ)}")
-        started_on = old.get("device", "cpu")
-        if device_type(started_on) != device_type(config["device"]):
-            sys.exit(f"error: {run_dir} ran on {started_on} and its random state cannot move to "
-                     f"{config['device']}; resume it with --device {device_type(started_on)}")
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        # a kill after the state was saved leaves rows the resumed run writes again: cut them
-        rows = cut_back(metrics_path, state["episode"])
-        if os.path.exists(os.path.join(run_dir, TRAIN_LOG)):  # runs from before train.jsonl have none
-            cut_back(os.path.join(run_dir, TRAIN_LOG), state["episode"])
-        return run_dir, state, rows
-    if os.path.exists(run_dir) and os.listdir(run_dir) and not args.force:
+        print(f"note: {run_dir} saved no evaluation before it stopped: starting it from the beginning",
+              file=sys.stderr)
+    elif has_work(run_dir) and not args.force:
         sys.exit(f"error: {run_dir} already holds a run; choose another --name, continue it with --resume, "
                  f"or pass --force to replace it")
     try:
         os.makedirs(run_dir, exist_ok=True)
-        for stale in (METRICS_LOG, TRAIN_LOG, "model.pt",
-                      "state.pt"):  # --force: nothing of the old run stays
+        for stale in (METRICS_LOG, TRAIN_LOG, "model.pt", "state.pt"):  # --force: nothing of the old run stays
             if os.path.exists(os.path.join(run_dir, stale)):
                 os.remove(os.path.join(run_dir, stale))
-        with open(config_path, "w") as f:
-            json.dump(config, f, indent=2)
-        open(metrics_path, "w").close()
+        write_text(config_path, json.dumps(config, indent=2), quiet=True)
+        open(os.path.join(run_dir, METRICS_LOG), "w").close()
     except OSError as e:
         sys.exit(f"error: cannot write the run folder {run_dir}: {e.strerror}; choose another --out")
     return run_dir, None, []
 
 
-def cut_back(path, episode):
-    """Keep the rows of a JSON-lines log up to `episode`; returns them."""
+def has_work(run_dir):
+    """Whether a folder holds anything of a run worth keeping: a saved state, a model, a logged row."""
+    if not os.path.isdir(run_dir):
+        return False
+    if any(os.path.exists(os.path.join(run_dir, f)) for f in ("state.pt", "model.pt")):
+        return True
+    logs = [os.path.join(run_dir, f) for f in (METRICS_LOG, TRAIN_LOG)]
+    if any(os.path.exists(p) and os.path.getsize(p) > 0 for p in logs):
+        return True
+    return any(not f.startswith(".") and f not in ("config.json", METRICS_LOG, TRAIN_LOG)
+               for f in os.listdir(run_dir))
+
+
+def resume_folder(args, config, run_dir, defaults):
+    """--resume: the run's config, reference checkpoint, state and logs checked, each failure one line."""
+    config_path, state_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "state.pt")
+    try:
+        with open(config_path) as f:
+            old = json.load(f)
+        if not isinstance(old, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {config_path} is missing or not readable JSON ({type(e).__name__}); the run cannot "
+                 "be checked: start it anew with --force")
+    differ = [f"--{k.replace('_', '-')} {old.get(k)} (now {v})" for k, v in config.items()
+              if k not in RESUME_MAY_DIFFER | {"ckpt", "ckpt_sha256"} and old.get(k, defaults.get(k, v)) != v]
+    if differ:
+        sys.exit(f"error: --resume with other settings than {run_dir} was made with: {'; '.join(differ)}")
+    if old.get("ckpt_sha256", config.get("ckpt_sha256")) != config.get("ckpt_sha256"):
+        sys.exit(f"error: --ckpt {config['ckpt']} is not the file {run_dir} was started from (its SHA-256 "
+                 f"differs from the one in config.json): resume with the run's own reference checkpoint")
+    if "ckpt_sha256" not in old and not same_file(old.get("ckpt"), config["ckpt"]):
+        sys.exit(f"error: --resume with another --ckpt than {run_dir} was made with: {old.get('ckpt')} "
+                 f"(now {config['ckpt']})")
+    started_on = old.get("device", "cpu")
+    if device_type(started_on) != device_type(config["device"]):
+        sys.exit(f"error: {run_dir} ran on {started_on} and its random state cannot move to "
+                 f"{config['device']}; resume it with --device {device_type(started_on)}")
+    state = load_state(state_path)
+    rows = whole_log(os.path.join(run_dir, METRICS_LOG), "episode")
+    if not any(row["episode"] == state["episode"] for row in rows):
+        sys.exit(f"error: {run_dir}/{METRICS_LOG} lacks the evaluation at episode {state['episode']} that "
+                 "state.pt was saved at (emptied or replaced?): the run cannot go on whole; start it anew with "
+                 "--force")
+    steps = whole_log(os.path.join(run_dir, TRAIN_LOG), "iteration") if state["iteration"] else []
+    if [row["iteration"] for row in steps if row["iteration"] <= state["iteration"]] != \
+            list(range(1, state["iteration"] + 1)):
+        sys.exit(f"error: {run_dir}/{TRAIN_LOG} lacks iterations before the saved state (iteration "
+                 f"{state['iteration']}): the run cannot go on whole; start it anew with --force")
+    # a kill after the state was saved leaves rows the resumed run writes again: cut them
+    rows = cut_back(os.path.join(run_dir, METRICS_LOG), rows, state["episode"])
+    if state["iteration"]:
+        cut_back(os.path.join(run_dir, TRAIN_LOG), steps, state["episode"])
+    return run_dir, state, rows
+
+
+def same_file(a, b):
+    """Whether two paths name the same file (./x and x, or a link to it), not just the same string."""
+    try:
+        return a == b or os.path.samefile(a, b)
+    except (OSError, TypeError):
+        return False
+
+
+def file_hash(path):
+    """The SHA-256 of a file, in hex: what config.json keeps of the reference checkpoint."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_state(path):
+    """state.pt, checked: a damaged or foreign file ends the run with one line."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        sys.exit(f"error: {path} is damaged or not an rl.py state ({type(e).__name__}); start the run anew "
+                 "with --force")
+    if not isinstance(state, dict) or not STATE_KEYS <= state.keys():
+        sys.exit(f"error: {path} is not an rl.py state (it lacks what --resume needs); start the run anew "
+                 "with --force")
+    return state
+
+
+def whole_log(path, key):
+    """The rows of a JSON-lines log, each a dict with `key`. A last line cut in the middle (a kill during
+    the write) is dropped and said; any other unreadable line, or a missing file, ends with one line."""
+    if not os.path.exists(path):
+        sys.exit(f"error: {path} is missing: the run cannot go on whole; start it anew with --force")
     with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f.read().split("\n") if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get(key), int):
+                raise ValueError
+        except ValueError:
+            if number == len(lines):
+                print(f"note: {path} line {number} was cut off in the middle; dropped", file=sys.stderr)
+                break
+            sys.exit(f"error: {path} line {number} is not a row of this log; repair the file, or start the run "
+                     "anew with --force")
+        rows.append(row)
+    return rows
+
+
+def cut_back(path, rows, episode):
+    """Keep the rows of a JSON-lines log up to `episode` (rewriting the file); returns them."""
     rows = [row for row in rows if row["episode"] <= episode]
-    write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+    write_text(path, "".join(json.dumps(row) + "\n" for row in rows), quiet=True)
     return rows
 
 

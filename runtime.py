@@ -8,11 +8,14 @@ Every script calls these; none of it is about the model or the task.
     provenance  what a run ran on (code commit, machine, threads, torch), for its config
     ranks       start_ranks, share, sum_gradients, sum_over_ranks, mean_over_ranks, gather, wait_for_ranks
     memory      training_gb, too_big: refuse a run that cannot fit before it starts
-    files       replace_atomically, atomic_save, write_text, save_figure: a run cut off mid-write
-                leaves the old file intact
+    files       replace_atomically, atomic_save, write_text, save_figure: a run cut off mid-write, or
+                a full disk, leaves the old file intact; hold_lock: one writer per output
+    the console resume_command (the exact command that goes on), run_script (one line for a closed pipe,
+                an unprintable name or an operation with no deterministic kernel)
     flags       add_number, number: a flag's type and range in one place, refused in one line
 """
 import argparse
+import atexit
 import math
 import os
 import platform
@@ -118,6 +121,11 @@ def set_threads(threads):
     each use every core of a small machine thrash: give each run its share (README: "On a GPU, and more
     than one process"; results/speed.md)."""
     if threads is not None:
+        cores = os.cpu_count() or threads
+        if threads > cores:  # more threads than cores only queue for them (measured: 20x slower)
+            print(f"note: --threads {threads} is more than this machine's {cores} cores; using {cores}",
+                  file=sys.stderr)
+            threads = cores
         torch.set_num_threads(threads)
 
 
@@ -139,7 +147,13 @@ def seed_everything(seed, device="cpu", deterministic=True):
 
 
 def run_script(main):
-    """Run main(); a RuntimeError for an operation with no deterministic kernel becomes one line."""
+    """Run main() as a script: a closed pipe (`| head -1`) ends the printing, not the run; a character the
+    terminal cannot encode is escaped, not an error; a RuntimeError for an operation with no deterministic
+    kernel becomes one line."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    sys.stdout = PrintingMayStop(sys.stdout)
     try:
         main()
     except RuntimeError as e:
@@ -147,6 +161,60 @@ def run_script(main):
         if message is None:
             raise
         sys.exit(message)
+
+
+class PrintingMayStop:
+    """Standard output that stops printing, silently, once its reader has gone (a BrokenPipeError): the run
+    goes on and writes its files. Everything else passes through to the real stream."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            self.reader_gone()
+            return len(text)
+
+    def flush(self):
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self.reader_gone()
+
+    def reader_gone(self):
+        devnull = open(os.devnull, "w")
+        try:  # the descriptor too, so that the flush at exit finds somewhere to write
+            os.dup2(devnull.fileno(), self.stream.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        self.stream = devnull
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def resume_command(script, argv, name=None):
+    """The exact command that continues an interrupted run: the script's own arguments (argv, without
+    --force and --resume), the run's real --name when it was chosen for the user, then --resume."""
+    import shlex
+    kept, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg in ("--force", "--resume"):
+            continue
+        if name is not None and arg == "--name":
+            skip = True
+            continue
+        if name is not None and arg.startswith("--name="):
+            continue
+        kept.append(arg)
+    if name is not None:
+        kept += ["--name", name]
+    return shlex.join(["python", script, *kept, "--resume"])
 
 
 def deterministic_refusal(error):
@@ -318,24 +386,36 @@ def too_big(config, rows, length, device):
 
 def replace_atomically(path, write):
     """write(tmp) to a temporary file beside path, then rename it to path: a run cut off mid-write leaves
-    the old file intact (and at most a stale temporary file, which the scripts remove at start)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    the old file intact (a kill leaves at most a stale temporary file, which the scripts remove at start).
+    A write that fails (a full disk, a folder that cannot be written) removes its temporary file and
+    ends the script with one line."""
     tmp = f"{path}.tmp{os.getpid()}"
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(e, (OSError, RuntimeError)):  # torch.save reports a full disk as a RuntimeError
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:120]
+            sys.exit(f"error: cannot write {path} ({reason}); {path} keeps its last complete version. "
+                     "Free some disk space or choose another output")
+        raise
 
 
 def atomic_save(obj, path):
     replace_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
-def write_text(path, text):
-    """A text file (table, log) written atomically; says so on stderr."""
+def write_text(path, text, quiet=False):
+    """A text file (table, log) written atomically; says so on stderr unless quiet."""
     def write(tmp):
         with open(tmp, "w", newline="") as f:
             f.write(text)
     replace_atomically(path, write)
-    print(f"wrote {path}", file=sys.stderr)
+    if not quiet:
+        print(f"wrote {path}", file=sys.stderr)
 
 
 def save_figure(fig, path):
@@ -344,6 +424,59 @@ def save_figure(fig, path):
     replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     print(f"wrote {path}", file=sys.stderr)
+
+
+HELD = []  # (path, open file) of each lock this process holds (the system frees them if it dies)
+
+
+def hold_lock(path, what):
+    """Make this process the only writer of `what` (a run folder or an output file) until it ends: an
+    exclusive lock on the file `path`. A second writer is refused in one line that names the first one's
+    process id. A run that was killed holds nothing: the system frees its lock when it dies, so a stale
+    lock file never blocks a resume. (No fcntl, as on Windows: no lock.)"""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    while True:
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            f = open(path, "a+")
+        except OSError as e:
+            sys.exit(f"error: cannot write {what} ({e.strerror}); choose another output")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            sys.exit(f"error: {what} is being written by another process (pid {holder}); wait for it to end "
+                     "or choose another output")
+        try:  # the file may have been removed and made anew by another writer since we opened it
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        f.close()
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    HELD.append((path, f))
+
+
+@atexit.register
+def release_locks():
+    """Free every lock this process holds (at its end, or when a script's main returns: tests run several
+    in one process), removing the lock files first (a writer waiting on a removed file tries again)."""
+    while HELD:
+        path, f = HELD.pop()
+        try:
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                os.remove(path)
+        except (OSError, ValueError):
+            pass
+        f.close()
 
 
 # -----------------------------------------------------------------------------

@@ -65,7 +65,7 @@ CASES = [
     # rl.py: checkpoints, sizes, run folders
     ("rl", ["--ckpt", "{tmp}/nope.pt"], "no checkpoint at"),
     ("rl", ["--ckpt", "{tmp}/existing.pt"], "damaged"),
-    ("rl", ["--ckpt", "{tmp}/no_digits.pt"], "does not record its pre-training digits"),
+    ("rl", ["--ckpt", "{tmp}/no_digits.pt"], "records no pre-training digits"),
     ("rl", ["--digits-plus", "20"], "lower --digits-plus"),
     ("rl", ["--ckpt", ADD7, "--batch-size", "16384", "--group-size", "4", "--episodes", "65536"], "GB"),
     ("rl", ["--name", "taken"], "--force"),

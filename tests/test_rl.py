@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 
@@ -250,13 +251,14 @@ def test_an_interrupted_run_resumes_to_the_same_metrics(tiny_checkpoint, tmp_pat
     monkeypatch.setattr(run_folder, "atomic_save", save_then_stop)
     with pytest.raises(SystemExit) as e:
         rl.main([*flags, "--name", "cut"])
-    assert "add --resume to go on" in e.value.code
+    advice = e.value.code.split("to go on: ")[1]  # the exact command that goes on, as printed
+    assert shlex.split(advice)[:2] == ["python", "rl.py"] and shlex.split(advice)[-1] == "--resume"
     monkeypatch.setattr(run_folder, "atomic_save", save)
     with open(tmp_path / "cut" / "metrics.jsonl", "a") as f:  # as if killed between a row and its state
         f.write(json.dumps({"episode": 12}) + "\n")
     with pytest.raises(SystemExit, match="other settings"):
         rl.main([*flags, "--name", "cut", "--resume", "--lr", "1e-3"])
-    rl.main([*flags, "--name", "cut", "--resume"])
+    rl.main(shlex.split(advice)[2:])
     rows = lambda name: [{k: v for k, v in json.loads(line).items() if k != "minutes"}
                          for line in open(tmp_path / name / "metrics.jsonl")]
     assert [r["episode"] for r in rows("cut")] == [0, 4, 8, 12, 16] and rows("cut") == rows("whole")
