@@ -38,7 +38,8 @@ from frontier import cmd_frontier
 from metrics import load, pretrain_digits, solve, wilson_interval
 from probe import cmd_probe
 from run_folder import read_run
-from runtime import DEVICE_HELP, generation_dtype, pick_device, save_figure, set_threads, write_text
+from runtime import (DEVICE_HELP, generation_dtype, hold_lock, number, pick_device, release_locks, run_script,
+                     save_figure, set_threads, write_text)
 
 
 # -----------------------------------------------------------------------------
@@ -55,14 +56,23 @@ def accuracy_cell(model, kind, k, n, device, dtype, draft=True):
 
 
 def read_cache(path):
-    """Cells measured before, by key; a line cut off by a kill is skipped."""
+    """Cells measured before, by key; a line cut off by a kill, or otherwise not a cell, is skipped (it is
+    measured again)."""
     cells = {}
+    if path and os.path.isdir(path):
+        sys.exit(f"error: --cache {path} is a folder; give a file path such as "
+                 f"{os.path.join(path, 'cache.jsonl')}")
     if path and os.path.exists(path):
-        for line in open(path):
+        try:
+            with open(path, errors="replace") as f:
+                lines = f.readlines()
+        except OSError as e:
+            sys.exit(f"error: cannot read --cache {path} ({e.strerror}); pass another --cache or '' for none")
+        for line in lines:
             try:
                 cell = json.loads(line)
-                cells[cell.pop("key")] = cell
-            except (ValueError, KeyError):
+                cells[str(cell.pop("key"))] = cell
+            except (ValueError, KeyError, AttributeError, TypeError):
                 continue
     return cells
 
@@ -70,9 +80,13 @@ def read_cache(path):
 def append_to_cache(path, key, cell):
     """One line per measured cell, written at once (a kill loses at most the cell under way)."""
     if path:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(path, "a") as f:
-            f.write(json.dumps({"key": key, **cell}) + "\n")
+        try:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            with open(path, "a") as f:
+                f.write(json.dumps({"key": key, **cell}) + "\n")
+        except OSError as e:
+            sys.exit(f"error: cannot write --cache {path} ({e.strerror}); pass another --cache, or '' for "
+                     "none")
 
 
 def cmd_accuracy(args, device, dtype):
@@ -273,7 +287,8 @@ def get_args(argv=None):
     sub = p.add_subparsers(dest="command", required=True)
     acc = sub.add_parser("accuracy", help="accuracy tables (identical and varying, K = N..N+extra)")
     acc.add_argument("--ckpt", nargs="+", default=["checkpoints/add7.pt"], help="one or more checkpoints")
-    acc.add_argument("--extra", type=int, default=3, help="largest K is N + extra (default 3)")
+    acc.add_argument("--extra", type=number("--extra", int, at_least=0, at_most=20), default=3,
+                     help="largest K is N + extra (default 3, at most 20)")
     acc.add_argument("--cache", default="runs/accuracy_cache.jsonl",
                      help="cells measured so far, reused by a rerun ('' to switch off)")
     err = sub.add_parser("errors", help="where failed generations first go wrong")
@@ -326,7 +341,8 @@ def get_args(argv=None):
     stu.add_argument("--jobs", type=int, default=1, help="rl.py runs at once, each with its share of the CPU "
                      "threads or of the GPU (default 1)")
     for s, size in ((acc, 1000), (err, 1000), (pro, 50)):
-        s.add_argument("--n", type=int, default=size, help=f"problems per set (default {size})")
+        s.add_argument("--n", type=number("--n", int, at_least=1, at_most=100_000), default=size,
+                       help=f"problems per set (default {size}, at most 100000)")
         s.add_argument("--device", default="auto", help=DEVICE_HELP)
         s.add_argument("--out", "--results", dest="results", default=ANALYSIS,
                        help=f"folder for the tables and figures (default {ANALYSIS}; --out results rewrites "
@@ -337,6 +353,9 @@ def get_args(argv=None):
     for s in (acc, err, pro, stu):
         s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     args = p.parse_args(argv)
+    name = getattr(args, "name", None)
+    if name is not None and (os.path.basename(name) != name or name in ("", ".", "..")):
+        p.error("--name must be a plain file name (no '/'): the outputs are <out>/<name>.md and .png")
     if getattr(args, "n", 1) < 1:
         p.error("--n must be at least 1")
     if getattr(args, "extra", 0) < 0:
@@ -358,6 +377,16 @@ def get_args(argv=None):
 def main(argv=None):
     args = get_args(argv)
     set_threads(getattr(args, "threads", None))
+    try:
+        if args.command != "study":  # the only writer of its outputs (study's runs lock their own)
+            output = args.name if args.command in ("curves", "frontier") else args.command
+            hold_lock(os.path.join(args.results, f".{output}.lock"), f"{args.results}/{output}.*")
+        run_command(args)
+    finally:
+        release_locks()
+
+
+def run_command(args):
     if args.command in ("curves", "frontier", "study"):  # read run logs, or start other scripts: no model
         return {"curves": cmd_curves, "frontier": cmd_frontier, "study": cmd_study}[args.command](args)
     device = pick_device(args.device)
@@ -367,4 +396,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

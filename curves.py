@@ -28,7 +28,7 @@ T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 # and the training precision --dtype auto chose there, are listed under each table instead: like the
 # machine, they change only rounding; generation precision moves greedy near-ties, so it splits groups.
 NOT_A_SETTING = {"seed", "name", "out", "device", "save", "threads", "fast_generate", "draft", "force",
-                 "resume", "provenance", "dtype", "training_dtype", "deterministic"}
+                 "resume", "provenance", "dtype", "training_dtype", "deterministic", "ckpt_sha256"}
 
 # the penalty each group paid and where its weighting put it: (key for seed_value, header, digits)
 KL_COLUMNS = (("exact_kl_train", "exact KL/token, training mean", 5),
@@ -81,6 +81,13 @@ def group_runs(runs):
         if settings.get("ckpt"):  # a checkpoint is its file name, whichever folder a run named
             settings["ckpt"] = os.path.basename(settings["ckpt"])
         groups.setdefault(json.dumps(settings, sort_keys=True), (settings, []))[1].append(run)
+    for _, members in groups.values():  # a seed counted twice would shrink the interval for nothing
+        seen = {}
+        for run in members:
+            twin = seen.setdefault(run["config"].get("seed"), run["dir"])
+            if twin != run["dir"]:
+                sys.exit(f"error: {twin} and {run['dir']} are runs of the same settings and seed "
+                         f"{run['config'].get('seed')}; a group counts each seed once: name only one of them")
     all_settings = [s for s, _ in groups.values()]
     keys = sorted({k for s in all_settings for k in s})
     varying = [k for k in keys if len({json.dumps(s.get(k)) for s in all_settings}) > 1]

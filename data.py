@@ -237,7 +237,8 @@ def held_out_count(n: int, k: int, limit: int = 2_000_000) -> int | None:
     problems in all (then there are plenty): a set larger than what exists would be drawn forever."""
     def count(length):  # numbers with that many digits (1 digit: 0..9)
         return 10 if length == 1 else 9 * 10 ** (length - 1)
-    pairs = {(n + k, other) for other in range(1, n + k + 1)} | {(other, n + k) for other in range(1, n + k + 1)}
+    others = range(1, n + k + 1)
+    pairs = {(n + k, other) for other in others} | {(other, n + k) for other in others}
     if sum(count(la) * count(lb) for la, lb in pairs) > limit:
         return None
     def numbers(length):

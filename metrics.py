@@ -38,7 +38,8 @@ def evaluate(policy, sets, n, temperature, seed, device, dtype, decoding=(True, 
     with mixed_precision(device, dtype):
         generator = torch.Generator(device).manual_seed(seed + rank)
         places = {}  # the paper's commas one by one (Fig. 7)
-        paper_lines, all_lines = critical_probabilities(policy, sets["critical"], n, temperature, places=places)
+        paper_lines, all_lines = critical_probabilities(policy, sets["critical"], n, temperature,
+                                                        places=places)
         together = mine["plus"] + mine["val"] + mine["comfort"]  # one call: batches of similar lengths
         texts = data.complete(policy, together, device=device, fast=fast, draft=draft)
         greedy, validation = texts[:len(mine["plus"])], texts[len(mine["plus"]):][:len(mine["val"])]

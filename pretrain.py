@@ -28,9 +28,9 @@ from tqdm import tqdm
 import data
 from model import GPT, GPTConfig, save_checkpoint
 from runtime import (DETERMINISM, DEVICE_HELP, DTYPE_HELP, DTYPES, add_number, atomic_save, autocast_dtype,
-                     generation_dtype, mixed_precision, pick_device, precision_name, provenance, run_script,
-                     seed_everything, set_threads, start_ranks, sum_gradients, sum_over_ranks, too_big,
-                     wait_for_ranks)
+                     generation_dtype, hold_lock, mixed_precision, pick_device, precision_name, provenance,
+                     release_locks, resume_command, run_script, seed_everything, set_threads, start_ranks,
+                     sum_gradients, sum_over_ranks, too_big, wait_for_ranks)
 
 
 def get_args(argv=None):
@@ -120,6 +120,7 @@ def save(args, model, optimizer, step, elapsed, evals, made_on):
                     train_seconds=round(elapsed, 1), evals=evals, provenance=made_on)
 
 
+STATE_KEYS = {"model", "optimizer", "step", "elapsed", "evals", "args", "python_rng", "torch_rng"}
 # flags that may change when a run is resumed: they do not change what is trained
 RESUMABLE = {"steps", "eval_every", "save_every", "eval_size", "threads", "device", "out", "resume", "force",
              "deterministic"}
@@ -137,8 +138,15 @@ def check_out(args, writer=True):
             sys.exit(f"error: --resume needs {args.out}.state, which is missing; start without --resume")
         try:
             state = torch.load(args.out + ".state", map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or not STATE_KEYS <= state.keys() or not isinstance(state["args"],
+                                                                                                 dict):
+                raise ValueError("not a pretrain.py state")
         except Exception as e:  # a truncated or foreign file: say which, not where torch.load failed
-            sys.exit(f"error: cannot read {args.out}.state ({type(e).__name__}); start without --resume")
+            sys.exit(f"error: cannot read {args.out}.state ({type(e).__name__}): it is damaged or not a "
+                     "pretrain.py state; start without --resume (with --force to replace the checkpoint)")
+        if state["step"] > args.steps:
+            sys.exit(f"error: {args.out} has already trained {state['step']} steps, more than --steps "
+                     f"{args.steps}; pass --steps {state['step']} or more to go on")
         differ = [f"--{k.replace('_', '-')} {v} (the run has {state['args'].get(k)})"
                   for k, v in vars(args).items() if k not in RESUMABLE and state["args"].get(k) != v]
         if differ:
@@ -163,6 +171,14 @@ def check_out(args, writer=True):
 
 
 def main(argv=None):
+    try:
+        train(argv)
+    finally:
+        release_locks()  # --out is free for the next writer (tests run several in one process)
+
+
+def train(argv=None):
+    """The whole pre-training run: flags, setup, the loop, the summary."""
     args = get_args(argv)
     set_threads(args.threads)
     device = pick_device(args.device)
@@ -178,6 +194,8 @@ def main(argv=None):
     longest = data.longest_sequence(args.digits)
     if message := too_big(config, args.batch_size, longest, device):
         sys.exit(f"error: {message}; lower --batch-size or the model's size")
+    if rank == 0:  # the only writer of --out until this process ends
+        hold_lock(args.out + ".lock", args.out)
     state = check_out(args, writer=rank == 0)  # for --resume: model, optimizer, RNGs and step, in one file
     model = GPT(config).to(device)
     eval_dtype = generation_dtype(args.dtype, device)
@@ -255,7 +273,8 @@ def main(argv=None):
             if saving:
                 wait_for_ranks()
             if stop or (ranks == 1 and asked and saving):  # alone, a Ctrl-C during this step's save too
-                sys.exit(f"\ninterrupted after step {steps_done}: saved {args.out}; continue with --resume")
+                go_on = resume_command("pretrain.py", sys.argv[1:] if argv is None else argv)
+                sys.exit(f"\ninterrupted after step {steps_done}: saved {args.out}; to go on: {go_on}")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -44,8 +44,9 @@ import metrics
 import run_folder
 from model import CheckpointError, load_checkpoint
 from runtime import (DETERMINISM, DEVICE_HELP, DTYPE_HELP, DTYPES, add_number, autocast_dtype,
-                     generation_dtype, mixed_precision, pick_device, precision_name, provenance, release_locks,
-                     resume_command, run_script, seed_everything, set_threads, share, start_ranks, sum_gradients, too_big)
+                     generation_dtype, mixed_precision, pick_device, precision_name, provenance,
+                     release_locks, resume_command, run_script, seed_everything, set_threads, share,
+                     start_ranks, sum_gradients, too_big)
 
 # -----------------------------------------------------------------------------
 # the paper's idea: the loss, then what it calls
@@ -103,7 +104,8 @@ def not_finite(loss, norm, stats, logits, args):
     if all(map(math.isfinite, stats.values())) and not torch.isfinite(loss):
         return (f"the loss overflows: --kl-coef {args.kl_coef:g} times the KL term is too large for the "
                 "float range; lower --kl-coef")
-    return f"the loss ({loss.item():g}) or its gradient norm ({norm.item():g}) is not finite: try a lower --lr"
+    return (f"the loss ({loss.item():g}) or its gradient norm ({norm.item():g}) is not finite: try a lower "
+            "--lr")
 
 
 K1_REFUSED = ("the k1 estimator has zero expected gradient, so the penalty would do nothing: use k2 (the "

@@ -76,7 +76,7 @@ def prepare_folder(args, config, defaults=None):
                  f"or pass --force to replace it")
     try:
         os.makedirs(run_dir, exist_ok=True)
-        for stale in (METRICS_LOG, TRAIN_LOG, "model.pt", "state.pt"):  # --force: nothing of the old run stays
+        for stale in (METRICS_LOG, TRAIN_LOG, "model.pt", "state.pt"):  # --force: nothing old stays
             if os.path.exists(os.path.join(run_dir, stale)):
                 os.remove(os.path.join(run_dir, stale))
         write_text(config_path, json.dumps(config, indent=2), quiet=True)
@@ -128,8 +128,8 @@ def resume_folder(args, config, run_dir, defaults):
     rows = whole_log(os.path.join(run_dir, METRICS_LOG), "episode")
     if not any(row["episode"] == state["episode"] for row in rows):
         sys.exit(f"error: {run_dir}/{METRICS_LOG} lacks the evaluation at episode {state['episode']} that "
-                 "state.pt was saved at (emptied or replaced?): the run cannot go on whole; start it anew with "
-                 "--force")
+                 "state.pt was saved at (emptied or replaced?): the run cannot go on whole; start it anew "
+                 "with --force")
     steps = whole_log(os.path.join(run_dir, TRAIN_LOG), "iteration") if state["iteration"] else []
     if [row["iteration"] for row in steps if row["iteration"] <= state["iteration"]] != \
             list(range(1, state["iteration"] + 1)):
@@ -189,8 +189,8 @@ def whole_log(path, key):
             if number == len(lines):
                 print(f"note: {path} line {number} was cut off in the middle; dropped", file=sys.stderr)
                 break
-            sys.exit(f"error: {path} line {number} is not a row of this log; repair the file, or start the run "
-                     "anew with --force")
+            sys.exit(f"error: {path} line {number} is not a row of this log; repair the file, or start the "
+                     "run anew with --force")
         rows.append(row)
     return rows
 
