@@ -1,0 +1,556 @@
+"""Hostile inputs, as a careless user or a bad day gives them, against the real scripts in subprocesses, each
+sorted by what happened: a clean one-line refusal, accepted (and whole), a traceback, a hang, or work lost or
+mixed (a case's own check failed). Tiny models; about five minutes on 2 CPU cores.
+
+    python tests/hostile_inputs.py            # every case, then the count per outcome
+    python tests/hostile_inputs.py --only pipe
+
+Not part of `pytest` (tests/test_runs_kept.py and tests/test_bad_input.py hold one test per class); it exits
+non-zero if any case ends in a traceback, a hang or lost work.
+"""
+import argparse
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from model import GPT, GPTConfig, save_checkpoint  # noqa: E402
+
+RL = ["--episodes", "8", "--batch-size", "2", "--group-size", "2", "--eval-every", "4", "--eval-size", "2",
+      "--threads", "1", "--no-save", "--device", "cpu"]
+LONG_RL = ["--episodes", "600", *RL[2:]]  # long enough to be running while a second writer tries
+PRETRAIN = ["--digits", "1", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "128",
+            "--eval-size", "2", "--threads", "1", "--device", "cpu"]
+HANG = 60  # seconds: a case still running then has hung
+
+
+class Case:
+    def __init__(self, tmp):
+        self.tmp = tmp
+
+    def path(self, *parts):
+        return os.path.join(self.tmp, *parts)
+
+
+def script(name, *args, env=None, timeout=HANG, stdin=None):
+    """Run one of the project's scripts; returns (returncode or None for a hang, stdout, stderr)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, name), *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        return None, out, err
+    return proc.returncode, out, err
+
+
+def start(name, *args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, name), *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path, timeout=HANG):
+    end = time.time() + timeout
+    while time.time() < end:
+        if os.path.exists(path) and os.path.getsize(path) > 0:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def rows(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def checkpoint(path, digits=2, meta=None, **changes):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=256, n_layer=1, n_head=2, n_embd=16))
+    save_checkpoint(path, model, args={"digits": digits})
+    if meta is not None or changes:
+        ckpt = torch.load(path, weights_only=True)
+        if meta is not None:
+            ckpt["meta"] = meta
+        ckpt.update(changes)
+        torch.save(ckpt, path)
+    return path
+
+
+def outcome(result, check=None):
+    """What happened: refused, accepted, traceback, hang or lost (a failed check)."""
+    code, out, err = result
+    if code is None:
+        return "hang", "still running after the limit"
+    if "Traceback" in err:
+        return "traceback", err.strip().splitlines()[-1]
+    if check is not None:
+        problem = check()
+        if problem:
+            return "lost", problem
+    if code == 0:
+        return "accepted", (out.strip().splitlines() or [""])[-1][:100]
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:") or ": error:" in line]
+    if len(lines) == 1:
+        return "refused", lines[0][:160]
+    return "lost", f"exit {code} without one clear error line: {err.strip()[-200:]}"
+
+
+CASES = {}
+
+
+def case(group):
+    def register(fn):
+        CASES[f"{group}: {fn.__name__.replace('_', ' ')}"] = fn
+        return fn
+    return register
+
+
+# -----------------------------------------------------------------------------
+# two writers, one output
+
+@case("two writers")
+def pretrain_same_out(c):
+    out = c.path("add1.pt")
+    first = start("pretrain.py", *PRETRAIN, "--steps", "3000", "--out", out)
+    wait_for(out + ".lock")
+    second = script("pretrain.py", *PRETRAIN, "--steps", "20", "--seed", "1", "--out", out)
+    first.send_signal(signal.SIGINT)
+    first.communicate()
+    return second, lambda: None if second[0] not in (0, None) else "the second writer was accepted"
+
+
+def running_rl(c, name="run"):
+    first = start("rl.py", "--ckpt", c.ckpt, *LONG_RL, "--out", c.tmp, "--name", name)
+    wait_for(c.path(name, "metrics.jsonl"))
+    return first
+
+
+def stop(proc):
+    proc.send_signal(signal.SIGINT)
+    return proc.communicate()
+
+
+@case("two writers")
+def rl_force_while_running(c):
+    first = running_rl(c)
+    second = script("rl.py", "--ckpt", c.ckpt, *RL, "--out", c.tmp, "--name", "run", "--force")
+    stop(first)
+    episodes = [r["episode"] for r in rows(c.path("run", "metrics.jsonl"))]
+    return second, lambda: None if episodes == sorted(set(episodes)) else f"mixed rows {episodes}"
+
+
+@case("two writers")
+def rl_resume_while_running(c):
+    first = running_rl(c)
+    time.sleep(2)
+    second = script("rl.py", "--ckpt", c.ckpt, *LONG_RL, "--out", c.tmp, "--name", "run", "--resume")
+    stop(first)
+    episodes = [r["episode"] for r in rows(c.path("run", "metrics.jsonl"))]
+    return second, lambda: None if episodes == sorted(set(episodes)) else f"mixed rows {episodes}"
+
+
+@case("two writers")
+def rl_after_a_killed_writer(c):
+    first = running_rl(c)
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    return script("rl.py", "--ckpt", c.ckpt, *LONG_RL, "--out", c.tmp, "--name", "run", "--resume"), None
+
+
+# -----------------------------------------------------------------------------
+# resume that follows its own advice
+
+def advice(err):
+    return shlex.split(err.split("to go on: ")[1].strip().splitlines()[0])[2:]
+
+
+@case("resume advice")
+def ctrl_c_with_a_default_name(c):
+    first = start("rl.py", "--ckpt", c.ckpt, *LONG_RL, "--out", c.tmp)
+    end = time.time() + HANG
+    while time.time() < end and not any(os.path.exists(c.path(d, "state.pt")) for d in os.listdir(c.tmp)
+                                        if os.path.isdir(c.path(d))):
+        time.sleep(0.2)
+    _, err = stop(first)
+    time.sleep(1.1)
+    return script("rl.py", *advice(err)), None
+
+
+@case("resume advice")
+def ctrl_c_during_the_first_evaluation_then_rerun(c):
+    first = start("rl.py", "--ckpt", c.ckpt, *RL, "--eval-size", "400", "--out", c.tmp, "--name", "early")
+    wait_for(c.path("early", "config.json"))
+    stop(first)
+    return script("rl.py", "--ckpt", c.ckpt, *RL, "--out", c.tmp, "--name", "early"), None
+
+
+@case("resume advice")
+def ctrl_c_during_the_first_evaluation_then_resume(c):
+    first = start("rl.py", "--ckpt", c.ckpt, *RL, "--eval-size", "400", "--out", c.tmp, "--name", "early")
+    wait_for(c.path("early", "config.json"))
+    _, err = stop(first)
+    return script("rl.py", *advice(err)), None
+
+
+def cut_run(c, name="cut"):
+    """An RL run stopped by SIGINT after its first saved state; returns the printed resume arguments."""
+    first = running_rl(c, name)
+    end = time.time() + HANG
+    while time.time() < end and len(rows(c.path(name, "metrics.jsonl"))) < 2:  # a state after training
+        time.sleep(0.2)
+    _, err = stop(first)
+    return advice(err)
+
+
+@case("resume advice")
+def a_moved_folder(c):
+    argv = cut_run(c)
+    os.rename(c.path("cut"), c.path("moved"))
+    argv[argv.index("--name") + 1] = "moved"
+    return script("rl.py", *argv), None
+
+
+@case("resume advice")
+def the_checkpoint_spelt_otherwise(c):
+    argv = cut_run(c)
+    argv[argv.index("--ckpt") + 1] = os.path.join(os.path.dirname(c.ckpt), ".", os.path.basename(c.ckpt))
+    return script("rl.py", *argv), None
+
+
+@case("resume advice")
+def pretrain_ctrl_c(c):
+    out = c.path("add1.pt")
+    first = start("pretrain.py", *PRETRAIN, "--steps", "3000", "--out", out)
+    wait_for(out + ".lock")
+    time.sleep(2)
+    _, err = stop(first)
+    argv = advice(err)
+    done = int(err.split("interrupted after step ")[1].split(":")[0])
+    argv[argv.index("--steps") + 1] = str(done + 5)  # the advice, but not 3000 steps
+    return script("pretrain.py", *argv), None
+
+
+# -----------------------------------------------------------------------------
+# a closed pipe
+
+def piped(command, c):
+    """`python <command> | head -1`, the script's exit status kept (pipefail), its stderr in err.txt."""
+    line = f"set -o pipefail; {shlex.quote(sys.executable)} {command} 2>{c.path('err.txt')} | head -1"
+    return subprocess.run(["bash", "-c", line], cwd=ROOT, capture_output=True, text=True, timeout=HANG,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@case("closed pipe")
+def rl_into_head(c):
+    proc = piped(f"rl.py --ckpt {c.ckpt} {' '.join(RL)} --out {c.tmp} --name piped", c)
+    err = open(c.path("err.txt")).read()
+    done = os.path.exists(c.path("piped", "metrics.jsonl")) and rows(c.path("piped", "metrics.jsonl"))[-1][
+        "episode"] == 8
+    return (proc.returncode, proc.stdout, err), lambda: None if done else "the run did not finish"
+
+
+@case("closed pipe")
+def pretrain_into_head(c):
+    proc = piped(f"pretrain.py {' '.join(PRETRAIN)} --steps 10 --out {c.path('p.pt')}", c)
+    err = open(c.path("err.txt")).read()
+    return (proc.returncode, proc.stdout, err), lambda: None if os.path.exists(c.path("p.pt")) else "no model"
+
+
+# -----------------------------------------------------------------------------
+# silent wrong numbers
+
+@case("silent numbers")
+def the_reference_replaced(c):
+    argv = cut_run(c)
+    checkpoint(c.ckpt.replace(".pt", "_other.pt"))
+    os.replace(c.ckpt.replace(".pt", "_other.pt"), c.ckpt)
+    return script("rl.py", *argv), None
+
+
+@case("silent numbers")
+def metrics_emptied(c):
+    argv = cut_run(c)
+    open(c.path("cut", "metrics.jsonl"), "w").close()
+    return script("rl.py", *argv), None
+
+
+@case("silent numbers")
+def train_log_deleted(c):
+    argv = cut_run(c)
+    os.remove(c.path("cut", "train.jsonl"))
+    return script("rl.py", *argv), None
+
+
+@case("silent numbers")
+def one_seed_twice_in_curves(c):
+    for name in ("a", "b"):
+        script("rl.py", "--ckpt", c.ckpt, *RL, "--out", c.path("runs"), "--name", name)
+    return script("analyze.py", "curves", c.path("runs"), "--out", c.tmp), None
+
+
+@case("silent numbers")
+def pretrain_resume_with_fewer_steps(c):
+    out = c.path("add1.pt")
+    script("pretrain.py", *PRETRAIN, "--steps", "12", "--out", out)
+    return script("pretrain.py", *PRETRAIN, "--steps", "8", "--out", out, "--resume"), None
+
+
+# -----------------------------------------------------------------------------
+# damaged files
+
+def damaged_run(change):
+    def run(c):
+        argv = cut_run(c)
+        change(c.path("cut"))
+        return script("rl.py", *argv), None
+    run.__name__ = change.__name__
+    return run
+
+
+def state_truncated(folder):
+    path = os.path.join(folder, "state.pt")
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:len(data) // 2])
+
+
+def state_empty(folder):
+    open(os.path.join(folder, "state.pt"), "wb").close()
+
+
+def state_random_bytes(folder):
+    open(os.path.join(folder, "state.pt"), "wb").write(os.urandom(5000))
+
+
+def state_of_pretrain(folder):
+    torch.save({"model": {}, "step": 3, "args": {}}, os.path.join(folder, "state.pt"))
+
+
+def state_a_list(folder):
+    torch.save([1, 2, 3], os.path.join(folder, "state.pt"))
+
+
+def metrics_cut_mid_line(folder):
+    with open(os.path.join(folder, "metrics.jsonl"), "a") as f:
+        f.write('{"episode": 8, "acc_pl')
+
+
+def metrics_bad_first_line(folder):
+    path = os.path.join(folder, "metrics.jsonl")
+    text = open(path).read()
+    open(path, "w").write("garbage\n" + text)
+
+
+def train_cut_mid_line(folder):
+    with open(os.path.join(folder, "train.jsonl"), "a") as f:
+        f.write('{"iteration": 9')
+
+
+def train_rows_of_strings(folder):
+    open(os.path.join(folder, "train.jsonl"), "w").write('"a"\n"b"\n')
+
+
+def config_not_json(folder):
+    open(os.path.join(folder, "config.json"), "w").write("{oops")
+
+
+def config_a_list(folder):
+    open(os.path.join(folder, "config.json"), "w").write("[1, 2]")
+
+
+def config_deleted(folder):
+    os.remove(os.path.join(folder, "config.json"))
+
+
+for change in (state_truncated, state_empty, state_random_bytes, state_of_pretrain, state_a_list,
+               metrics_cut_mid_line, metrics_bad_first_line, train_cut_mid_line, train_rows_of_strings,
+               config_not_json, config_a_list, config_deleted):
+    case("damaged run files")(damaged_run(change))
+
+
+def bad_checkpoint(**kwargs):
+    def run(c):
+        path = checkpoint(c.path("bad.pt"), **kwargs)
+        return script("rl.py", "--ckpt", path, *RL, "--out", c.tmp, "--name", "r"), None
+    return run
+
+
+for label, kwargs in (("meta None", {"meta": None}), ("meta a list", {"meta": [1]}),
+                      ("args None", {"meta": {"args": None}}), ("digits 0", {"digits": 0}),
+                      ("digits a billion", {"digits": 10 ** 9}), ("digits a string", {"digits": "7"}),
+                      ("vocabulary of another size", {"vocab": "abc"}), ("config None", {"config": None}),
+                      ("model weights None", {"model": None}), ("task of another kind", {"meta": {"task": 3}})):
+    run = bad_checkpoint(**kwargs)
+    run.__name__ = "checkpoint " + label.replace(" ", "_")
+    case("damaged checkpoints")(run)
+
+
+@case("damaged checkpoints")
+def checkpoint_with_nan_weights(c):
+    path = checkpoint(c.path("nan.pt"))
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["model"]["wte.weight"][0, 0] = float("nan")
+    torch.save(ckpt, path)
+    result = script("rl.py", "--ckpt", path, *RL, "--out", c.tmp, "--name", "r")
+    return result, lambda: "told to lower --lr" if "--lr" in result[2] else None
+
+
+@case("damaged checkpoints")
+def analyze_errors_on_a_nan_checkpoint(c):
+    path = checkpoint(c.path("nan.pt"))
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["model"]["wte.weight"][0, 0] = float("inf")
+    torch.save(ckpt, path)
+    return script("analyze.py", "errors", "--ckpt", path, "--n", "4", "--out", c.tmp), None
+
+
+@case("damaged checkpoints")
+def pretrain_state_truncated(c):
+    out = c.path("add1.pt")
+    script("pretrain.py", *PRETRAIN, "--steps", "6", "--out", out)
+    data = open(out + ".state", "rb").read()
+    open(out + ".state", "wb").write(data[:100])
+    return script("pretrain.py", *PRETRAIN, "--steps", "8", "--out", out, "--resume"), None
+
+
+@case("damaged checkpoints")
+def pretrain_state_of_another_script(c):
+    out = c.path("add1.pt")
+    script("pretrain.py", *PRETRAIN, "--steps", "6", "--out", out)
+    torch.save({"policy": {}, "episode": 4}, out + ".state")
+    return script("pretrain.py", *PRETRAIN, "--steps", "8", "--out", out, "--resume"), None
+
+
+@case("damaged analysis files")
+def cache_with_bad_lines(c):
+    cache = c.path("cache.jsonl")
+    open(cache, "w").write('5\n"x"\n{"no key": 1}\n{"key": "a", "accuracy": 1\n')
+    return script("analyze.py", "accuracy", "--ckpt", c.ckpt, "--n", "2", "--extra", "0", "--cache", cache,
+                  "--out", c.tmp), None
+
+
+@case("damaged analysis files")
+def cache_a_folder(c):
+    return script("analyze.py", "accuracy", "--ckpt", c.ckpt, "--n", "2", "--cache", c.tmp, "--out",
+                  c.path("t")), None
+
+
+@case("damaged analysis files")
+def curves_over_a_broken_config(c):
+    script("rl.py", "--ckpt", c.ckpt, *RL, "--out", c.path("runs"), "--name", "a")
+    open(c.path("runs", "a", "config.json"), "w").write("{")
+    return script("analyze.py", "curves", c.path("runs"), "--out", c.tmp), None
+
+
+@case("damaged analysis files")
+def curves_over_rows_without_accuracy(c):
+    script("rl.py", "--ckpt", c.ckpt, *RL, "--out", c.path("runs"), "--name", "a")
+    open(c.path("runs", "a", "metrics.jsonl"), "w").write('{"episode": 0}\n')
+    return script("analyze.py", "curves", c.path("runs"), "--out", c.tmp), None
+
+
+# -----------------------------------------------------------------------------
+# the environment
+
+@case("environment")
+def analyze_out_is_a_file(c):
+    open(c.path("file"), "w").write("x")
+    return script("analyze.py", "curves", c.tmp, "--out", c.path("file")), None
+
+
+@case("environment")
+def analyze_name_with_a_slash(c):
+    return script("analyze.py", "curves", c.tmp, "--name", "../../x", "--out", c.tmp), None
+
+
+@case("environment")
+def rl_name_an_existing_file(c):
+    open(c.path("taken"), "w").write("x")
+    return script("rl.py", "--ckpt", c.ckpt, *RL, "--out", c.tmp, "--name", "taken"), None
+
+
+@case("environment")
+def rl_out_inside_a_file(c):
+    open(c.path("file"), "w").write("x")
+    return script("rl.py", "--ckpt", c.ckpt, *RL, "--out", c.path("file"), "--name", "r"), None
+
+
+@case("environment")
+def pretrain_out_inside_a_file(c):
+    open(c.path("file"), "w").write("x")
+    return script("pretrain.py", *PRETRAIN, "--steps", "4", "--out", c.path("file", "m.pt")), None
+
+
+@case("environment")
+def a_name_the_locale_cannot_print(c):
+    return script("rl.py", "--ckpt", c.ckpt, *RL, "--out", c.tmp, "--name", "r\u00e9sum\u00e9",
+                  env={"PYTHONIOENCODING": "ascii", "LC_ALL": "C"}), None
+
+
+@case("environment")
+def far_more_threads_than_cores(c):
+    result = script("rl.py", "--ckpt", c.ckpt, *RL[:-5], "--threads", "4096", "--no-save", "--out", c.tmp,
+                    "--name", "t")
+    return result, lambda: None if "more than" in result[2] else "no note on the thread count"
+
+
+# -----------------------------------------------------------------------------
+# sizes that cannot be met, and wrong advice
+
+@case("hangs")
+def eval_set_larger_than_what_exists(c):
+    path = checkpoint(c.path("add1.pt"), digits=1)
+    return script("rl.py", "--ckpt", path, *RL, "--eval-size", "20000", "--out", c.tmp, "--name", "r"), None
+
+
+@case("hangs")
+def accuracy_with_an_absurd_n(c):
+    return script("analyze.py", "accuracy", "--ckpt", c.ckpt, "--n", "1000000000", "--out", c.tmp), None
+
+
+@case("hangs")
+def accuracy_with_an_absurd_extra(c):
+    return script("analyze.py", "accuracy", "--ckpt", c.ckpt, "--extra", "1000000", "--out", c.tmp), None
+
+
+@case("wrong advice")
+def kl_coef_1e308(c):
+    return script("rl.py", "--ckpt", c.ckpt, *RL, "--kl-coef", "1e308", "--out", c.tmp, "--name", "r"), None
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default="", help="run the cases whose name contains this")
+    args = p.parse_args()
+    counts, bad = Counter(), []
+    for name, fn in CASES.items():
+        if args.only not in name:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            c = Case(tmp)
+            c.ckpt = checkpoint(os.path.join(tmp, "tiny.pt"))
+            result, check = fn(c)
+            what, detail = outcome(result, check)
+        counts[what] += 1
+        print(f"{what:9} | {name} | {detail}", flush=True)
+        if what in ("traceback", "hang", "lost"):
+            bad.append(name)
+    print("\n" + ", ".join(f"{k}: {v}" for k, v in counts.most_common()) + f" ({sum(counts.values())} inputs)")
+    if bad:
+        sys.exit(f"{len(bad)} case(s) ended badly: {'; '.join(bad)}")
+
+
+if __name__ == "__main__":
+    main()
