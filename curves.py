@@ -75,7 +75,7 @@ def area_under_curve(rows, key="acc_plus"):
 def group_runs(runs):
     """Runs that share every setting except the seed form one group. Returns [(label, settings, runs)],
     the label naming only the settings that differ between groups."""
-    groups, defaults = {}, vars(rl.settings())  # a flag added after a run was made: its default
+    groups, defaults = {}, vars(rl.args_with())  # a flag added after a run was made: its default
     for run in runs:
         settings = {k: v for k, v in {**defaults, **run["config"]}.items() if k not in NOT_A_SETTING}
         if settings.get("ckpt"):  # a checkpoint is its file name, whichever folder a run named

@@ -19,7 +19,7 @@ from runtime import save_figure
 
 def is_uniform(settings):
     """No penalty, or one whose weighting (rl.kl_weight) gives every certainty the same weight (alpha 0)."""
-    run = rl.settings(**settings)
+    run = rl.args_with(**settings)
     weights = {float(rl.kl_weight(j, run)) for j in (0.0, 0.25, 0.5, 0.75, 1.0)}
     return settings.get("kl_coef", 0) == 0 or len(weights) == 1
 

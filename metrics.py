@@ -61,7 +61,7 @@ def evaluate(policy, sets, n, temperature, seed, device, dtype, decoding=(True, 
 
 
 def evaluate_and_save(run, iteration, window):
-    """An evaluation of the run (rl.start's namespace) after `iteration` iterations: `evaluate`, every rank
+    """An evaluation of the run (rl.set_up's state) after `iteration` iterations: `evaluate`, every rank
     its share, then its row in metrics.jsonl and the state --resume goes on from. Evaluation 0 (window None:
     before training, the policy still the reference) also measures how much of the penalty the weighting
     lifts where it matters: the mean kl_weight where the reference's greedy texts first go wrong, and
@@ -75,13 +75,15 @@ def evaluate_and_save(run, iteration, window):
         if window is None:
             with mixed_precision(run.device, run.dtype):
                 decisive, elsewhere = weights_at_errors(run.reference, run.sets["plus"], greedy,
-                                                        run.certainty, run.kl_weight)
+                                                        run.certainty_of, run.weight_of)
             tqdm.write(weights_line(decisive, elsewhere))
             row.update(weight_decisive=decisive, weight_elsewhere=elsewhere)
         row["minutes"] = round((time.time() - run.t0) / 60, 2)
         run_folder.save_evaluation(run.dir, row, run.policy, run.optimizer, run.rng, generators, iteration)
         run.rows.append(row)
         tqdm.write(one_line(row, args.digits_plus))
+        for line in mistakes(run.sets["plus"], greedy):
+            tqdm.write(line)
     wait_for_ranks()
 
 
@@ -91,6 +93,24 @@ def one_line(row, digits_plus):
             f"{row['acc_plus_sampled']:.1f}% | val {row['val_plus']:.1f}% | "
             f"comfort {row['acc_comfort']:.1f}% | critical p {row['critical_p']:.3f}")
     return line + (f" | reward {row['reward']:.3f} kl {row['kl']:.4f}" if row["reward"] is not None else "")
+
+
+def mistakes(problems, completions, shown=2):
+    """Up to `shown` wrong greedy answers as lines to print (minGPT's adder does the same): the problem, the
+    answer line written and the right one, and where the text first left the correct one."""
+    lines = []
+    for problem, text in zip(problems, completions):
+        if data.reward(problem, text) or len(lines) == shown:
+            continue
+        right = data.target(problem)
+        wrong = data.first_error(problem, text)
+        answer = lambda t: (t.rstrip("\n").split("\n") or [""])[-1]  # the last line: the answer
+        where = (f"first wrong at character {wrong} (line {right.count(chr(10), 0, wrong)}): "
+                 f"{text[wrong:wrong + 1] or 'the end'!r} for {right[wrong:wrong + 1]!r}"
+                 if wrong is not None else "the text is right, the answer line is not")
+        lines.append(f"  {' '.join(data.prompt(problem).split())} wrote {answer(text)!r}, right "
+                     f"{answer(right)!r}; {where}")
+    return lines
 
 
 @torch.no_grad()

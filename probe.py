@@ -330,7 +330,7 @@ def alpha_markdown(model, n, size, device, dtype, draft=True, certainty=rl.certa
              f"greedy generations and on average over the {len(elsewhere)} characters written right:", "",
              "| alpha | " + " | ".join(f"{a:g}" for a in ALPHAS) + " |", "|---" * (len(ALPHAS) + 1) + "|"]
     for name, values in (("at the first error", decisive), ("elsewhere", elsewhere)):
-        weights = [lambda j, run=rl.settings(alpha=a): rl.kl_weight(j, run) for a in ALPHAS]
+        weights = [lambda j, run=rl.args_with(alpha=a): rl.kl_weight(j, run) for a in ALPHAS]
         cells = ["n/a" if not values else f"{metrics.mean_weight(values, weight):.3f}" for weight in weights]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     below = [sum(j < metrics.UNCERTAIN for j in values) for values in (decisive, elsewhere)]

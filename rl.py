@@ -45,14 +45,14 @@ import run_folder
 from model import CheckpointError, load_checkpoint
 from runtime import (DETERMINISM, DEVICE_HELP, DTYPE_HELP, DTYPES, add_number, autocast_dtype,
                      generation_dtype, mixed_precision, pick_device, precision_name, provenance,
-                     release_locks, resume_command, run_script, seed_everything, set_threads, share,
+                     rank_share, release_locks, resume_command, run_script, seed_everything, set_threads,
                      start_ranks, sum_gradients, too_big)
 
 # -----------------------------------------------------------------------------
 # the paper's idea: the loss, then what it calls
 
 
-def rl_loss(logits, ref_logits, actions, advantages, mask, run, old_logp=None):
+def rl_loss(logits, ref_logits, actions, advantages, mask, args, old_logp=None):
     """Policy gradient plus the prioritized KL penalty, averaged over generated tokens:
 
         L    = L_RL + kl_coef * E_{s,a ~ pi} [ J_ref(s)^alpha * KL_s ]          (Eq. 1)
@@ -63,36 +63,36 @@ def rl_loss(logits, ref_logits, actions, advantages, mask, run, old_logp=None):
 
     logits, ref_logits (B, T, V): policy (with grad) and reference (no grad) at the visited states;
     actions (B, T) the sampled tokens; advantages (B,) one per completion; mask (B, T) 1 on generated
-    tokens; run: the run's settings (rl.py's flags, `settings()`: kl_coef, temperature, kl_estimator, clip,
-    and what `certainty` and `kl_weight` read); old_logp (B, T): the rollout policy's log-probs for PPO,
-    None for plain policy gradient. Returns the loss and a dict of the (detached) quantities it used, each
-    a mean over generated tokens.
+    tokens; args: the run's flags (rl.py's `flags()`, or `args_with()` outside a run: kl_coef,
+    temperature, kl_estimator, clip, and what `certainty` and `kl_weight` read); old_logp (B, T): the
+    rollout policy's log-probs for PPO, None for plain policy gradient. Returns the loss and a dict of the
+    (detached) quantities it used, each a mean over generated tokens.
     """
-    if run.kl_estimator == "k1" and run.kl_coef > 0:
-        raise ValueError(K1_REFUSED)
-    logp_all = F.log_softmax(logits.float() / run.temperature, dim=-1)
-    ref_logp_all = F.log_softmax(ref_logits.float() / run.temperature, dim=-1)
+    if args.kl_estimator == "k1" and args.kl_coef > 0:
+        raise ValueError(K1_HAS_NO_GRADIENT)
+    logp_all = F.log_softmax(logits.float() / args.temperature, dim=-1)
+    ref_logp_all = F.log_softmax(ref_logits.float() / args.temperature, dim=-1)
 
     # Eq. 2 then Eq. 1: weight each state's KL by the reference's certainty to the power alpha
     with torch.no_grad():
-        weight = kl_weight(certainty(ref_logits, run.certainty, run.certainty_temperature), run)
-    kl = kl_estimate(logp_all, ref_logp_all, actions, run.kl_estimator)
+        weight = kl_weight(certainty(ref_logits, args.certainty, args.certainty_temperature), args)
+    kl = kl_estimate(logp_all, ref_logp_all, actions, args.kl_estimator)
 
     # L_RL: REINFORCE, or PPO's clipped surrogate when the batch is reused
-    logp = taken(logp_all, actions)
+    logp = logprob_of(logp_all, actions)
     adv = advantages[:, None]
     if old_logp is None:
         policy_term = -adv * logp
     else:
         ratio = torch.exp(logp - old_logp)
-        policy_term = -torch.min(ratio * adv, ratio.clamp(1 - run.clip, 1 + run.clip) * adv)
-    per_token = policy_term + run.kl_coef * weight * kl
+        policy_term = -torch.min(ratio * adv, ratio.clamp(1 - args.clip, 1 + args.clip) * adv)
+    per_token = policy_term + args.kl_coef * weight * kl
     loss = masked_mean(per_token, mask)
 
     stats = {"policy_loss": policy_term, "kl": kl, "kl_weighted": weight * kl, "kl_weight": weight,
              "entropy": -(logp_all.exp() * logp_all).sum(-1)}  # the policy's entropy on the sampled states
     if old_logp is not None:  # how far this epoch has moved from the rollout policy
-        stats["clip_fraction"] = ((ratio - 1).abs() > run.clip).float()
+        stats["clip_fraction"] = ((ratio - 1).abs() > args.clip).float()
         stats["approx_kl"] = ratio - 1 - torch.log(ratio)  # k3 estimate of KL(pi_old || pi)
     return loss, {name: masked_mean(value.detach(), mask).item() for name, value in stats.items()}
 
@@ -108,16 +108,16 @@ def not_finite(loss, norm, stats, logits, args):
             "--lr")
 
 
-K1_REFUSED = ("the k1 estimator has zero expected gradient, so the penalty would do nothing: use k2 (the "
-              "paper's), k3 or full")
+K1_HAS_NO_GRADIENT = ("the k1 estimator has zero expected gradient, so the penalty would do nothing: use k2 "
+                      "(the paper's), k3 or full")
 
 
-def kl_weight(certainty, run):
+def kl_weight(certainty, args):
     """Eq. 1's weight of a state's KL term, from the reference's certainty J (tensor or float) and the run's
-    settings: J^alpha (alpha = 0: the standard penalty). The one place the weighting is chosen: the loss,
-    the printout before training, probe.py's table and frontier.py's "uniform" all call it, so a fork that
-    weights otherwise (tests/test_forks.py: a threshold with its own flag) edits this and get_args."""
-    return certainty ** run.alpha
+    flags: J^alpha (alpha = 0: the standard penalty). The one place the weighting is chosen: the loss, the
+    printout before training, probe.py's table and frontier.py's "uniform" all call it, so a fork that
+    weights otherwise (tests/test_forks.py: a threshold with its own flag) edits this and flags()."""
+    return certainty ** args.alpha
 
 
 def certainty(logits, kind="entropy", temperature=1.0):
@@ -149,7 +149,7 @@ def kl_estimate(logp_all, ref_logp_all, actions, estimator="k2"):
     """
     if estimator == "full":
         return (logp_all.exp() * (logp_all - ref_logp_all)).sum(-1)
-    l = taken(logp_all - ref_logp_all, actions)
+    l = logprob_of(logp_all - ref_logp_all, actions)
     if estimator == "k1":
         return l
     if estimator == "k2":
@@ -164,7 +164,7 @@ def masked_mean(values, mask):
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-def taken(logp_all, actions):
+def logprob_of(logp_all, actions):
     """The log-probabilities (B, T) of the tokens actually taken, from all of them (B, T, V)."""
     return logp_all.gather(-1, actions[..., None]).squeeze(-1)
 
@@ -181,19 +181,20 @@ def group_advantages(rewards, group_size):
 
 @torch.no_grad()
 def rollout(policy, problems, temperature, generator, fast=True, draft=True):
-    """Sample one completion per problem (draft: along the correct text, the same distribution with less
-    work). Returns (inputs, actions, mask, rewards): row i is problem i's prompt then its completion, padded
-    on the right (the teacher-forced passes need no padding mask); actions[:, t] is the token after
-    inputs[:, t], and mask is 1 where that token was generated, 0 on the prompt and on padding."""
+    """Sample one completion per problem. Returns (prompts, sequences, completions): the left-padded prompts,
+    the prompts followed by the tokens sampled, and those as text.
+    Speed path: GPT.generate decodes with a KV cache (fast) and along a free draft of the correct text
+    (draft: one pass checks every position, and only rows that leave the draft go on token by token). Both
+    sample the same distribution as generation.generate's plain loop (tests/test_draft.py,
+    test_sampled_texts_follow_the_plain_loops_distribution; tests/test_model.py for fast);
+    --no-draft --no-fast-generate take the plain loop."""
     device = next(policy.parameters()).device
     prompts = data.prompt_batch(problems, device)
     sequences = policy.generate(prompts, data.generation_budget(policy, problems, prompts.size(1)),
                                 temperature=temperature, generator=generator, fast=fast, stop=data.Stop,
                                 draft=data.draft_batch(problems, device) if draft else None)
     completions = [data.decode(row) for row in sequences[:, prompts.size(1):].tolist()]
-    rewards = torch.tensor([data.reward(problem, text) for problem, text in zip(problems, completions)],
-                           device=device)
-    return (*data.generated_batch(prompts, sequences), rewards)
+    return prompts, sequences, completions
 
 
 def update(policy, reference, optimizer, batch, advantages, args, dtype, ranks=1, critical=None):
@@ -211,7 +212,7 @@ def update(policy, reference, optimizer, batch, advantages, args, dtype, ranks=1
         with mixed_precision(device, dtype):
             logits, _ = policy(inputs)
         if args.algo == "ppo" and epoch == 0:  # the rollout policy is the policy before this batch's updates
-            old_logp = taken(F.log_softmax(logits.detach().float() / args.temperature, dim=-1), actions)
+            old_logp = logprob_of(F.log_softmax(logits.detach().float() / args.temperature, dim=-1), actions)
         loss, stats = rl_loss(logits, ref_logits, actions, advantages, mask, args, old_logp)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -301,7 +302,7 @@ def get_args(argv=None):
         p.error(f"--episodes must be a multiple of --batch-size x --group-size = {per_iteration} (one "
                 f"iteration samples that many), e.g. {closest}")
     if args.kl_estimator == "k1" and args.kl_coef > 0:
-        p.error("--kl-estimator k1: " + K1_REFUSED)
+        p.error("--kl-estimator k1: " + K1_HAS_NO_GRADIENT)
     if args.name is not None and (os.path.basename(args.name) != args.name or args.name in ("", ".", "..")):
         p.error("--name must be a plain folder name (no '/', not '..'): the run goes to --out/--name")
     now = time.strftime("%Y%m%d-%H%M%S")
@@ -333,7 +334,7 @@ def main(argv=None):
     run_dir = os.path.join(args.out, args.name)
     go_on = resume_command("rl.py", sys.argv[1:] if argv is None else argv, args.name)
     try:
-        run = start(args)  # device, processes, models, optimizer, the run folder and the random streams
+        run = set_up(args)  # device, processes, models, optimizer, the run folder and the random streams
         train(run, args)
         run_folder.finish_run(run)
     except KeyboardInterrupt:
@@ -345,31 +346,60 @@ def main(argv=None):
 
 
 def train(run, args):
-    """The algorithm, iteration after iteration, from the run's first (or, resumed, next) iteration."""
-    window = metrics.training_window()
-    bar = tqdm(range(run.start, run.iterations), initial=run.start, total=run.iterations, desc="rl",
-               dynamic_ncols=True, disable=run.rank > 0)
+    """The algorithm, iteration after iteration, from the run's first (or, resumed, next) iteration. `run` is
+    the run's state (set_up: models, optimizer, random streams, folder); `args` its flags."""
+    window = metrics.training_window()  # bookkeeping: the training terms that the next evaluation averages
+    no_reward = 0  # bookkeeping: iterations in a row whose completions all earned nothing
+    bar = tqdm(range(run.first_iteration, run.iterations), initial=run.first_iteration, total=run.iterations,
+               desc="rl", dynamic_ncols=True, disable=run.rank > 0)
     for it in bar:
-        # 1. rollout: group_size completions of each of batch_size "N+k" problems
-        problems = share(draw_problems(run.rng, run.n, args), run.rank, run.ranks)  # ranks: whole groups
+        # 1. sample: group_size completions of each of batch_size "N+k" problems
+        problems = draw_problems(run.rng, run.n, args)
+        problems = rank_share(problems, run.rank, run.ranks)  # torchrun: each process a share of the groups
         with mixed_precision(run.device, run.gen_dtype):
-            inputs, actions, mask, rewards = rollout(run.policy, problems, args.temperature, run.generator,
-                                                     args.fast_generate, args.draft)
-        # 2. advantages: each reward minus its group's mean
+            prompts, sequences, completions = rollout(run.policy, problems, args.temperature, run.generator,
+                                                      args.fast_generate, args.draft)
+        # 2. reward: 1 for a right answer line, else 0
+        rewards = torch.tensor([data.reward(problem, text) for problem, text in zip(problems, completions)],
+                               device=prompts.device)
+        # 3. advantages: each reward minus its group's mean
         advantages = group_advantages(rewards, args.group_size)
-        # 3. the update
+        # 4. the loss (rl_loss) and the gradient step, on the tokens sampled
+        inputs, actions, mask = data.generated_batch(prompts, sequences)
         stats = update(run.policy, run.reference, run.optimizer, (inputs, actions, mask), advantages, args,
                        run.dtype, run.ranks, data.critical_states(problems, actions, run.n))
-        # 4. log every iteration to train.jsonl
+        # 5. log every iteration to train.jsonl
         stats = run_folder.log_iteration(run, it, rewards, mask, stats, window)
         bar.set_postfix(reward=f"{stats['reward']:.2f}", kl=f"{stats['kl']:.4f}")
-        # 5. evaluate at each multiple of eval_every episodes and at the end (with the state for --resume)
-        if stats["episode"] % args.eval_every < run.per_iteration or it == run.iterations - 1:  # crossed one
+        no_reward = warn_if_nothing_to_learn(no_reward, stats["reward"], run.rank)
+        # 6. evaluate every --eval-every episodes and at the end (and save the state --resume needs)
+        if evaluation_due(it, run, args):
             metrics.evaluate_and_save(run, it + 1, window)
             window = metrics.training_window()
 
 
-def start(args):
+NO_REWARD_WARNING = 4  # iterations in a row without any reward before the run says so
+
+
+def warn_if_nothing_to_learn(iterations, reward, rank):
+    """Count the iterations in a row whose batch earned no reward at all, and say once, at NO_REWARD_WARNING,
+    that the run has nothing to learn from (every advantage is 0). Returns the new count."""
+    iterations = iterations + 1 if reward == 0 else 0
+    if iterations == NO_REWARD_WARNING and rank == 0:
+        tqdm.write(f"warning: no completion has earned a reward in {NO_REWARD_WARNING} iterations: every "
+                   "advantage is 0, so nothing is learnt. Check data.reward, or sample more (--temperature, "
+                   "--group-size)")
+    return iterations
+
+
+def evaluation_due(it, run, args):
+    """Whether iteration `it` (0-based) is followed by an evaluation: it crossed a multiple of --eval-every
+    episodes, or it is the last one."""
+    episodes = (it + 1) * run.per_iteration
+    return episodes // args.eval_every > it * run.per_iteration // args.eval_every or it == run.iterations - 1
+
+
+def set_up(args):
     """All a run holds, as one namespace (device, torchrun's rank and ranks, models, optimizer, folder, sets,
     random streams); a new run is evaluated before training, a resumed one put back at its last evaluation."""
     set_threads(args.threads)
@@ -385,7 +415,7 @@ def start(args):
                 "provenance": provenance(device), **({"ranks": ranks} if ranks > 1 else {})}
     recorded["ckpt_sha256"] = run_folder.file_hash(args.ckpt)  # --resume checks it is the same file
     sets = eval_sets(n, args)  # choose on val_plus, report acc_plus
-    run_dir, state, rows = run_folder.prepare(args, {**vars(args), **recorded}, rank, vars(settings()))
+    run_dir, state, rows = run_folder.prepare(args, {**vars(args), **recorded}, rank, vars(args_with()))
     run = SimpleNamespace(
         args=args, rank=rank, ranks=ranks, device=device, dtype=dtype, gen_dtype=gen_dtype, policy=policy,
         reference=reference, n=n, meta=meta, dir=run_dir, rows=rows,
@@ -393,14 +423,14 @@ def start(args):
         sets=sets,
         rng=random.Random(args.seed),  # the problem stream, the same on every rank
         generator=torch.Generator(device).manual_seed(args.seed + rank),  # sampling noise: each rank its own
-        per_iteration=args.batch_size * args.group_size, start=0,
-        certainty=lambda logits: certainty(logits, args.certainty, args.certainty_temperature),
-        kl_weight=lambda j: kl_weight(j, args),  # the weights at first errors, printed at evaluation 0
+        per_iteration=args.batch_size * args.group_size, first_iteration=0,
+        certainty_of=lambda logits: certainty(logits, args.certainty, args.certainty_temperature),
+        weight_of=lambda j: kl_weight(j, args),  # the weights at first errors, printed at evaluation 0
         t0=time.time() - 60 * (state["minutes"] if state else 0.0))
     run.iterations = args.episodes // run.per_iteration
     if state:  # --resume: back to the last evaluation, where the state was saved
-        run.start = run_folder.restore_state(state, policy, run.optimizer, run.rng, run.generator, rank,
-                                             ranks)
+        run.first_iteration = run_folder.restore_state(state, policy, run.optimizer, run.rng, run.generator,
+                                                       rank, ranks)
         tqdm.write(f"resuming {run_dir} at episode {state['episode']}")
     else:
         metrics.evaluate_and_save(run, 0, None)
@@ -420,12 +450,12 @@ def draw_problems(rng, n, args):  # batch_size "N+k" problems, each group_size t
             for _ in range(args.group_size)]
 
 
-def settings(**overrides):
-    """rl.py's flags at their defaults, with overrides: a run's settings outside a run (tests, curves.py)."""
-    run = get_args([])
+def args_with(**overrides):
+    """rl.py's flags at their defaults, with overrides: a run's flags outside a run (tests, curves.py)."""
+    args = get_args([])
     for key, value in overrides.items():
-        setattr(run, key, value)
-    return run
+        setattr(args, key, value)
+    return args
 
 
 if __name__ == "__main__":

@@ -245,7 +245,7 @@ def finish(run_dir):
 
 
 def log_iteration(run, it, rewards, mask, stats, window):
-    """Iteration it's row (means over every rank's share; run: rl.start's namespace) to train.jsonl and to
+    """Iteration it's row (means over every rank's share; run: rl.set_up's state) to train.jsonl and to
     the window of training terms that the next evaluation row averages. Returns the row."""
     stats = mean_over_ranks({"reward": rewards.mean().item(), "completion_length": mask.sum(1).mean().item(),
                              **stats})

@@ -6,7 +6,8 @@ Every script calls these; none of it is about the model or the task.
     precision   autocast_dtype (training), generation_dtype (sampling), mixed_precision
     threads     set_threads; seeds: seed_everything (and deterministic kernels on CUDA)
     provenance  what a run ran on (code commit, machine, threads, torch), for its config
-    ranks       start_ranks, share, sum_gradients, sum_over_ranks, mean_over_ranks, gather, wait_for_ranks
+    ranks       start_ranks, rank_share, sum_gradients, sum_over_ranks, mean_over_ranks, gather,
+                wait_for_ranks
     memory      training_gb, too_big: refuse a run that cannot fit before it starts
     files       replace_atomically, atomic_save, write_text, save_figure: a run cut off mid-write, or
                 a full disk, leaves the old file intact; hold_lock: one writer per output
@@ -289,7 +290,7 @@ def start_ranks(device):
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def share(items, rank, ranks):
+def rank_share(items, rank, ranks):
     """Rank's contiguous share of a list (all of it when alone): rl.py gives each rank whole groups."""
     return items[rank * len(items) // ranks:(rank + 1) * len(items) // ranks]
 

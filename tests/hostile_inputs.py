@@ -391,7 +391,8 @@ for label, kwargs in (("meta None", {"meta": None}), ("meta a list", {"meta": [1
                       ("args None", {"meta": {"args": None}}), ("digits 0", {"digits": 0}),
                       ("digits a billion", {"digits": 10 ** 9}), ("digits a string", {"digits": "7"}),
                       ("vocabulary of another size", {"vocab": "abc"}), ("config None", {"config": None}),
-                      ("model weights None", {"model": None}), ("task of another kind", {"meta": {"task": 3}})):
+                      ("model weights None", {"model": None}),
+                      ("task of another kind", {"meta": {"task": 3}})):
     run = bad_checkpoint(**kwargs)
     run.__name__ = "checkpoint " + label.replace(" ", "_")
     case("damaged checkpoints")(run)
@@ -547,7 +548,8 @@ def main():
         print(f"{what:9} | {name} | {detail}", flush=True)
         if what in ("traceback", "hang", "lost"):
             bad.append(name)
-    print("\n" + ", ".join(f"{k}: {v}" for k, v in counts.most_common()) + f" ({sum(counts.values())} inputs)")
+    shown = ", ".join(f"{k}: {v}" for k, v in counts.most_common())
+    print(f"\n{shown} ({sum(counts.values())} inputs)")
     if bad:
         sys.exit(f"{len(bad)} case(s) ended badly: {'; '.join(bad)}")
 

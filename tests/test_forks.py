@@ -63,7 +63,7 @@ def toy_batch():
 
 def test_the_loss_follows_the_forks_weighting(threshold_fork):
     logits, ref_logits, actions, advantages, mask = toy_batch()
-    run = rl.settings(kl_coef=1.0, kl_threshold=0.5)
+    run = rl.args_with(kl_coef=1.0, kl_threshold=0.5)
     _, terms = rl.rl_loss(logits, ref_logits, actions, advantages, mask, run)
     expected = rl.masked_mean((rl.certainty(ref_logits) >= 0.5).float(), mask).item()
     assert terms["kl_weight"] == pytest.approx(expected) and 0 < expected < 1
@@ -103,8 +103,8 @@ def test_an_entropy_bonus_fork_changes_the_loss_and_runs(monkeypatch, tiny_check
     monkeypatch.setattr(rl, "flags", entropy_flags)
     monkeypatch.setattr(rl, "rl_loss", loss_with_entropy_bonus)
     logits, ref_logits, actions, advantages, mask = toy_batch()
-    plain, stats = rl.rl_loss(logits, ref_logits, actions, advantages, mask, rl.settings(kl_coef=1.0))
-    bonus, _ = rl.rl_loss(logits, ref_logits, actions, advantages, mask, rl.settings(kl_coef=1.0,
+    plain, stats = rl.rl_loss(logits, ref_logits, actions, advantages, mask, rl.args_with(kl_coef=1.0))
+    bonus, _ = rl.rl_loss(logits, ref_logits, actions, advantages, mask, rl.args_with(kl_coef=1.0,
                                                                                      entropy_coef=0.1))
     assert (plain - bonus).item() == pytest.approx(0.1 * stats["entropy"], rel=1e-5)
     rl.main(["--ckpt", tiny_checkpoint, "--episodes", "4", "--batch-size", "2", "--group-size", "2",

@@ -53,7 +53,7 @@ def test_certainty_on_known_distributions():
 
 def test_alpha_zero_is_exactly_the_standard_penalty():
     logits, ref_logits, actions, advantages, mask = toy_batch()
-    run = rl.settings(kl_coef=0.7, alpha=0.0)
+    run = rl.args_with(kl_coef=0.7, alpha=0.0)
     loss, stats = rl.rl_loss(logits, ref_logits, actions, advantages, mask, run)
     logp = F.log_softmax(logits, -1).gather(-1, actions[..., None]).squeeze(-1)
     ref_logp = F.log_softmax(ref_logits, -1).gather(-1, actions[..., None]).squeeze(-1)
@@ -65,24 +65,24 @@ def test_alpha_zero_is_exactly_the_standard_penalty():
 def test_weights_are_in_unit_interval_and_vanish_for_uniform_reference():
     logits, ref_logits, actions, advantages, mask = toy_batch()
     for alpha in (0.5, 3.0, 50.0):
-        run = rl.settings(kl_coef=1.0, alpha=alpha)
+        run = rl.args_with(kl_coef=1.0, alpha=alpha)
         _, stats = rl.rl_loss(logits, ref_logits, actions, advantages, mask, run)
         assert 0.0 < stats["kl_weight"] < 1.0
     uniform = torch.zeros_like(ref_logits)
-    run = rl.settings(kl_coef=5.0, alpha=3.0)
+    run = rl.args_with(kl_coef=5.0, alpha=3.0)
     loss_uniform, stats = rl.rl_loss(logits, uniform, actions, advantages, mask, run)
-    run = rl.settings(kl_coef=0.0, alpha=3.0)
+    run = rl.args_with(kl_coef=0.0, alpha=3.0)
     loss_no_kl, _ = rl.rl_loss(logits, uniform, actions, advantages, mask, run)
     assert stats["kl_weight"] == pytest.approx(0.0, abs=1e-6)
     assert torch.allclose(loss_uniform, loss_no_kl)  # the penalty is switched off where pi_ref is uniform
     one_hot = torch.full_like(ref_logits, -1e4).scatter(-1, actions[..., None], 0.0)
-    _, stats = rl.rl_loss(logits, one_hot, actions, advantages, mask, rl.settings(kl_coef=1.0, alpha=3.0))
+    _, stats = rl.rl_loss(logits, one_hot, actions, advantages, mask, rl.args_with(kl_coef=1.0, alpha=3.0))
     assert stats["kl_weight"] == pytest.approx(1.0, abs=1e-4)
 
 
 def test_kl_coef_zero_is_plain_policy_gradient_and_masks_apply_once():
     logits, ref_logits, actions, advantages, mask = toy_batch()
-    loss, _ = rl.rl_loss(logits, ref_logits, actions, advantages, mask, rl.settings(kl_coef=0.0, alpha=3.0))
+    loss, _ = rl.rl_loss(logits, ref_logits, actions, advantages, mask, rl.args_with(kl_coef=0.0, alpha=3.0))
     logp = F.log_softmax(logits, -1).gather(-1, actions[..., None]).squeeze(-1)
     assert torch.allclose(loss, (-advantages[:, None] * logp * mask).sum() / mask.sum())
     loss.backward()
@@ -126,7 +126,7 @@ def test_which_divergence_each_estimators_expected_gradient_follows(estimator, u
 
 def test_k1_is_refused_in_the_loss():
     logits, ref_logits, actions, advantages, mask = toy_batch()
-    run = rl.settings(kl_coef=1.0, alpha=0.0, kl_estimator="k1")
+    run = rl.args_with(kl_coef=1.0, alpha=0.0, kl_estimator="k1")
     with pytest.raises(ValueError, match="zero expected gradient"):
         rl.rl_loss(logits, ref_logits, actions, advantages, mask, run)
     run.kl_coef = 0.0  # no penalty: nothing to refuse
@@ -136,7 +136,7 @@ def test_k1_is_refused_in_the_loss():
 def test_ppo_ratio_is_one_on_the_first_epoch():
     logits, ref_logits, actions, advantages, mask = toy_batch()
     old = F.log_softmax(logits.detach() / 2.0, -1).gather(-1, actions[..., None]).squeeze(-1)
-    run = rl.settings(kl_coef=0.3, alpha=1.0, temperature=2.0)
+    run = rl.args_with(kl_coef=0.3, alpha=1.0, temperature=2.0)
     ppo, _ = rl.rl_loss(logits, ref_logits, actions, advantages, mask, run, old_logp=old)
     (g_ppo,) = torch.autograd.grad(ppo, logits)
     plain, _ = rl.rl_loss(logits, ref_logits, actions, advantages, mask, run)
@@ -172,8 +172,9 @@ class Writer(GPT):
 def test_rollout_batch_is_prompt_then_completion_with_the_generated_tokens_masked_in():
     problems = task_problems(2, 2)
     texts = [data.target(problems[0]), data.target(problems[1])[:3]]  # right, and a row that stopped early
-    inputs, actions, mask, rewards = rl.rollout(Writer(texts), problems, 1.0, None)
-    assert rewards.tolist() == [1.0, 0.0]
+    prompts, sequences, completions = rl.rollout(Writer(texts), problems, 1.0, None)
+    assert completions == texts and [data.reward(p, c) for p, c in zip(problems, completions)] == [1.0, 0.0]
+    inputs, actions, mask = data.generated_batch(prompts, sequences)  # as rl.train makes them
     for i, (problem, text) in enumerate(zip(problems, texts)):
         full = data.encode(data.prompt(problem) + text)
         p = len(data.prompt(problem))
@@ -291,7 +292,7 @@ def test_a_tiny_model_learns_a_trivial_reward():
         logits, _ = policy(seq[:, :-1])
         with torch.no_grad():
             ref_logits, _ = reference(seq[:, :-1])
-        loss, _ = rl.rl_loss(logits, ref_logits, seq[:, 1:], adv, mask, rl.settings(kl_coef=0.01, alpha=1.0))
+        loss, _ = rl.rl_loss(logits, ref_logits, seq[:, 1:], adv, mask, rl.args_with(kl_coef=0.01, alpha=1.0))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -314,7 +315,7 @@ def test_certainty_at_errors_separates_the_decisive_state(monkeypatch):
     reference = Reference(GPTConfig(block_size=256, n_layer=1, n_head=1, n_embd=8))
     decisive, elsewhere = metrics.certainty_at_errors(reference, [(a, b)], [text[:wrong] + "B"], rl.certainty)
     assert len(decisive) == 1 and len(elsewhere) == wrong
-    weight = {alpha: lambda j, alpha=alpha: rl.kl_weight(j, rl.settings(alpha=alpha)) for alpha in (0, 3)}
+    weight = {alpha: lambda j, alpha=alpha: rl.kl_weight(j, rl.args_with(alpha=alpha)) for alpha in (0, 3)}
     assert metrics.mean_weight(decisive, weight[3]) == pytest.approx(0.0, abs=1e-6)
     assert metrics.mean_weight(elsewhere, weight[3]) == pytest.approx(1.0, abs=1e-4)
     assert metrics.mean_weight(decisive, weight[0]) == 1.0 and metrics.mean_weight([], weight[3]) is None
@@ -361,7 +362,7 @@ def test_every_term_of_the_loss_is_logged_each_iteration(tiny_checkpoint, tmp_pa
              "--eval-every", "8", "--eval-size", "2", "--out", str(tmp_path), "--name", "ppo",
              "--algo", "ppo", "--threads", "1", "--no-save", "--device", "cpu"])
     steps = [json.loads(line) for line in open(tmp_path / "ppo" / "train.jsonl")]
-    _, terms = rl.rl_loss(*toy_batch(), rl.settings(kl_coef=1.0, alpha=1.0), old_logp=torch.zeros(3, 5))
+    _, terms = rl.rl_loss(*toy_batch(), rl.args_with(kl_coef=1.0, alpha=1.0), old_logp=torch.zeros(3, 5))
     assert [row["iteration"] for row in steps] == [1, 2] and [row["episode"] for row in steps] == [4, 8]
     for row in steps:
         assert set(terms) | {"loss", "grad_norm", "reward", "completion_length"} <= set(row)

@@ -69,8 +69,8 @@ def holder(tmp_path):
     procs = []
 
     def hold(path):
-        code = f"import sys, time, runtime; runtime.hold_lock({str(path)!r}, 'x'); print('held', flush=True); " \
-               "time.sleep(60)"
+        code = (f"import time, runtime; runtime.hold_lock({str(path)!r}, 'x'); print('held', flush=True); "
+                "time.sleep(60)")
         proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "held"
         procs.append(proc)
@@ -148,7 +148,7 @@ def test_a_moved_run_resumes_where_it_is_and_checkpoint_paths_compare_as_files(t
     os.rename(tmp_path / "cut", tmp_path / "moved")
     monkeypatch.chdir(os.path.dirname(tiny_checkpoint))
     argv[argv.index("--name") + 1] = "moved"
-    argv[argv.index("--ckpt") + 1] = "./" + os.path.basename(tiny_checkpoint)  # the same file, spelt otherwise
+    argv[argv.index("--ckpt") + 1] = "./" + os.path.basename(tiny_checkpoint)  # the same file, other words
     rl.main(argv)
     strip = lambda name: [{k: v for k, v in r.items() if k != "minutes"} for r in rows(tmp_path / name /
                                                                                       "metrics.jsonl")]
@@ -260,7 +260,8 @@ def test_a_full_disk_leaves_the_old_file_and_no_temporary_one(tmp_path, monkeypa
 
 
 def test_a_closed_pipe_ends_the_printing_not_the_run(tiny_checkpoint, tmp_path):
-    command = [sys.executable, "rl.py", "--ckpt", tiny_checkpoint, *TINY, "--out", str(tmp_path), "--name", "p"]
+    command = [sys.executable, "rl.py", "--ckpt", tiny_checkpoint, *TINY, "--out", str(tmp_path), "--name",
+               "p"]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.readline()
     proc.stdout.close()  # as `| head -1` does
@@ -273,7 +274,8 @@ def test_outputs_that_are_files_and_too_many_threads(tiny_checkpoint, tmp_path, 
     (tmp_path / "taken").write_text("a file")
     assert "is a file" in refused(rl.main, ["--ckpt", tiny_checkpoint, *TINY, "--out", str(tmp_path),
                                             "--name", "taken"])
-    assert "cannot write" in refused(analyze.main, ["curves", str(tmp_path), "--out", str(tmp_path / "taken")])
+    taken = str(tmp_path / "taken")
+    assert "cannot write" in refused(analyze.main, ["curves", str(tmp_path), "--out", taken])
     assert "is a folder" in refused(analyze.main, ["accuracy", "--cache", str(tmp_path), "--out",
                                                    str(tmp_path / "tables")])
     threads = torch.get_num_threads()
