@@ -23,6 +23,11 @@ from runtime import save_figure, write_text
 T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
          2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
          2.045, 2.042]
+# one-sided 80% quantiles of Student's t for 1..30 degrees of freedom: with T_975, the paired difference that
+# n seeds detect at 80% power, (t_975 + t_80) * sd / sqrt(n) (beyond 30: 0.842)
+T_80 = [1.376, 1.061, 0.978, 0.941, 0.920, 0.906, 0.896, 0.889, 0.883, 0.879, 0.876, 0.873, 0.870, 0.868,
+        0.866, 0.865, 0.863, 0.862, 0.861, 0.860, 0.859, 0.858, 0.858, 0.857, 0.856, 0.856, 0.855, 0.855,
+        0.854, 0.854]
 # what varies between seeds of one experiment, or does not change what is learned (eval_every and
 # eval_size change what was measured, so they do split groups). The machine, threads and code a run ran on,
 # and the training precision --dtype auto chose there, are listed under each table instead: like the
@@ -57,6 +62,18 @@ def damaged(run):
             or not all(math.isfinite(v) for v in values))
 
 
+def detectable(values):
+    """The paired difference that len(values) pairs with this spread detect at 80% power, two-sided 5%:
+    (t_975 + t_80) * sd / sqrt(n); nan below 2 pairs."""
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    t = (T_975[n - 2], T_80[n - 2]) if n - 1 <= len(T_975) else (1.96, 0.842)
+    return (t[0] + t[1]) * sd / math.sqrt(n)
+
+
 def plus_minus(mean, half, digits=1):
     """'mean +- half', 'mean (1 seed)' where there is no interval, 'n/a' where nothing was measured."""
     if math.isnan(mean):
@@ -72,22 +89,36 @@ def area_under_curve(rows, key="acc_plus"):
     return sum((x1 - x0) * (y0 + y1) / 2 for x0, x1, y0, y1 in zip(xs, xs[1:], ys, ys[1:])) / (xs[-1] - xs[0])
 
 
+def run_settings(run, defaults):
+    """What makes a run's group: its settings but the seed and NOT_A_SETTING (a flag added after the run
+    was made: its default), the checkpoint by file name, whichever folder a run named."""
+    settings = {k: v for k, v in {**defaults, **run["config"]}.items() if k not in NOT_A_SETTING}
+    if settings.get("ckpt"):
+        settings["ckpt"] = os.path.basename(settings["ckpt"])
+    return settings
+
+
+def drop_twins(runs):
+    """Each seed once per group: a later run of the same settings and seed (a rerun, another folder) would
+    count one seed twice and shrink the interval for nothing. Returns (runs kept, [what was left out])."""
+    kept, seen, twins, defaults = [], {}, [], vars(rl.args_with())
+    for run in runs:
+        key = (json.dumps(run_settings(run, defaults), sort_keys=True), json.dumps(run["config"].get("seed")))
+        if key in seen:
+            twins.append(f"{run['dir']} (seed {run['config'].get('seed')} again: {seen[key]} counts it)")
+        else:
+            seen[key] = run["dir"]
+            kept.append(run)
+    return kept, twins
+
+
 def group_runs(runs):
     """Runs that share every setting except the seed form one group. Returns [(label, settings, runs)],
     the label naming only the settings that differ between groups."""
-    groups, defaults = {}, vars(rl.args_with())  # a flag added after a run was made: its default
+    groups, defaults = {}, vars(rl.args_with())
     for run in runs:
-        settings = {k: v for k, v in {**defaults, **run["config"]}.items() if k not in NOT_A_SETTING}
-        if settings.get("ckpt"):  # a checkpoint is its file name, whichever folder a run named
-            settings["ckpt"] = os.path.basename(settings["ckpt"])
+        settings = run_settings(run, defaults)
         groups.setdefault(json.dumps(settings, sort_keys=True), (settings, []))[1].append(run)
-    for _, members in groups.values():  # a seed counted twice would shrink the interval for nothing
-        seen = {}
-        for run in members:
-            twin = seen.setdefault(run["config"].get("seed"), run["dir"])
-            if twin != run["dir"]:
-                sys.exit(f"error: {twin} and {run['dir']} are runs of the same settings and seed "
-                         f"{run['config'].get('seed')}; a group counts each seed once: name only one of them")
     all_settings = [s for s, _ in groups.values()]
     keys = sorted({k for s in all_settings for k in s})
     varying = [k for k in keys if len({json.dumps(s.get(k)) for s in all_settings}) > 1]
@@ -238,6 +269,8 @@ def seed_value(run, key):
     "weight_elsewhere"), or the last value of any other key it logged (nan if it never did)."""
     if key == "auc":
         return area_under_curve(run["rows"])
+    if key == "auc_mean":  # the other area: every evaluation counts the same, the start included
+        return sum(row["acc_plus"] for row in run["rows"]) / len(run["rows"])
     if key in ("exact_kl", "exact_kl_train", "kl_weight_train"):
         return training_means(run).get(key, float("nan"))
     if key in ("weight_decisive", "weight_elsewhere"):
@@ -248,7 +281,8 @@ def seed_value(run, key):
 
 
 # the columns of the paired table: (key for seed_value, header, digits)
-PAIRED = (("final", "N+k final", 1), ("auc", "area under curve", 1), ("comfort", "comfort zone final", 1),
+PAIRED = (("final", "N+k final", 1), ("auc", "area under curve", 1),
+          ("auc_mean", "area, mean over evaluations", 1), ("comfort", "comfort zone final", 1),
           ("critical_p", "critical p final, lines 1-3", 4),
           ("kl_uncertain", "KL/token where pi_ref unsure", 4), ("kl_certain", "KL/token where sure", 4),
           ("acc_plus_sampled", "N+k final, sampled", 1),
@@ -282,6 +316,7 @@ def paired_lines(table, baseline):
              "(mean and 95% interval of the differences):", "",
              "| runs | pairs | " + " | ".join(header for _, header, _ in PAIRED) + " |",
              "|---" * (len(PAIRED) + 2) + "|"]
+    power = []
     for r in table:
         pairs = [(run, by_seed[run["config"].get("seed")]) for run in r["runs"]
                  if run["config"].get("seed") in by_seed]
@@ -290,7 +325,14 @@ def paired_lines(table, baseline):
         cells = [plus_minus(*mean_ci([seed_value(a, key) - seed_value(b, key) for a, b in pairs]), digits)
                  for key, _, digits in PAIRED]
         lines.append(f"| {r['group']} | {len(pairs)} | " + " | ".join(cells) + " |")
-    return lines
+        smallest = [detectable([seed_value(a, key) - seed_value(b, key) for a, b in pairs])
+                    for key in ("final", "auc", "auc_mean")]
+        power.append(f"| {r['group']} | {len(pairs)} | " + " | ".join(f"{v:.1f}" for v in smallest) + " |")
+    return lines + ["", "The smallest paired difference these pairs detect at 80% power (two-sided 5%), from "
+                        "their own spread, (t_975 + t_80) x sd / sqrt(pairs); \"area under curve\" is the "
+                        "trapezoid over episodes:", "",
+                    "| runs | pairs | N+k final | area under curve | area, mean over evaluations |",
+                    "|---|---|---|---|---|", *power]
 
 
 def load_groups(paths):
@@ -298,12 +340,13 @@ def load_groups(paths):
     runs = find_runs(paths)
     if not runs:
         sys.exit(f"error: no rl.py runs (folders with metrics.jsonl) in {' '.join(paths)}; run rl.py first")
+    runs, twins = drop_twins(runs)
     groups = group_runs(runs)
     table = summarize(groups)
-    unfinished = [r["dir"] for r in runs if not run_finished(r)]
-    if unfinished:
-        print(f"left out, not finished: {', '.join(unfinished)}", file=sys.stderr)
-    return groups, table, unfinished
+    left_out = [f"{r['dir']} (not finished)" for r in runs if not run_finished(r)] + twins
+    if left_out:
+        print(f"warning: left out {'; '.join(left_out)}", file=sys.stderr)
+    return groups, table, left_out
 
 
 def made_on(runs):
@@ -318,8 +361,8 @@ def made_on(runs):
     return "Made on: " + "; ".join(f"{where}: {n} run(s)" for where, n in sorted(counts.items())) + "."
 
 
-def write_table(args, command, lines, unfinished, runs):
-    left_out = f"\nLeft out, not finished: {', '.join(unfinished)}\n" if unfinished else ""
+def write_table(args, command, lines, left_out, runs):
+    left_out = f"\nLeft out: {'; '.join(left_out)}\n" if left_out else ""
     text = "\n".join(lines) + "\n\n" + made_on(runs) + "\n" + left_out
     print(text, end="")
     # the first line is the command that rewrites this file from the logs (tests/test_readme.py re-runs it)
@@ -329,7 +372,7 @@ def write_table(args, command, lines, unfinished, runs):
 
 
 def cmd_curves(args):
-    groups, table, unfinished = load_groups(args.runs)
+    groups, table, left_out = load_groups(args.runs)
     lines = ["In short (the README's table):", "",
              "| runs | seeds | N+k start | N+k final (95% CI) | area under curve (95% CI) | damaged seeds |",
              "|---|---|---|---|---|---|"]
@@ -373,6 +416,6 @@ def cmd_curves(args):
             cell = lambda key, digits: plus_minus(*mean_ci([x.get(key, float("nan")) for x in rows]), digits)
             lines.append(f"| {r['group']} | {episode} | {cell('acc_plus', 1)} | {cell('acc_comfort', 1)} | "
                          f"{cell('critical_p', 4)} | {cell('critical_p_all', 4)} |")
-    write_table(args, "curves", lines, unfinished, [run for _, _, members in groups for run in members])
+    write_table(args, "curves", lines, left_out, [run for _, _, members in groups for run in members])
     plot_curves(groups, os.path.join(args.results, args.name + ".png"), args.name)
     plot_alpha(groups, table, os.path.join(args.results, args.name + "_vs_alpha.png"))

@@ -77,7 +77,15 @@ def _kind(field, expected, wrote, line, col):
     return f"wrote {wrote!r} for {expected!r}"
 
 
+def addition_only(command):
+    """Refuse, in one line, to read another task's texts as the addition scratchpad."""
+    if data.NAME != "addition":
+        sys.exit(f"error: analyze.py {command} reads the lines and fields of the addition scratchpad, and this "
+                 f"code's task (data.NAME) is {data.NAME!r}: it has no meaning here")
+
+
 def cmd_errors(args, device, dtype):
+    addition_only("errors")
     model, meta = metrics.load(args.ckpt, device)
     n = metrics.pretrain_digits(meta, args.ckpt)
     k = args.digits or n + 1

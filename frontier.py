@@ -86,7 +86,7 @@ def verdict(row, table, kl):
 
 
 def cmd_frontier(args):
-    groups, table, unfinished = load_groups(args.runs)
+    groups, table, left_out = load_groups(args.runs)
     lines = ["In short (the README's table):", "",
              "| runs | penalty | seeds | KL/token final (95% CI) | N+k final (95% CI) | "
              "above the uniform frontier |",
@@ -121,7 +121,7 @@ def cmd_frontier(args):
                      f"{plus_minus(r['exact_kl'], r['exact_kl_ci'], 5)} | "
                      f"{plus_minus(r['kl'], r['kl_ci'], 4)} | {plus_minus(r['final'], r['final_ci'])} | "
                      f"{'' if uniform else verdict(r, exact, 'exact_kl')} |")
-    write_table(args, "frontier", lines, unfinished, [run for _, _, members in groups for run in members])
+    write_table(args, "frontier", lines, left_out, [run for _, _, members in groups for run in members])
     plot_frontier(table, os.path.join(args.results, args.name + ".png"), args.name)
     if exact:
         plot_frontier(exact, os.path.join(args.results, args.name + "_exact.png"), args.name, "exact_kl")

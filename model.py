@@ -194,8 +194,10 @@ class CheckpointError(Exception):
 
 
 def save_checkpoint(path, model, **meta):
-    """meta: plain Python values (numbers, strings, lists, dicts) worth keeping, e.g. the command line."""
+    """meta: plain Python values (numbers, strings, lists, dicts) worth keeping, e.g. the command line; the
+    task it was trained on (data.NAME) unless meta says otherwise, so another task's code refuses it."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied
+    meta = {"task": data.NAME, **meta}
     atomic_save({"config": asdict(model.config), "vocab": VOCAB, "model": state, "meta": meta}, path)
 
 

@@ -228,6 +228,8 @@ ALPHAS = [0, 1, 3, 10, 30, 100, 300, 1000, 10000]
 def cmd_probe(args, device, dtype):
     """probe.md: Table 1 of every checkpoint in one summary, then per checkpoint its Table 1 in full,
     the decisiveness baseline, where the critical tokens are, and J^alpha per alpha; Fig. 5 as a figure."""
+    errors.addition_only("probe")
+
     def certainty(logits):  # J as rl.py's flags define it
         return rl.certainty(logits, args.certainty, args.certainty_temperature)
     summary = ["| checkpoint | N | N+1 greedy accuracy | failed texts that first err at the paper's comma | "

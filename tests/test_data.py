@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import data
+from conftest import addition_only
 
 PAPER_EXAMPLE = """Input:
 1234+567
@@ -20,22 +21,26 @@ Target:
 """
 
 
+@addition_only
 def test_paper_example_character_for_character():
     assert data.prompt((1234, 567)) + data.scratchpad(1234, 567) == PAPER_EXAMPLE
 
 
+@addition_only
 def test_scratchpad_starts_and_ends_as_specified():
     s = data.scratchpad(5, 7)
     assert s.startswith("\n<scratch>\n[5] + [7] , A=[] , C=0 , 5+7+0=12 , A->2 , C->1\n")
     assert s.endswith("[] + [] , A=[2] C=1 , END\n</scratch>\n1 2\n")
 
 
+@addition_only
 def test_final_carry_becomes_leading_digit():
     s = data.scratchpad(99, 1)
     assert "[9] + [] , A=[0] , C=1 , 9+0+1=10 , A->0 , C->1\n" in s
     assert s.endswith("[] + [] , A=[0,0] C=1 , END\n</scratch>\n1 0 0\n")
 
 
+@addition_only
 def test_zeros_and_second_operand_longer():
     s = data.scratchpad(0, 1000)
     assert s.splitlines()[2] == "[0] + [1,0,0,0] , A=[] , C=0 , 0+0+0=0 , A->0 , C->0"
@@ -44,6 +49,7 @@ def test_zeros_and_second_operand_longer():
     assert data.scratchpad(0, 0).endswith("[] + [] , A=[0] C=0 , END\n</scratch>\n0\n")
 
 
+@addition_only
 def test_only_last_line_lacks_separator_before_carry():
     lines = data.scratchpad(987654, 12345).splitlines()[2:-2]
     assert all(" , C=" in line for line in lines[:-1])
@@ -51,6 +57,7 @@ def test_only_last_line_lacks_separator_before_carry():
 
 
 @pytest.mark.parametrize("seed", range(3))
+@addition_only
 def test_answer_of_random_problems_is_their_sum(seed):
     rng = random.Random(seed)
     for _ in range(200):

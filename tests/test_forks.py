@@ -5,7 +5,9 @@ here the way a fork would edit them:
     the loss, the weights rl.py prints and logs, probe.py's table and frontier.py's "uniform" all follow, and
     runs made before the flag existed still group with new runs at its default;
   - an entropy bonus (--entropy-coef c): one term more in rl_loss, L - c * mean entropy of the policy.
-(tests/test_task.py is the third fork: another task, in data.py.)"""
+(tests/test_task.py plugs another task into data.py's interface, and tests/test_fork_subtraction.py edits
+data.py itself.) A student who has made one of these forks for real keeps these tests green: the flag is
+added only if rl.flags lacks it, and the bonus only if rl_loss does not already give it.)"""
 import json
 
 import pytest
@@ -19,33 +21,37 @@ from run_folder import read_run
 ORIGINAL_FLAGS = rl.flags
 
 
+def with_flag(parser, flag, **how):
+    """parser with `flag` added, unless the fork already has it."""
+    if flag not in parser._option_string_actions:
+        parser.add_argument(flag, **how)
+    return parser
+
+
 def threshold_flags():
-    p = ORIGINAL_FLAGS()
-    p.add_argument("--kl-threshold", type=float, default=None,
-                   help="weight 0 where pi_ref's certainty is below this, 1 elsewhere (default: J^alpha)")
-    return p
+    return with_flag(ORIGINAL_FLAGS(), "--kl-threshold", type=float, default=None,
+                     help="weight 0 where pi_ref's certainty is below this, 1 elsewhere (default: J^alpha)")
 
 
-def threshold_weight(certainty, run):
-    if run.kl_threshold is None:
-        return certainty ** run.alpha
-    return (certainty >= run.kl_threshold) * 1.0
+def threshold_weight(certainty, args):
+    if args.kl_threshold is None:
+        return certainty ** args.alpha
+    return (certainty >= args.kl_threshold) * 1.0
 
 
 def entropy_flags():
-    p = ORIGINAL_FLAGS()
-    p.add_argument("--entropy-coef", type=float, default=0.0, help="weight of the entropy bonus (default 0)")
-    return p
+    return with_flag(ORIGINAL_FLAGS(), "--entropy-coef", type=float, default=0.0,
+                     help="weight of the entropy bonus (default 0)")
 
 
 ORIGINAL_LOSS = rl.rl_loss
 
 
-def loss_with_entropy_bonus(logits, ref_logits, actions, advantages, mask, run, old_logp=None):
-    """In a fork: one line at the end of rl_loss, loss = loss - run.entropy_coef * (mean entropy)."""
-    loss, stats = ORIGINAL_LOSS(logits, ref_logits, actions, advantages, mask, run, old_logp)
-    logp = torch.log_softmax(logits.float() / run.temperature, dim=-1)
-    return loss - run.entropy_coef * rl.masked_mean(-(logp.exp() * logp).sum(-1), mask), stats
+def loss_with_entropy_bonus(logits, ref_logits, actions, advantages, mask, args, old_logp=None):
+    """In a fork: one line at the end of rl_loss, loss = loss - args.entropy_coef * (mean entropy)."""
+    loss, stats = ORIGINAL_LOSS(logits, ref_logits, actions, advantages, mask, args, old_logp)
+    logp = torch.log_softmax(logits.float() / args.temperature, dim=-1)
+    return loss - args.entropy_coef * rl.masked_mean(-(logp.exp() * logp).sum(-1), mask), stats
 
 
 @pytest.fixture
@@ -63,8 +69,8 @@ def toy_batch():
 
 def test_the_loss_follows_the_forks_weighting(threshold_fork):
     logits, ref_logits, actions, advantages, mask = toy_batch()
-    run = rl.args_with(kl_coef=1.0, kl_threshold=0.5)
-    _, terms = rl.rl_loss(logits, ref_logits, actions, advantages, mask, run)
+    args = rl.args_with(kl_coef=1.0, kl_threshold=0.5)
+    _, terms = rl.rl_loss(logits, ref_logits, actions, advantages, mask, args)
     expected = rl.masked_mean((rl.certainty(ref_logits) >= 0.5).float(), mask).item()
     assert terms["kl_weight"] == pytest.approx(expected) and 0 < expected < 1
     assert rl.get_args(["--kl-threshold", "0.9"]).kl_threshold == 0.9
@@ -99,9 +105,18 @@ def test_a_run_with_the_fork_logs_its_weights_and_groups_with_old_runs(threshold
     assert len(groups) == 1 and len(groups[0][2]) == 2
 
 
+def has_the_bonus_already():
+    """Whether rl_loss itself reads --entropy-coef (a student's real fork)."""
+    batch = toy_batch()
+    plain, _ = ORIGINAL_LOSS(*batch, rl.args_with(kl_coef=1.0, entropy_coef=0.0))
+    bonus, _ = ORIGINAL_LOSS(*batch, rl.args_with(kl_coef=1.0, entropy_coef=0.1))
+    return plain.item() != bonus.item()
+
+
 def test_an_entropy_bonus_fork_changes_the_loss_and_runs(monkeypatch, tiny_checkpoint, tmp_path):
     monkeypatch.setattr(rl, "flags", entropy_flags)
-    monkeypatch.setattr(rl, "rl_loss", loss_with_entropy_bonus)
+    if not has_the_bonus_already():
+        monkeypatch.setattr(rl, "rl_loss", loss_with_entropy_bonus)
     logits, ref_logits, actions, advantages, mask = toy_batch()
     plain, stats = rl.rl_loss(logits, ref_logits, actions, advantages, mask, rl.args_with(kl_coef=1.0))
     bonus, _ = rl.rl_loss(logits, ref_logits, actions, advantages, mask, rl.args_with(kl_coef=1.0,

@@ -126,7 +126,7 @@ def test_checkpoint_round_trip(tmp_path):
     path = tmp_path / "m.pt"
     save_checkpoint(str(path), model, note="hello", step=3)
     loaded, meta = load_checkpoint(str(path), with_meta=True)
-    assert not loaded.training and meta == {"note": "hello", "step": 3}
+    assert not loaded.training and meta == {"note": "hello", "step": 3, "task": data.NAME}
     assert loaded.lm_head.weight is loaded.wte.weight
     x = data.prompt_batch(PROBLEMS)
     assert torch.equal(model(x)[0], loaded(x)[0])

@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import data
-from conftest import task_problems
+from conftest import addition_only, task_problems
 from model import GPT, GPTConfig, load_checkpoint
 from runtime import sum_gradients
 
@@ -93,6 +93,7 @@ def test_a_run_of_two_ranks_does_not_resume_alone():
         restore_state(state, None, None, None, torch.Generator())
 
 
+@addition_only
 def test_the_study_prints_one_command_per_run():
     r = subprocess.run([sys.executable, "analyze.py", "study", "--print-commands"], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)

@@ -234,11 +234,14 @@ def test_nan_weights_and_absurd_penalties_get_the_right_advice(tmp_path):
         rl.get_args(["--kl-coef", "1e308"])  # argparse's refusal: at most 1e6
 
 
-def test_two_runs_of_one_seed_in_a_group_are_refused(tiny_checkpoint, tmp_path):
+def test_a_seed_run_twice_is_counted_once_and_said(tiny_checkpoint, tmp_path, capsys):
     for name in ("a", "b"):
         rl.main(["--ckpt", tiny_checkpoint, *TINY, "--out", str(tmp_path / "runs"), "--name", name])
-    message = refused(analyze.main, ["curves", str(tmp_path / "runs"), "--out", str(tmp_path)])
-    assert "same settings and seed 0" in message
+    capsys.readouterr()
+    analyze.main(["curves", str(tmp_path / "runs"), "--out", str(tmp_path)])
+    assert "seed 0 again" in capsys.readouterr().err
+    table = (tmp_path / "curves.md").read_text()
+    assert "| all runs | 1 |" in table and "seed 0 again" in table
 
 
 # -----------------------------------------------------------------------------
