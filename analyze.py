@@ -38,8 +38,8 @@ from frontier import cmd_frontier
 from metrics import load, pretrain_digits, solve, wilson_interval
 from probe import cmd_probe
 from run_folder import read_run
-from runtime import (DEVICE_HELP, generation_dtype, hold_lock, number, pick_device, release_locks, run_script,
-                     save_figure, set_threads, write_text)
+from files import hold_lock, release_locks, save_figure, write_text
+from runtime import DEVICE_HELP, generation_dtype, number, pick_device, run_script, set_threads
 
 
 # -----------------------------------------------------------------------------

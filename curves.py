@@ -14,7 +14,7 @@ import sys
 
 import rl
 from run_folder import TRAIN_LOG, find_runs, run_finished
-from runtime import save_figure, write_text
+from files import save_figure, write_text
 
 # -----------------------------------------------------------------------------
 # learning curves of rl.py runs: mean and 95% interval over seeds

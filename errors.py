@@ -80,8 +80,8 @@ def _kind(field, expected, wrote, line, col):
 def addition_only(command):
     """Refuse, in one line, to read another task's texts as the addition scratchpad."""
     if data.NAME != "addition":
-        sys.exit(f"error: analyze.py {command} reads the lines and fields of the addition scratchpad, and this "
-                 f"code's task (data.NAME) is {data.NAME!r}: it has no meaning here")
+        sys.exit(f"error: analyze.py {command} reads the lines and fields of the addition scratchpad, and "
+                 f"this code's task (data.NAME) is {data.NAME!r}: it has no meaning here")
 
 
 def cmd_errors(args, device, dtype):

@@ -14,7 +14,7 @@ import os
 
 import rl
 from curves import load_groups, plus_minus, seed_value, write_table
-from runtime import save_figure
+from files import save_figure
 
 
 def is_uniform(settings):

@@ -6,6 +6,7 @@ Everything goes through data.py's task interface.
     evaluate                greedy and sampled accuracy on the run's held-out sets, critical-token probability
     evaluate_and_save       an RL run's evaluation: its metrics.jsonl row and the state --resume needs
     kl_split, window_means  the KL on uncertain and certain states; the training terms of a metrics.jsonl row
+    evaluation_due          when rl.py evaluates; warn_if_nothing_to_learn: batches that bring no reward
     one_line                an evaluation as the progress line rl.py prints
     completion_logits       the model's teacher-forced distribution at every character of a completion
     critical_probabilities  how likely the model writes the right character at the task's critical tokens
@@ -85,6 +86,27 @@ def evaluate_and_save(run, iteration, window):
         for line in mistakes(run.sets["plus"], greedy):
             tqdm.write(line)
     wait_for_ranks()
+
+
+NO_REWARD_WARNING = 4  # iterations in a row without any reward before the run says so
+
+
+def warn_if_nothing_to_learn(iterations, reward, rank):
+    """Count the iterations in a row whose batch earned no reward at all, and say once, at NO_REWARD_WARNING,
+    that the run has nothing to learn from (every advantage is 0). Returns the new count."""
+    iterations = iterations + 1 if reward == 0 else 0
+    if iterations == NO_REWARD_WARNING and rank == 0:
+        tqdm.write(f"warning: no completion has earned a reward in {NO_REWARD_WARNING} iterations: every "
+                   "advantage is 0, so nothing is learnt. Check data.reward, or sample more (--temperature, "
+                   "--group-size)")
+    return iterations
+
+
+def evaluation_due(it, per_iteration, iterations, eval_every):
+    """Whether RL iteration `it` (0-based, per_iteration episodes each) is followed by an evaluation: it
+    crossed a multiple of eval_every episodes (rl.py's --eval-every), or it is the last of `iterations`."""
+    crossed = (it + 1) * per_iteration // eval_every > it * per_iteration // eval_every
+    return crossed or it == iterations - 1
 
 
 def one_line(row, digits_plus):

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 import data
 import generation
 from data import PAD_ID, VOCAB
-from runtime import atomic_save
+from files import atomic_save
 
 NEVER = -1e4  # the padding token's logit: probability e^-10000 = 0, and 0 * log p stays finite
 

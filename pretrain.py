@@ -26,11 +26,12 @@ import torch
 from tqdm import tqdm
 
 import data
+from files import atomic_save, hold_lock, release_locks
 from model import GPT, GPTConfig, save_checkpoint
-from runtime import (DETERMINISM, DEVICE_HELP, DTYPE_HELP, DTYPES, add_number, atomic_save, autocast_dtype,
-                     generation_dtype, hold_lock, mixed_precision, pick_device, precision_name, provenance,
-                     release_locks, resume_command, run_script, seed_everything, set_threads, start_ranks,
-                     sum_gradients, sum_over_ranks, too_big, wait_for_ranks)
+from runtime import (DETERMINISM, DEVICE_HELP, DTYPE_HELP, DTYPES, add_number, autocast_dtype,
+                     generation_dtype, mixed_precision, pick_device, precision_name, provenance,
+                     resume_command, run_script, seed_everything, set_threads, start_ranks, sum_gradients,
+                     sum_over_ranks, too_big, wait_for_ranks)
 
 
 def get_args(argv=None):

@@ -22,7 +22,8 @@ import data
 import errors
 import metrics
 import rl
-from runtime import mixed_precision, save_figure, write_text
+from files import save_figure, write_text
+from runtime import mixed_precision
 
 
 # -----------------------------------------------------------------------------

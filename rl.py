@@ -42,11 +42,12 @@ from tqdm import tqdm
 import data
 import metrics
 import run_folder
+from files import release_locks
 from model import CheckpointError, load_checkpoint
 from runtime import (DETERMINISM, DEVICE_HELP, DTYPE_HELP, DTYPES, add_number, autocast_dtype,
-                     generation_dtype, mixed_precision, pick_device, precision_name, provenance,
-                     rank_share, release_locks, resume_command, run_script, seed_everything, set_threads,
-                     start_ranks, sum_gradients, too_big)
+                     generation_dtype, mixed_precision, pick_device, precision_name, provenance, rank_share,
+                     resume_command, run_script, seed_everything, set_threads, start_ranks, sum_gradients,
+                     too_big)
 
 # -----------------------------------------------------------------------------
 # the paper's idea: the loss, then what it calls
@@ -371,32 +372,11 @@ def train(run, args):
         # 5. log every iteration to train.jsonl
         stats = run_folder.log_iteration(run, it, rewards, mask, stats, window)
         bar.set_postfix(reward=f"{stats['reward']:.2f}", kl=f"{stats['kl']:.4f}")
-        no_reward = warn_if_nothing_to_learn(no_reward, stats["reward"], run.rank)
+        no_reward = metrics.warn_if_nothing_to_learn(no_reward, stats["reward"], run.rank)
         # 6. evaluate every --eval-every episodes and at the end (and save the state --resume needs)
-        if evaluation_due(it, run, args):
+        if metrics.evaluation_due(it, run.per_iteration, run.iterations, args.eval_every):
             metrics.evaluate_and_save(run, it + 1, window)
             window = metrics.training_window()
-
-
-NO_REWARD_WARNING = 4  # iterations in a row without any reward before the run says so
-
-
-def warn_if_nothing_to_learn(iterations, reward, rank):
-    """Count the iterations in a row whose batch earned no reward at all, and say once, at NO_REWARD_WARNING,
-    that the run has nothing to learn from (every advantage is 0). Returns the new count."""
-    iterations = iterations + 1 if reward == 0 else 0
-    if iterations == NO_REWARD_WARNING and rank == 0:
-        tqdm.write(f"warning: no completion has earned a reward in {NO_REWARD_WARNING} iterations: every "
-                   "advantage is 0, so nothing is learnt. Check data.reward, or sample more (--temperature, "
-                   "--group-size)")
-    return iterations
-
-
-def evaluation_due(it, run, args):
-    """Whether iteration `it` (0-based) is followed by an evaluation: it crossed a multiple of --eval-every
-    episodes, or it is the last one."""
-    episodes = (it + 1) * run.per_iteration
-    return episodes // args.eval_every > it * run.per_iteration // args.eval_every or it == run.iterations - 1
 
 
 def set_up(args):

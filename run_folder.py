@@ -20,7 +20,8 @@ import time
 import torch
 
 from model import save_checkpoint
-from runtime import atomic_save, device_type, hold_lock, mean_over_ranks, wait_for_ranks, write_text
+from files import atomic_save, hold_lock, write_text
+from runtime import device_type, mean_over_ranks, wait_for_ranks
 
 METRICS_LOG, TRAIN_LOG, LOCK = "metrics.jsonl", "train.jsonl", ".lock"
 # no effect on the numbers (provenance: where the run was started; a resumed part may run elsewhere; out and
@@ -49,7 +50,7 @@ def prepare(args, config, rank=0, defaults=None):
 def prepare_folder(args, config, defaults=None):
     """Make --out/--name for a new run and write its config, or, with --resume, check the run and return
     its saved state and its rows (metrics.jsonl and train.jsonl cut back to the evaluation the state was
-    saved at). This process becomes the folder's only writer first (runtime.hold_lock). A folder that never
+    saved at). This process becomes the folder's only writer first (files.hold_lock). A folder that never
     saved an evaluation (stopped during the first one) holds no work: a rerun or --resume starts it anew.
     defaults: rl.py's flags at their defaults (a flag added after the run started may be at its default).
     Returns (run_dir, state or None, the rows logged so far)."""

@@ -23,14 +23,16 @@ SUBTRACTION = [
      'f"{x}-{y}-{carry}={s - 10} , A->{s % 10} , C->{1 - s // 10}\\n")'),
     ("carry = s // 10", "carry = 1 - s // 10"),
     ('answer_line(a + b) + "\\n"', 'answer_line(abs(a - b)) + "\\n"'),
-    ("return float(parse_answer(completion) == a + b)", "return float(parse_answer(completion) == abs(a - b))"),
+    ("return float(parse_answer(completion) == a + b)",
+     "return float(parse_answer(completion) == abs(a - b))"),
 ]
 
 
 def fork(folder, edits):
     """A copy of the project's code in `folder` with data.py edited; returns the copy's path."""
     copy = os.path.join(folder, "project")
-    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".git", "results", "runs", "__pycache__", "*.pt"))
+    skip = shutil.ignore_patterns(".git", "results", "runs", "__pycache__", "*.pt")
+    shutil.copytree(ROOT, copy, ignore=skip)
     path = os.path.join(copy, "data.py")
     text = open(path).read()
     for old, new in edits:

@@ -15,6 +15,7 @@ import analyze
 import pretrain
 import rl
 import run_folder
+import files
 import runtime
 from model import GPT, GPTConfig, save_checkpoint
 
@@ -69,7 +70,7 @@ def holder(tmp_path):
     procs = []
 
     def hold(path):
-        code = (f"import time, runtime; runtime.hold_lock({str(path)!r}, 'x'); print('held', flush=True); "
+        code = (f"import time, files; files.hold_lock({str(path)!r}, 'x'); print('held', flush=True); "
                 "time.sleep(60)")
         proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "held"
@@ -249,14 +250,14 @@ def test_a_seed_run_twice_is_counted_once_and_said(tiny_checkpoint, tmp_path, ca
 
 def test_a_full_disk_leaves_the_old_file_and_no_temporary_one(tmp_path, monkeypatch):
     path = tmp_path / "state.pt"
-    runtime.atomic_save({"old": 1}, str(path))
+    files.atomic_save({"old": 1}, str(path))
 
     def disk_full(obj, f):
         open(f, "wb").write(b"half")
         raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
     monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(SystemExit) as e:
-        runtime.atomic_save({"new": 2}, str(path))
+        files.atomic_save({"new": 2}, str(path))
     assert "cannot write" in one_line(e.value.code) and os.listdir(tmp_path) == ["state.pt"]
     monkeypatch.undo()
     assert torch.load(path) == {"old": 1}
