@@ -165,6 +165,26 @@ class GPT(nn.Module):
         return logits, loss
 
     @torch.no_grad()
+    def sample_plainly(self, prompt, max_new_tokens, temperature=1.0, generator=None, stop=None):
+        """nanoGPT's generation loop, for one prompt without padding (1, T): the whole text goes through the
+        model again for every new token, drawn from softmax(logits / temperature) (greedy at 0), until the
+        task's stop rule (data.Stop) says the text is finished. Easy to read, slow: `generate` computes the
+        same with a KV cache and a draft (tests/test_model.py, test_the_plain_loop_writes_what_generate_does).
+        """
+        idx, finished = prompt, stop(1, prompt.device) if stop else None
+        for _ in range(max_new_tokens):
+            logits, _ = self(idx)
+            logits = logits[:, -1].float()
+            if temperature == 0:
+                token = logits.argmax(-1, keepdim=True)
+            else:
+                token = torch.multinomial(F.softmax(logits / temperature, dim=-1), 1, generator=generator)
+            idx = torch.cat([idx, token], dim=1)
+            if finished is not None and finished(token[:, 0]).all():
+                break
+        return idx
+
+    @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, generator=None, fast=True, stop=None,
                  check_every=None, draft=None):
         """Continue left-padded prompts idx (B, T): generation.generate (greedy for temperature 0, a stop

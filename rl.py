@@ -183,17 +183,23 @@ def group_advantages(rewards, group_size):
 @torch.no_grad()
 def rollout(policy, problems, temperature, generator, fast=True, draft=True):
     """Sample one completion per problem. Returns (prompts, sequences, completions): the left-padded prompts,
-    the prompts followed by the tokens sampled, and those as text.
-    Speed path: GPT.generate decodes with a KV cache (fast) and along a free draft of the correct text
-    (draft: one pass checks every position, and only rows that leave the draft go on token by token). Both
-    sample the same distribution as generation.generate's plain loop (tests/test_draft.py,
-    test_sampled_texts_follow_the_plain_loops_distribution; tests/test_model.py for fast);
-    --no-draft --no-fast-generate take the plain loop."""
+    the prompts followed by the tokens sampled, and those as text. --no-fast-generate --no-draft: the plain
+    loop, a problem at a time (GPT.sample_plainly). The default is the speed path, GPT.generate: a KV cache
+    (fast) and the correct text as a free draft (one pass checks every position; only rows that leave it go
+    on token by token), which sample the same distribution (tests/test_draft.py, tests/test_model.py)."""
     device = next(policy.parameters()).device
     prompts = data.prompt_batch(problems, device)
-    sequences = policy.generate(prompts, data.generation_budget(policy, problems, prompts.size(1)),
-                                temperature=temperature, generator=generator, fast=fast, stop=data.Stop,
-                                draft=data.draft_batch(problems, device) if draft else None)
+    budget = data.generation_budget(policy, problems, prompts.size(1))
+    if fast or draft:
+        guess = data.draft_batch(problems, device) if draft else None
+        sequences = policy.generate(prompts, budget, temperature=temperature, generator=generator, fast=fast,
+                                    stop=data.Stop, draft=guess)
+    else:
+        rows = [policy.sample_plainly(data.prompt_batch([problem], device), budget, temperature, generator,
+                                      data.Stop) for problem in problems]
+        new = [row[0, len(data.encode(data.prompt(problem))):] for row, problem in zip(rows, problems)]
+        new = torch.nn.utils.rnn.pad_sequence(new, batch_first=True, padding_value=data.PAD_ID)
+        sequences = torch.cat([prompts, new], 1)
     completions = [data.decode(row) for row in sequences[:, prompts.size(1):].tolist()]
     return prompts, sequences, completions
 
@@ -394,7 +400,10 @@ def set_up(args):
                 "generation_dtype": precision_name(gen_dtype),  # what --dtype chose on this machine
                 "provenance": provenance(device), **({"ranks": ranks} if ranks > 1 else {})}
     recorded["ckpt_sha256"] = run_folder.file_hash(args.ckpt)  # --resume checks it is the same file
-    sets = eval_sets(n, args)  # choose on val_plus, report acc_plus
+    try:  # the held-out sets: choose on val_plus, report acc_plus
+        sets = data.rl_eval_sets(n, args.digits_plus, args.eval_size)
+    except ValueError as e:  # a size the task cannot meet
+        sys.exit(f"error: {e}; lower --eval-size")
     run_dir, state, rows = run_folder.prepare(args, {**vars(args), **recorded}, rank, vars(args_with()))
     run = SimpleNamespace(
         args=args, rank=rank, ranks=ranks, device=device, dtype=dtype, gen_dtype=gen_dtype, policy=policy,
@@ -415,14 +424,6 @@ def set_up(args):
     else:
         metrics.evaluate_and_save(run, 0, None)
     return run
-
-
-def eval_sets(n, args):
-    """The run's held-out sets (data.rl_eval_sets); a size the task cannot meet is refused in one line."""
-    try:
-        return data.rl_eval_sets(n, args.digits_plus, args.eval_size)
-    except ValueError as e:
-        sys.exit(f"error: {e}; lower --eval-size")
 
 
 def draw_problems(rng, n, args):  # batch_size "N+k" problems, each group_size times in a row (a group)

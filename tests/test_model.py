@@ -299,3 +299,19 @@ def test_the_memory_estimate_counts_attention_maps_where_attention_is_not_fused(
     fused, unfused = training_gb(config, 64, 700), training_gb(config, 64, 700, attention_maps=True)
     maps = 2 * 64 * config.n_layer * config.n_head * 700 ** 2 * 4 / 1e9  # probabilities and their gradient
     assert unfused - fused == pytest.approx(maps)
+
+
+def test_the_plain_loop_writes_what_generate_does():
+    """GPT.sample_plainly (nanoGPT's loop, a prompt at a time, no cache) and GPT.generate's speed path (KV
+    cache, the correct text as a draft) write the same greedy texts, and rl.rollout's plain path lines its
+    rows up as the speed path does."""
+    import rl
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=256, n_layer=2, n_head=2, n_embd=32)).eval()
+    problems = task_problems(6, 2)
+    fast = rl.rollout(model, problems, 0, None, fast=True, draft=True)
+    plain = rl.rollout(model, problems, 0, None, fast=False, draft=False)
+    assert plain[2] == fast[2]
+    cut = lambda seq: [row[:len(row) - next(i for i, t in enumerate(reversed(row)) if t != data.PAD_ID)]
+                       for row in seq.tolist()]
+    assert cut(plain[1]) == cut(fast[1])
