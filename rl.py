@@ -6,23 +6,23 @@ RL fine-tuning of the pre-trained adder on longer numbers, with the prioritized 
     python rl.py --kl-coef 0     # no penalty at all
 
 The paper's idea is `rl_loss`, right below (Eq. 1 and 2); then what it calls, the rollout, the update and
-the loop, `train` (lines marked "ranks" are for torchrun's processes, each with a share of every batch).
+the loop, `train` (comments marked "ranks:" are for torchrun's processes, each with a share of every batch).
 The smallest complete version is tests/test_rl.py::test_a_tiny_model_learns_a_trivial_reward. Its choices
-(official = the paper's code; N = the checkpoint's pre-training digits):
+("the code" = the paper's code, the authors' repository; N = the checkpoint's pre-training digits):
  1. Rollout: --batch-size "N+k" problems (one operand of N+k digits, the other of 1..N+k), --group-size
     completions each, sampled at --temperature. A default run: 2048 / (16 x 4) = 32 iterations and steps.
- 2. Reward at the end only: 1 for an exactly right answer line, else 0 (the paper; official trains on +1/-1).
+ 2. Reward at the end only: 1 for an exactly right answer line, else 0 (the paper; the code trains on +1/-1).
  3. Advantage: the reward minus the mean reward of its problem's group, the same for every token of the
-    completion; no division by the group's std, no critic (official: A2C with a critic and GAE).
+    completion; no division by the group's std, no critic (the code: A2C with a critic and GAE).
  4. Loss = policy gradient + kl_coef x KL penalty: the KL sits in the loss, not in the reward (the paper's
     L = L_RL + kl_coef L_KL); a mean over every generated token of the batch (long texts weigh more).
- 5. The KL per state is k2 = (log pi(a) - log pi_ref(a))^2 / 2 on the sampled token a (official), whose
+ 5. The KL per state is k2 = (log pi(a) - log pi_ref(a))^2 / 2 on the sampled token a (the code's), whose
     gradient is that of KL(pi || pi_ref); --kl-estimator full is the exact KL over the 42-token vocabulary.
  6. Its weight J_ref(s)^alpha (kl_weight) comes from the frozen reference, without gradient; J is Eq. 2's
-    normalised negentropy (official: --certainty maxprob --certainty-temperature 4, exponent 150).
+    normalised negentropy (the code: --certainty maxprob --certainty-temperature 4, exponent 150).
  7. Policy and reference log-probs use softmax(logits / temperature), the distribution sampled: on-policy.
- 8. One AdamW step per batch (lr 1e-4; official 1e-6 over 400 episodes); --algo ppo reuses the batch for
-    --ppo-epochs clipped epochs. No entropy bonus (official 0.001).
+ 8. One AdamW step per batch (lr 1e-4; the code 1e-6 over 400 episodes); --algo ppo reuses the batch for
+    --ppo-epochs clipped epochs. No entropy bonus (the code 0.001).
 Logs: a row of metrics.jsonl per evaluation (metrics.py), of train.jsonl per iteration (all rl_loss returns,
 and the KL split: the exact KL where pi_ref is unsure by the run's own J, J < 0.95 or the batch's lowest
 tenth of J, and elsewhere, and at the paper's critical commas).
@@ -125,7 +125,7 @@ def certainty(logits, kind="entropy", temperature=1.0):
     """How sure a distribution softmax(logits / temperature) is, in [0, 1] (1 = one-hot, 0 = uniform).
 
     entropy (Eq. 2):  J = 1 - H(p) / log|V|          normalised negentropy
-    maxprob:          J = 1 + log(max_a p(a)) / log|V|   the official code's min-entropy variant
+    maxprob:          J = 1 + log(max_a p(a)) / log|V|   the paper's code's min-entropy variant
     """
     logp = F.log_softmax(logits.float() / temperature, dim=-1)
     h_max = torch.log(torch.tensor(float(logits.size(-1))))
@@ -260,7 +260,7 @@ def flags():
                at_least=0.01, message="--temperature must be positive, at least 0.01 (logits / T overflows)")
     add_number(core, "--lr", float, 1e-4, "AdamW learning rate", above=0)
     add_number(core, "--grad-clip", float, 1.0, "clip the gradient norm to this (0: off)", at_least=0)
-    variants = p.add_argument_group("variants (the official code's, and other choices)")
+    variants = p.add_argument_group("variants (the paper's code's, and other choices)")
     variants.add_argument("--algo", default="reinforce", choices=["reinforce", "ppo"], help="policy gradient")
     add_number(variants, "--ppo-epochs", int, 2, "epochs per batch with --algo ppo", at_least=1,
                message="--ppo-epochs must be >= 1")
@@ -270,7 +270,7 @@ def flags():
                           help="per-state KL; its gradient follows k2: KL(pi||ref) (the paper's), "
                                "k3: KL(ref||pi), full: KL(pi||ref) exactly; k1: none (refused)")
     variants.add_argument("--certainty", default="entropy", choices=["entropy", "maxprob"],
-                          help="Eq. 2, or the official variant")
+                          help="Eq. 2, or the paper's code's variant")
     add_number(variants, "--certainty-temperature", float, 1.0, "reference temperature for the certainty",
                at_least=0.01, message="--certainty-temperature must be positive, at least 0.01")
     run = p.add_argument_group("the run")
@@ -362,7 +362,7 @@ def train(run, args):
     for it in bar:
         # 1. sample: group_size completions of each of batch_size "N+k" problems
         problems = draw_problems(run.rng, run.n, args)
-        problems = rank_share(problems, run.rank, run.ranks)  # torchrun: each process a share of the groups
+        problems = rank_share(problems, run.rank, run.ranks)  # ranks: each process a share of the groups
         with mixed_precision(run.device, run.gen_dtype):
             prompts, sequences, completions = rollout(run.policy, problems, args.temperature, run.generator,
                                                       args.fast_generate, args.draft)
