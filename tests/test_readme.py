@@ -59,7 +59,7 @@ def log_tables():
 
 def test_every_marked_readme_table_is_rows_of_its_committed_file():
     text = open(os.path.join(ROOT, "README.md")).read()
-    assert len(readme_tables(text)) >= 3, "the README's results tables carry <!-- from results/... --> marks"
+    assert len(readme_tables(text)) >= 2, "the README's results tables carry <!-- from results/... --> marks"
     assert problems(text, ROOT) == []
 
 
