@@ -57,9 +57,12 @@ def script(name, *args, env=None, timeout=HANG, stdin=None):
 
 
 def start(name, *args):
+    """A script started in the background, to be stopped by a signal; Ctrl-C (SIGINT) works in it even when
+    this harness runs in the background (where a shell leaves SIGINT ignored, and children inherit that)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, os.path.join(ROOT, name), *map(str, args)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(path, timeout=HANG):
@@ -174,7 +177,14 @@ def rl_after_a_killed_writer(c):
 # resume that follows its own advice
 
 def advice(err):
+    """The arguments of the resume command a stopped run printed (SystemExit if it printed none)."""
+    if "to go on: " not in err:
+        raise NoAdvice(err.strip()[-300:])
     return shlex.split(err.split("to go on: ")[1].strip().splitlines()[0])[2:]
+
+
+class NoAdvice(Exception):
+    """A run stopped by Ctrl-C printed no command to go on with."""
 
 
 @case("resume advice")
@@ -543,8 +553,11 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             c = Case(tmp)
             c.ckpt = checkpoint(os.path.join(tmp, "tiny.pt"))
-            result, check = fn(c)
-            what, detail = outcome(result, check)
+            try:
+                result, check = fn(c)
+                what, detail = outcome(result, check)
+            except NoAdvice as e:
+                what, detail = "lost", f"Ctrl-C printed no command to go on with: {e}"
         counts[what] += 1
         print(f"{what:9} | {name} | {detail}", flush=True)
         if what in ("traceback", "hang", "lost"):
