@@ -127,8 +127,9 @@ def mistakes(problems, completions, shown=2):
         right = data.target(problem)
         wrong = data.first_error(problem, text)
         answer = lambda t: (t.rstrip("\n").split("\n") or [""])[-1]  # the last line: the answer
-        where = (f"first wrong at character {wrong} (line {right.count(chr(10), 0, wrong)}): "
-                 f"{text[wrong:wrong + 1] or 'the end'!r} for {right[wrong:wrong + 1]!r}"
+        line = right[right.rfind("\n", 0, wrong) + 1:wrong]  # the right line up to where it went wrong
+        where = (f"first wrong after {line!r}: {text[wrong:wrong + 1] or 'the end'!r} for "
+                 f"{right[wrong:wrong + 1]!r}"
                  if wrong is not None else "the text is right, the answer line is not")
         lines.append(f"  {' '.join(data.prompt(problem).split())} wrote {answer(text)!r}, right "
                      f"{answer(right)!r}; {where}")

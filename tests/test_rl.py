@@ -437,3 +437,13 @@ def test_the_paper_commas_one_by_one_average_to_their_mean():
     paper, _ = metrics.critical_probabilities(model, problems, 3, 1.0, places=places)
     assert sorted(places) == [f"critical_p_line{j}_list{k}" for j in (1, 2, 3) for k in (1, 2)]
     assert sum(places.values()) / 6 == pytest.approx(paper)
+
+
+def test_an_evaluation_shows_wrong_answers_and_where_they_went_wrong():
+    problems = task_problems(3, 3)
+    texts = [data.target(p) for p in problems]
+    wrong = "X" if texts[1][5] != "X" else "Y"
+    texts[1] = texts[1][:5] + wrong + texts[1][6:-2] + "\n"  # wrong early, and the answer line cut
+    shown = metrics.mistakes(problems, texts)
+    assert len(shown) == 1 and " ".join(data.prompt(problems[1]).split()) in shown[0]
+    assert f"for {data.target(problems[1])[5]!r}" in shown[0] and "wrote" in shown[0] and "right" in shown[0]
