@@ -146,23 +146,24 @@ def stop(proc):
     return proc.communicate()
 
 
-@case("two writers")
-def rl_force_while_running(c):
+def second_writer(c, *flags, wait=0):
+    """A second rl.py on the folder a first one is writing; the check: its rows were not mixed."""
     first = running_rl(c)
-    second = script("rl.py", "--ckpt", c.ckpt, *RL, "--out", c.tmp, "--name", "run", "--force")
+    time.sleep(wait)
+    second = script("rl.py", "--ckpt", c.ckpt, *flags, "--out", c.tmp, "--name", "run")
     stop(first)
     episodes = [r["episode"] for r in rows(c.path("run", "metrics.jsonl"))]
     return second, lambda: None if episodes == sorted(set(episodes)) else f"mixed rows {episodes}"
+
+
+@case("two writers")
+def rl_force_while_running(c):
+    return second_writer(c, *RL, "--force")
 
 
 @case("two writers")
 def rl_resume_while_running(c):
-    first = running_rl(c)
-    time.sleep(2)
-    second = script("rl.py", "--ckpt", c.ckpt, *LONG_RL, "--out", c.tmp, "--name", "run", "--resume")
-    stop(first)
-    episodes = [r["episode"] for r in rows(c.path("run", "metrics.jsonl"))]
-    return second, lambda: None if episodes == sorted(set(episodes)) else f"mixed rows {episodes}"
+    return second_writer(c, *LONG_RL, "--resume", wait=2)
 
 
 @case("two writers")
@@ -409,22 +410,25 @@ for label, kwargs in (("meta None", {"meta": None}), ("meta a list", {"meta": [1
     case("damaged checkpoints")(run)
 
 
+def not_finite_checkpoint(path, value):
+    """A tiny checkpoint with one weight set to `value` (NaN or infinity)."""
+    checkpoint(path)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["model"]["wte.weight"][0, 0] = value
+    torch.save(ckpt, path)
+    return path
+
+
 @case("damaged checkpoints")
 def checkpoint_with_nan_weights(c):
-    path = checkpoint(c.path("nan.pt"))
-    ckpt = torch.load(path, weights_only=True)
-    ckpt["model"]["wte.weight"][0, 0] = float("nan")
-    torch.save(ckpt, path)
+    path = not_finite_checkpoint(c.path("nan.pt"), float("nan"))
     result = script("rl.py", "--ckpt", path, *RL, "--out", c.tmp, "--name", "r")
     return result, lambda: "told to lower --lr" if "--lr" in result[2] else None
 
 
 @case("damaged checkpoints")
 def analyze_errors_on_a_nan_checkpoint(c):
-    path = checkpoint(c.path("nan.pt"))
-    ckpt = torch.load(path, weights_only=True)
-    ckpt["model"]["wte.weight"][0, 0] = float("inf")
-    torch.save(ckpt, path)
+    path = not_finite_checkpoint(c.path("inf.pt"), float("inf"))
     return script("analyze.py", "errors", "--ckpt", path, "--n", "4", "--out", c.tmp), None
 
 
