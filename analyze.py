@@ -35,7 +35,8 @@ import data
 from curves import cmd_curves
 from errors import cmd_errors
 from frontier import cmd_frontier
-from metrics import load, pretrain_digits, solve, wilson_interval
+from metrics import solve, wilson_interval
+from model import load_or_exit, pretrain_digits
 from probe import cmd_probe
 from run_folder import read_run
 from files import hold_lock, release_locks, save_figure, write_text
@@ -94,7 +95,7 @@ def cmd_accuracy(args, device, dtype):
     # stopped (the key holds the checkpoint's hash, so a retrained file is measured again)
     rows, cache = [], read_cache(args.cache)
     for path in args.ckpt:
-        model, meta = load(path, device)
+        model, meta = load_or_exit(path, device)
         n = pretrain_digits(meta, path)
         digest = hashlib.sha1(open(path, "rb").read()).hexdigest()[:16]
         for kind in ("identical", "varying"):

@@ -25,6 +25,7 @@ import time
 import torch
 
 import data
+import generation
 from model import CheckpointError, load_checkpoint
 from runtime import (DEVICE_HELP, DTYPE_HELP, DTYPES, add_number, autocast_dtype, generation_dtype,
                      mixed_precision, pick_device, precision_name, set_threads, synchronize)
@@ -164,8 +165,9 @@ def time_draft(model, n, rows, eval_size, dtype, device):
         for draft in (True, False):
             generator = torch.Generator(device).manual_seed(0)
             with mixed_precision(device, dtype):
-                _, seconds[draft] = timed(lambda: data.complete(model, problems, temperature, device=device,
-                                                                generator=generator, draft=draft), device)
+                _, seconds[draft] = timed(lambda: generation.complete(model, problems, temperature,
+                                                                      device=device, generator=generator,
+                                                                      draft=draft), device)
         print(f"draft, {name} ({len(problems)} rows, temperature {temperature:g}): {seconds[True]:.1f} s "
               f"against {seconds[False]:.1f} s token by token: {seconds[False] / seconds[True]:.2f}x")
 

@@ -13,21 +13,13 @@ import os
 import sys
 
 import rl
-from run_folder import TRAIN_LOG, find_runs, run_finished
 from files import save_figure, write_text
+from metrics import detectable, mean_ci
+from run_folder import TRAIN_LOG, find_runs, run_finished
 
 # -----------------------------------------------------------------------------
 # learning curves of rl.py runs: mean and 95% interval over seeds
 
-# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond 30, 1.96 is close enough)
-T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042]
-# one-sided 80% quantiles of Student's t for 1..30 degrees of freedom: with T_975, the paired difference that
-# n seeds detect at 80% power, (t_975 + t_80) * sd / sqrt(n) (beyond 30: 0.842)
-T_80 = [1.376, 1.061, 0.978, 0.941, 0.920, 0.906, 0.896, 0.889, 0.883, 0.879, 0.876, 0.873, 0.870, 0.868,
-        0.866, 0.865, 0.863, 0.862, 0.861, 0.860, 0.859, 0.858, 0.858, 0.857, 0.856, 0.856, 0.855, 0.855,
-        0.854, 0.854]
 # what varies between seeds of one experiment, or does not change what is learned (eval_every and
 # eval_size change what was measured, so they do split groups). The machine, threads and code a run ran on,
 # and the training precision --dtype auto chose there, are listed under each table instead: like the
@@ -42,16 +34,6 @@ KL_COLUMNS = (("exact_kl_train", "exact KL/token, training mean", 5),
               ("weight_elsewhere", "kl_weight elsewhere, before RL", 4))
 
 
-def mean_ci(values):
-    """Mean and the half-width of its 95% t-interval (nan for a single value: no interval)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, float("nan")
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, (T_975[n - 2] if n - 1 <= len(T_975) else 1.96) * sd / math.sqrt(n)
-
-
 def damaged(run):
     """The damage test for one run (README, glossary: "damaged"): the comfort zone lost 5 points or more,
     or the N+k accuracy ended below its start, or a logged value is not finite."""
@@ -60,18 +42,6 @@ def damaged(run):
     return (first["acc_comfort"] - last["acc_comfort"] >= 5 or last["acc_plus"] < first["acc_plus"]
             or any(r.get(k) is None for r in run["rows"] for k in ("acc_plus", "acc_comfort"))
             or not all(math.isfinite(v) for v in values))
-
-
-def detectable(values):
-    """The paired difference that len(values) pairs with this spread detect at 80% power, two-sided 5%:
-    (t_975 + t_80) * sd / sqrt(n); nan below 2 pairs."""
-    n = len(values)
-    if n < 2:
-        return float("nan")
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    t = (T_975[n - 2], T_80[n - 2]) if n - 1 <= len(T_975) else (1.96, 0.842)
-    return (t[0] + t[1]) * sd / math.sqrt(n)
 
 
 def plus_minus(mean, half, digits=1):

@@ -17,8 +17,8 @@ call the task through these names, TASK below; a fork that teaches another task 
     Stop                            when a row of a generation is finished (its answer line is complete)
 
 Built on them, for any task: encode / decode (one character = one token, as in the paper), make_batch
-(padded (x, y) with the loss on the completion only), prompt_batch, first_error, critical_states, complete,
-accuracy.
+(padded (x, y) with the loss on the completion only), prompt_batch, first_error, critical_states
+(generation.py's complete and accuracy decode the problems with a model).
 
 Every problem is either a training problem or a held-out problem, decided by a hash of its text
 (`is_held_out`). Training samplers never return held-out problems and evaluation samplers return
@@ -342,7 +342,7 @@ def longest_sequence(k: int) -> int:
 
 
 # -----------------------------------------------------------------------------
-# completions and accuracy (the model is passed in: anything with GPT's generate() works)
+# when a generation is finished (generation.complete decodes the task's problems with a model)
 
 class Stop:
     """GPT.generate's stop rule for this task: a row is finished at the second newline after '</scratch>'
@@ -361,49 +361,6 @@ class Stop:
 
     def keep(self, rows):
         self.seen_slash, self.newlines = self.seen_slash[rows], self.newlines[rows]
-
-
-def room_for(problem) -> int:
-    """Room for the correct text plus slack for a wrong one that runs long."""
-    return len(target(problem)) * 5 // 4 + 16
-
-
-def generation_budget(model, problems, prompt_width: int) -> int:
-    """New tokens to allow a batch: the longest problem's room, capped by the model's positions."""
-    return min(max(room_for(problem) for problem in problems), model.config.block_size - prompt_width)
-
-
-@torch.no_grad()
-def complete(model, problems, temperature=0.0, batch_size=250, device="cpu", generator=None,
-             fast=True, draft=True) -> list[str]:
-    """The model's completion (text after the prompt) for each problem, in the order given.
-
-    Problems are sorted by length before batching so that little compute goes to padding.
-    draft: decode along the correct text (GPT.generate's free draft: the same texts, far less work);
-    without it, fast: GPT.generate's optimized loop (same tokens), or the plain reference loop.
-    """
-    order = sorted(range(len(problems)), key=lambda i: sequence_length(problems[i]))
-    completions = [None] * len(problems)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        batch = [problems[i] for i in chunk]
-        idx = prompt_batch(batch, device)
-        out = model.generate(idx, generation_budget(model, batch, idx.size(1)), temperature=temperature,
-                             stop=Stop, generator=generator, fast=fast,
-                             draft=draft_batch(batch, device) if draft else None)
-        for i, row in zip(chunk, out[:, idx.size(1):].tolist()):
-            completions[i] = decode(row)
-    return completions
-
-
-def percent_correct(completions, problems) -> float:
-    """Exact-match accuracy in percent of completions (texts after the prompt) for their problems."""
-    return 100.0 * sum(reward(problem, c) for c, problem in zip(completions, problems)) / len(problems)
-
-
-def accuracy(model, problems, temperature=0.0, **kwargs) -> float:
-    """Exact-match accuracy in percent (greedy decoding by default)."""
-    return percent_correct(complete(model, problems, temperature=temperature, **kwargs), problems)
 
 
 def critical_positions(problem, n: int, lines: int | None = 3) -> list[int]:

@@ -12,6 +12,7 @@ from collections import Counter
 
 import data
 import metrics
+from model import load_or_exit, pretrain_digits
 
 
 def locate(a, b, i):
@@ -86,8 +87,8 @@ def addition_only(command):
 
 def cmd_errors(args, device, dtype):
     addition_only("errors")
-    model, meta = metrics.load(args.ckpt, device)
-    n = metrics.pretrain_digits(meta, args.ckpt)
+    model, meta = load_or_exit(args.ckpt, device)
+    n = pretrain_digits(meta, args.ckpt)
     k = args.digits or n + 1
     if data.longest_sequence(k) > model.config.block_size:
         sys.exit(f"error: {k}-digit problems do not fit {args.ckpt} ({model.config.block_size} positions); "

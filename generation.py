@@ -9,12 +9,16 @@ Batched generation with a KV cache, for GPT (model.py: `GPT.generate` calls `gen
                      only rows that leave it are decoded token by token
     sample           greedy, or a draw from softmax(logits / temperature) that does not depend on which
                      other rows are still decoded
+    complete, accuracy
+                     the model's completions of the task's problems (data.py), in batches of similar
+                     lengths; exact-match accuracy
 
 Padding (token id 0 of data.VOCAB) never influences a real token: padded keys are masked out.
 """
 import torch
 import torch.nn.functional as F
 
+import data
 from data import PAD_ID, shift_left
 
 CHECK_EVERY_GPU = 16  # decoding steps between looks at which rows are finished, on a GPU (see generate)
@@ -257,3 +261,49 @@ def causal_mask(real):
     causal = torch.ones(T, T, dtype=torch.bool, device=real.device).tril()
     eye = torch.eye(T, dtype=torch.bool, device=real.device)
     return ((causal & real[:, None, :]) | eye)[:, None]
+
+
+# -----------------------------------------------------------------------------
+# the task's problems, completed by a model
+
+def room_for(problem) -> int:
+    """Room for the correct text plus slack for a wrong one that runs long."""
+    return len(data.target(problem)) * 5 // 4 + 16
+
+
+def generation_budget(model, problems, prompt_width: int) -> int:
+    """New tokens to allow a batch: the longest problem's room, capped by the model's positions."""
+    return min(max(room_for(problem) for problem in problems), model.config.block_size - prompt_width)
+
+
+@torch.no_grad()
+def complete(model, problems, temperature=0.0, batch_size=250, device="cpu", generator=None,
+             fast=True, draft=True) -> list[str]:
+    """The model's completion (text after the prompt) for each problem, in the order given.
+
+    Problems are sorted by length before batching so that little compute goes to padding.
+    draft: decode along the correct text (GPT.generate's free draft: the same texts, far less work);
+    without it, fast: GPT.generate's optimized loop (same tokens), or the plain reference loop.
+    """
+    order = sorted(range(len(problems)), key=lambda i: data.sequence_length(problems[i]))
+    completions = [None] * len(problems)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        batch = [problems[i] for i in chunk]
+        idx = data.prompt_batch(batch, device)
+        out = model.generate(idx, generation_budget(model, batch, idx.size(1)), temperature=temperature,
+                             stop=data.Stop, generator=generator, fast=fast,
+                             draft=data.draft_batch(batch, device) if draft else None)
+        for i, row in zip(chunk, out[:, idx.size(1):].tolist()):
+            completions[i] = data.decode(row)
+    return completions
+
+
+def percent_correct(completions, problems) -> float:
+    """Exact-match accuracy in percent of completions (texts after the prompt) for their problems."""
+    return 100.0 * sum(data.reward(problem, c) for c, problem in zip(completions, problems)) / len(problems)
+
+
+def accuracy(model, problems, temperature=0.0, **kwargs) -> float:
+    """Exact-match accuracy in percent (greedy decoding by default)."""
+    return percent_correct(complete(model, problems, temperature=temperature, **kwargs), problems)

@@ -12,9 +12,10 @@ Everything goes through data.py's task interface.
     critical_probabilities  how likely the model writes the right character at the task's critical tokens
     certainty_at_errors     the reference's certainty where its own generations first go wrong, and elsewhere
     weights_at_errors       the mean KL weight there and elsewhere: how much of the penalty alpha lifts
+    mistakes, not_finite    wrong answers to print; what a non-finite loss means
+    mean_ci, detectable, wilson_interval    intervals over seeds and problems (analyze.py's tables)
 """
 import math
-import sys
 import time
 
 import torch
@@ -22,9 +23,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+import generation
 import run_folder
-from model import CheckpointError, load_checkpoint
-from runtime import gather, mixed_precision, sum_over_ranks, wait_for_ranks
+from ranks import gather, sum_over_ranks, wait_for_ranks
+from runtime import mixed_precision
 
 
 def evaluate(policy, sets, n, temperature, seed, device, dtype, decoding=(True, True), rank=0,
@@ -32,7 +34,7 @@ def evaluate(policy, sets, n, temperature, seed, device, dtype, decoding=(True, 
     """Greedy accuracy on N+k (the evaluation set, and the validation set that hyper-parameters are
     chosen on) and on the comfort zone, sampled accuracy on N+k at `temperature`, critical-token
     probability. Returns the metrics and the greedy N+k completions (which the first evaluation reuses).
-    decoding: (fast, draft) for data.complete. ranks: each completes every ranks-th problem of each set
+    decoding: (fast, draft) for generation.complete. ranks: each completes every ranks-th problem of each set
     and the right answers are added up."""
     mine = {name: problems[rank::ranks] for name, problems in sets.items()}
     fast, draft = decoding
@@ -42,10 +44,10 @@ def evaluate(policy, sets, n, temperature, seed, device, dtype, decoding=(True, 
         paper_lines, all_lines = critical_probabilities(policy, sets["critical"], n, temperature,
                                                         places=places)
         together = mine["plus"] + mine["val"] + mine["comfort"]  # one call: batches of similar lengths
-        texts = data.complete(policy, together, device=device, fast=fast, draft=draft)
+        texts = generation.complete(policy, together, device=device, fast=fast, draft=draft)
         greedy, validation = texts[:len(mine["plus"])], texts[len(mine["plus"]):][:len(mine["val"])]
         comfort = texts[len(mine["plus"]) + len(mine["val"]):]
-        sampled = data.complete(policy, mine["plus"], temperature=temperature, device=device,
+        sampled = generation.complete(policy, mine["plus"], temperature=temperature, device=device,
                                 generator=generator, fast=fast, draft=draft)
     right = sum_over_ranks([sum(data.reward(problem, text) for problem, text in zip(mine[name], texts))
                             for name, texts in (("plus", greedy), ("val", validation), ("comfort", comfort),
@@ -107,6 +109,18 @@ def evaluation_due(it, per_iteration, iterations, eval_every):
     crossed a multiple of eval_every episodes (rl.py's --eval-every), or it is the last of `iterations`."""
     crossed = (it + 1) * per_iteration // eval_every > it * per_iteration // eval_every
     return crossed or it == iterations - 1
+
+
+def not_finite(loss, norm, stats, logits, kl_coef):
+    """What went wrong when rl.py's loss or its gradient is not finite (stats: rl_loss's terms), and what
+    to change: one line for its FloatingPointError."""
+    if not torch.isfinite(logits).all():
+        return "the policy's outputs are not finite (its weights have diverged): try a lower --lr"
+    if all(map(math.isfinite, stats.values())) and not torch.isfinite(loss):
+        return (f"the loss overflows: --kl-coef {kl_coef:g} times the KL term is too large for the "
+                "float range; lower --kl-coef")
+    return (f"the loss ({loss.item():g}) or its gradient norm ({norm.item():g}) is not finite: try a lower "
+            "--lr")
 
 
 def one_line(row, digits_plus):
@@ -283,6 +297,37 @@ def window_means(window):
 # -----------------------------------------------------------------------------
 # for the analysis commands (analyze.py, probe.py, errors.py)
 
+# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond 30, 1.96 is close enough)
+T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042]
+# one-sided 80% quantiles of Student's t for 1..30 degrees of freedom: with T_975, the paired difference that
+# n seeds detect at 80% power, (t_975 + t_80) * sd / sqrt(n) (beyond 30: 0.842)
+T_80 = [1.376, 1.061, 0.978, 0.941, 0.920, 0.906, 0.896, 0.889, 0.883, 0.879, 0.876, 0.873, 0.870, 0.868,
+        0.866, 0.865, 0.863, 0.862, 0.861, 0.860, 0.859, 0.858, 0.858, 0.857, 0.856, 0.856, 0.855, 0.855,
+        0.854, 0.854]
+def mean_ci(values):
+    """Mean and the half-width of its 95% t-interval (nan for a single value: no interval)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan")
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, (T_975[n - 2] if n - 1 <= len(T_975) else 1.96) * sd / math.sqrt(n)
+
+
+def detectable(values):
+    """The paired difference that len(values) pairs with this spread detect at 80% power, two-sided 5%:
+    (t_975 + t_80) * sd / sqrt(n); nan below 2 pairs."""
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    t = (T_975[n - 2], T_80[n - 2]) if n - 1 <= len(T_975) else (1.96, 0.842)
+    return (t[0] + t[1]) * sd / math.sqrt(n)
+
+
 def wilson_interval(successes, n, z=1.96):
     """95% confidence interval (percent) for a binomial proportion; sound near 0% and 100%."""
     if n == 0:
@@ -293,31 +338,6 @@ def wilson_interval(successes, n, z=1.96):
     return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
 
 
-def load(path, device):
-    try:
-        return load_checkpoint(path, device, with_meta=True)
-    except CheckpointError as e:
-        sys.exit(f"error: {e}")
-
-
-MOST_DIGITS = 100  # more than any model here can hold (10+10 digits need 865 positions)
-
-
-def pretrain_digits(meta, path):
-    """N, the pre-training digits a checkpoint records (pretrain.py's --digits); one line if it has none
-    that makes sense."""
-    try:
-        n = meta["args"]["digits"]
-    except (KeyError, TypeError):
-        n = None
-    if not isinstance(n, int) or isinstance(n, bool):
-        sys.exit(f"error: {path} records no pre-training digits; pass a checkpoint made by pretrain.py")
-    if not 1 <= n <= MOST_DIGITS:
-        sys.exit(f"error: {path} records {n} pre-training digits, outside 1..{MOST_DIGITS}: it is damaged or "
-                 "not made by pretrain.py")
-    return n
-
-
 def solve(model, problems, device, dtype, temperature=0.0, draft=True):
     with mixed_precision(device, dtype):
-        return data.complete(model, problems, temperature=temperature, device=device, draft=draft)
+        return generation.complete(model, problems, temperature=temperature, device=device, draft=draft)

@@ -5,11 +5,15 @@ Pre-LN blocks, learned absolute positions and tied input/output embeddings, as i
 Two things differ from nanoGPT because RL fine-tuning needs them:
   - forward() returns logits at every position (per-token log-probs for the policy gradient);
   - generate() is batched, accepts left-padded prompts of different lengths, keeps a KV cache,
-    and stops each row once its answer line is complete (generation.py).
+    and stops each row once its answer line is complete (generation.py); sample_plainly is nanoGPT's
+    plain loop, a prompt at a time, for reading.
 Padding (token id 0 of data.VOCAB) never influences a real token: padded keys are masked out.
+Checkpoints (at the end): save_checkpoint, load_checkpoint, and for the scripts load_or_exit,
+pretrain_digits and load_for_fine_tuning (the policy and its frozen reference), each refusing in one line.
 """
 import math
 import os
+import sys
 from dataclasses import asdict, dataclass
 
 import torch
@@ -20,6 +24,7 @@ import data
 import generation
 from data import PAD_ID, VOCAB
 from files import atomic_save
+from runtime import too_big
 
 NEVER = -1e4  # the padding token's logit: probability e^-10000 = 0, and 0 * log p stays finite
 
@@ -165,24 +170,29 @@ class GPT(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def sample_plainly(self, prompt, max_new_tokens, temperature=1.0, generator=None, stop=None):
-        """nanoGPT's generation loop, for one prompt without padding (1, T): the whole text goes through the
-        model again for every new token, drawn from softmax(logits / temperature) (greedy at 0), until the
-        task's stop rule (data.Stop) says the text is finished. Easy to read, slow: `generate` computes the
-        same with a KV cache and a draft (tests/test_model.py, test_the_plain_loop_writes_what_generate_does).
-        """
-        idx, finished = prompt, stop(1, prompt.device) if stop else None
-        for _ in range(max_new_tokens):
-            logits, _ = self(idx)
-            logits = logits[:, -1].float()
-            if temperature == 0:
-                token = logits.argmax(-1, keepdim=True)
-            else:
-                token = torch.multinomial(F.softmax(logits / temperature, dim=-1), 1, generator=generator)
-            idx = torch.cat([idx, token], dim=1)
-            if finished is not None and finished(token[:, 0]).all():
-                break
-        return idx
+    def sample_plainly(self, prompts, max_new_tokens, temperature=1.0, generator=None, stop=None):
+        """nanoGPT's generation loop, one prompt at a time: the whole text goes through the model again for
+        every new token, drawn from softmax(logits / temperature) (greedy at 0), until the task's stop rule
+        (data.Stop) says the text is finished. Left-padded prompts (B, T) in, (B, T + new) out, as
+        `generate`, which computes the same with a KV cache and a draft, far faster (tests/test_model.py,
+        test_the_plain_loop_writes_what_generate_does)."""
+        written = []
+        for prompt in prompts:
+            idx = prompt[prompt != PAD_ID][None]  # this prompt alone, without padding
+            finished = stop(1, idx.device) if stop else None
+            for _ in range(max_new_tokens):
+                logits, _ = self(idx)
+                logits = logits[:, -1].float()
+                if temperature == 0:
+                    token = logits.argmax(-1, keepdim=True)
+                else:
+                    token = torch.multinomial(F.softmax(logits / temperature, dim=-1), 1, generator=generator)
+                idx = torch.cat([idx, token], dim=1)
+                if finished is not None and finished(token[:, 0]).all():
+                    break
+            written.append(idx[0, (prompt != PAD_ID).sum():])
+        new = nn.utils.rnn.pad_sequence(written, batch_first=True, padding_value=PAD_ID)
+        return torch.cat([prompts, new], 1)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, generator=None, fast=True, stop=None,
@@ -255,3 +265,46 @@ def load_checkpoint(path, device="cpu", with_meta=False):
                               "its training diverged; re-create it with pretrain.py")
     model.to(device).eval()
     return (model, ckpt["meta"]) if with_meta else model
+
+
+def load_or_exit(path, device):
+    """load_checkpoint with its meta for a script: a checkpoint that cannot be used ends it in one line."""
+    try:
+        return load_checkpoint(path, device, with_meta=True)
+    except CheckpointError as e:
+        sys.exit(f"error: {e}")
+
+
+MOST_DIGITS = 100  # more than any model here can hold (10+10 digits need 865 positions)
+
+
+def pretrain_digits(meta, path):
+    """N, the pre-training digits a checkpoint records (pretrain.py's --digits); one line if it has none
+    that makes sense."""
+    try:
+        n = meta["args"]["digits"]
+    except (KeyError, TypeError):
+        n = None
+    if not isinstance(n, int) or isinstance(n, bool):
+        sys.exit(f"error: {path} records no pre-training digits; pass a checkpoint made by pretrain.py")
+    if not 1 <= n <= MOST_DIGITS:
+        sys.exit(f"error: {path} records {n} pre-training digits, outside 1..{MOST_DIGITS}: it is damaged or "
+                 "not made by pretrain.py")
+    return n
+
+
+def load_for_fine_tuning(path, device, digits_plus, rows):
+    """The policy (to train) and the frozen reference, both from the checkpoint at `path`, its N (pre-training
+    digits) and meta; exits with one line if it cannot serve RL on N+digits_plus digits with `rows`
+    completions a step (positions, memory)."""
+    policy, meta = load_or_exit(path, device)
+    reference = load_checkpoint(path, device)
+    n = pretrain_digits(meta, path)
+    longest = data.longest_sequence(n + digits_plus)
+    if longest > policy.config.block_size:
+        sys.exit(f"error: {n + digits_plus}-digit problems need {longest} positions but {path} has "
+                 f"{policy.config.block_size}; lower --digits-plus")
+    if message := too_big(policy.config, rows, longest, device):
+        sys.exit(f"error: {message}; lower --batch-size or --group-size")
+    reference.requires_grad_(False)
+    return policy, reference, n, meta

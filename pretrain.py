@@ -26,12 +26,13 @@ import torch
 from tqdm import tqdm
 
 import data
+import generation
 from files import atomic_save, hold_lock, release_locks
 from model import GPT, GPTConfig, save_checkpoint
-from runtime import (DETERMINISM, DEVICE_HELP, DTYPE_HELP, DTYPES, add_number, autocast_dtype,
-                     generation_dtype, mixed_precision, pick_device, precision_name, provenance,
-                     resume_command, run_script, seed_everything, set_threads, start_ranks, sum_gradients,
-                     sum_over_ranks, too_big, wait_for_ranks)
+from ranks import start_ranks, sum_gradients, sum_over_ranks, wait_for_ranks
+from runtime import (add_number, add_runtime_flags, autocast_dtype, generation_dtype, mixed_precision,
+                     pick_device, precision_name, provenance, resume_command, run_script, seed_everything,
+                     set_threads, too_big)
 
 
 def get_args(argv=None):
@@ -59,10 +60,7 @@ def get_args(argv=None):
     add_number(p, "--eval-size", int, 100, "held-out problems per operand length", at_least=1,
                at_most=100_000)
     p.add_argument("--seed", type=int, default=0, help="seeds Python's and torch's generators")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    add_number(p, "--threads", int, None, "CPU threads (default: all cores)", at_least=1)
-    p.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
-    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True, help=DETERMINISM)
+    add_runtime_flags(p)
     p.add_argument("--out", default=None,
                    help="checkpoint path (default runs/add{digits}.pt; the shipped ones are in checkpoints/)")
     p.add_argument("--resume", action="store_true",
@@ -106,7 +104,8 @@ def evaluate(model, digits, size, device, dtype):
     fits = [k for k in range(1, digits + 2)
             if data.longest_sequence(k) <= model.config.block_size]
     with mixed_precision(device, dtype):
-        return {k: data.accuracy(model, data.eval_set("identical", k, size), device=device) for k in fits}
+        return {k: generation.accuracy(model, data.eval_set("identical", k, size), device=device)
+                for k in fits}
 
 
 LOOK_EVERY = 10  # steps between looks at the loss (finite? the progress bar)

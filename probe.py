@@ -19,8 +19,10 @@ from collections import Counter
 import torch
 
 import data
+import generation
 import errors
 import metrics
+from model import load_or_exit, pretrain_digits
 import rl
 from files import save_figure, write_text
 from runtime import mixed_precision
@@ -58,7 +60,7 @@ def continue_from(model, problems, prefixes, device, dtype, temperature=0.0, gen
         chunk = order[start:start + batch_size]
         batch, heads = [problems[i] for i in chunk], [prefixes[i] for i in chunk]
         idx = data.prompt_batch(batch, device, prefixes=heads)
-        room = min(max(data.room_for((a, b)) - len(h) for (a, b), h in zip(batch, heads)),
+        room = min(max(generation.room_for((a, b)) - len(h) for (a, b), h in zip(batch, heads)),
                    model.config.block_size - idx.size(1))
         with mixed_precision(device, dtype):
             out = model.generate(idx, max(1, room), temperature=temperature, generator=generator,
@@ -238,13 +240,13 @@ def cmd_probe(args, device, dtype):
                "|---" * (len(TABLE1_ROWS) + 5) + "|"]
     report = []
     for path in args.ckpt:
-        model, meta = metrics.load(path, device)
-        n = metrics.pretrain_digits(meta, path)
+        model, meta = load_or_exit(path, device)
+        n = pretrain_digits(meta, path)
         if data.longest_sequence(n + 1) > model.config.block_size:
             sys.exit(f"error: {path} has too few positions for {n + 1}-digit problems")
         problems = data.eval_set("identical", n + 1, args.n)
         completions = metrics.solve(model, problems, device, dtype, draft=args.draft)
-        accuracy = data.percent_correct(completions, problems)
+        accuracy = generation.percent_correct(completions, problems)
         tested, j_by_problem = probe(model, n, problems, completions, device, dtype, drop=args.drop,
                                      controls=args.controls, samples=args.samples, low_tested=args.low_tested,
                                      draft=args.draft, certainty=certainty)
@@ -326,7 +328,7 @@ def alpha_markdown(model, n, size, device, dtype, draft=True, certainty=rl.certa
     """Which alpha does what: the weight J^alpha where this model decides its errors, and elsewhere."""
     problems = data.eval_set("rl", 1, size, n=n)
     with mixed_precision(device, dtype):
-        completions = data.complete(model, problems, device=device, draft=draft)
+        completions = generation.complete(model, problems, device=device, draft=draft)
         decisive, elsewhere = metrics.certainty_at_errors(model, problems, completions, certainty)
     lines = [f"Which alpha does what: the weight J^alpha of the KL term on {size} held-out 'N+1' problems "
              f"(rl.py's training distribution), at the first wrong character of the {len(decisive)} failed "

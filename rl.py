@@ -28,7 +28,6 @@ and the KL split: the exact KL where pi_ref is unsure by the run's own J, J < 0.
 tenth of J, and elsewhere, and at the paper's critical commas).
 """
 import argparse
-import math
 import os
 import random
 import sys
@@ -40,14 +39,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+import generation
 import metrics
 import run_folder
 from files import release_locks
-from model import CheckpointError, load_checkpoint
-from runtime import (DETERMINISM, DEVICE_HELP, DTYPE_HELP, DTYPES, add_number, autocast_dtype,
-                     generation_dtype, mixed_precision, pick_device, precision_name, provenance, rank_share,
-                     resume_command, run_script, seed_everything, set_threads, start_ranks, sum_gradients,
-                     too_big)
+from model import load_for_fine_tuning
+from ranks import rank_share, start_ranks, sum_gradients
+from runtime import (add_number, add_runtime_flags, autocast_dtype, generation_dtype, mixed_precision,
+                     pick_device, resume_command, run_script, seed_everything, set_threads)
 
 # -----------------------------------------------------------------------------
 # the paper's idea: the loss, then what it calls
@@ -96,17 +95,6 @@ def rl_loss(logits, ref_logits, actions, advantages, mask, args, old_logp=None):
         stats["clip_fraction"] = ((ratio - 1).abs() > args.clip).float()
         stats["approx_kl"] = ratio - 1 - torch.log(ratio)  # k3 estimate of KL(pi_old || pi)
     return loss, {name: masked_mean(value.detach(), mask).item() for name, value in stats.items()}
-
-
-def not_finite(loss, norm, stats, logits, args):
-    """What went wrong when the loss or its gradient is not finite, and what to change."""
-    if not torch.isfinite(logits).all():
-        return "the policy's outputs are not finite (its weights have diverged): try a lower --lr"
-    if all(map(math.isfinite, stats.values())) and not torch.isfinite(loss):
-        return (f"the loss overflows: --kl-coef {args.kl_coef:g} times the KL term is too large for the "
-                "float range; lower --kl-coef")
-    return (f"the loss ({loss.item():g}) or its gradient norm ({norm.item():g}) is not finite: try a lower "
-            "--lr")
 
 
 K1_HAS_NO_GRADIENT = ("the k1 estimator has zero expected gradient, so the penalty would do nothing: use k2 "
@@ -189,17 +177,13 @@ def rollout(policy, problems, temperature, generator, fast=True, draft=True):
     on token by token), which sample the same distribution (tests/test_draft.py, tests/test_model.py)."""
     device = next(policy.parameters()).device
     prompts = data.prompt_batch(problems, device)
-    budget = data.generation_budget(policy, problems, prompts.size(1))
+    budget = generation.generation_budget(policy, problems, prompts.size(1))
     if fast or draft:
         guess = data.draft_batch(problems, device) if draft else None
         sequences = policy.generate(prompts, budget, temperature=temperature, generator=generator, fast=fast,
                                     stop=data.Stop, draft=guess)
     else:
-        rows = [policy.sample_plainly(data.prompt_batch([problem], device), budget, temperature, generator,
-                                      data.Stop) for problem in problems]
-        new = [row[0, len(data.encode(data.prompt(problem))):] for row, problem in zip(rows, problems)]
-        new = torch.nn.utils.rnn.pad_sequence(new, batch_first=True, padding_value=data.PAD_ID)
-        sequences = torch.cat([prompts, new], 1)
+        sequences = policy.sample_plainly(prompts, budget, temperature, generator, data.Stop)
     completions = [data.decode(row) for row in sequences[:, prompts.size(1):].tolist()]
     return prompts, sequences, completions
 
@@ -226,7 +210,7 @@ def update(policy, reference, optimizer, batch, advantages, args, dtype, ranks=1
         sum_gradients(policy, divide_by=ranks)  # ranks: the mean over processes (nothing when alone)
         norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), args.grad_clip or float("inf"))
         if not (torch.isfinite(loss) and torch.isfinite(norm)):  # stop before the weights are ruined
-            raise FloatingPointError(not_finite(loss, norm, stats, logits, args))
+            raise FloatingPointError(metrics.not_finite(loss, norm, stats, logits, args.kl_coef))
         optimizer.step()
     # where the policy moved, on uncertain and on certain states (the exact KL, whatever the loss uses),
     # uncertain as the run's own weight sees it
@@ -278,22 +262,13 @@ def flags():
     add_number(run, "--eval-size", int, 200, "held-out problems per evaluation set (4 sets)", at_least=1,
                at_most=100_000)
     run.add_argument("--seed", type=int, default=0, help="seeds Python's and torch's generators")
-    run.add_argument("--device", default="auto", help=DEVICE_HELP)
-    add_number(run, "--threads", int, None, "CPU threads (default: all cores)", at_least=1)
-    run.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
-    run.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True, help=DETERMINISM)
+    add_runtime_flags(run)
     run.add_argument("--fast-generate", action=argparse.BooleanOptionalAction, default=True,
                      help="GPT.generate's optimized loop (same tokens); --no-fast-generate: the plain loop")
     run.add_argument("--draft", action=argparse.BooleanOptionalAction, default=True,
                      help="decode along the correct text, token by token only where a row leaves it (same "
                           "distribution, 2-3x faster); --no-draft: token by token throughout")
-    run.add_argument("--out", default="runs", help="folder for runs/<name>/")
-    run.add_argument("--save", action=argparse.BooleanOptionalAction, default=True,
-                     help="write runs/<name>/model.pt at the end (--no-save: only the logs, for sweeps)")
-    run.add_argument("--name", default=None, help="run name (default alpha<a>_kl<c>_seed<s>_<time>)")
-    run.add_argument("--force", action="store_true", help="replace an existing run folder --out/--name")
-    run.add_argument("--resume", action="store_true", help="continue the run --out/--name from its last "
-                     "evaluation (same flags; the state is saved at every evaluation)")
+    run_folder.add_folder_flags(run)
     return p
 
 
@@ -315,25 +290,6 @@ def get_args(argv=None):
     now = time.strftime("%Y%m%d-%H%M%S")
     args.name = args.name or f"alpha{args.alpha:g}_kl{args.kl_coef:g}_seed{args.seed}_{now}"
     return args
-
-
-def load_models(args, device):
-    """The policy (trained) and the frozen reference, both from --ckpt, and N, its pre-training digits;
-    exits with one line if the checkpoint cannot serve this run."""
-    try:
-        policy, meta = load_checkpoint(args.ckpt, device, with_meta=True)
-        reference = load_checkpoint(args.ckpt, device)
-    except CheckpointError as e:
-        sys.exit(f"error: {e}")
-    n = metrics.pretrain_digits(meta, args.ckpt)
-    longest = data.longest_sequence(n + args.digits_plus)
-    if longest > policy.config.block_size:
-        sys.exit(f"error: {n + args.digits_plus}-digit problems need {longest} positions but {args.ckpt} has "
-                 f"{policy.config.block_size}; lower --digits-plus")
-    if message := too_big(policy.config, args.batch_size * args.group_size, longest, device):
-        sys.exit(f"error: {message}; lower --batch-size or --group-size")
-    reference.requires_grad_(False)
-    return policy, reference, n, meta
 
 
 def main(argv=None):
@@ -394,17 +350,15 @@ def set_up(args):
         sys.exit(f"error: --batch-size {args.batch_size} does not split over {ranks} processes; use a "
                  f"multiple of {ranks}")
     seed_everything(args.seed, device, args.deterministic)
-    policy, reference, n, meta = load_models(args, device)  # no dropout: train and eval modes are the same
+    policy, reference, n, meta = load_for_fine_tuning(args.ckpt, device, args.digits_plus,
+                                                      args.batch_size * args.group_size)  # no dropout
     dtype, gen_dtype = autocast_dtype(args.dtype, device), generation_dtype(args.dtype, device)
-    recorded = {"pretrain_digits": n, "device": device, "training_dtype": precision_name(dtype),
-                "generation_dtype": precision_name(gen_dtype),  # what --dtype chose on this machine
-                "provenance": provenance(device), **({"ranks": ranks} if ranks > 1 else {})}
-    recorded["ckpt_sha256"] = run_folder.file_hash(args.ckpt)  # --resume checks it is the same file
+    config = run_folder.config_of(args, n, device, (dtype, gen_dtype), ranks)
     try:  # the held-out sets: choose on val_plus, report acc_plus
         sets = data.rl_eval_sets(n, args.digits_plus, args.eval_size)
     except ValueError as e:  # a size the task cannot meet
         sys.exit(f"error: {e}; lower --eval-size")
-    run_dir, state, rows = run_folder.prepare(args, {**vars(args), **recorded}, rank, vars(args_with()))
+    run_dir, state, rows = run_folder.prepare(args, config, rank, vars(args_with()))
     run = SimpleNamespace(
         args=args, rank=rank, ranks=ranks, device=device, dtype=dtype, gen_dtype=gen_dtype, policy=policy,
         reference=reference, n=n, meta=meta, dir=run_dir, rows=rows,

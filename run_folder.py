@@ -9,6 +9,7 @@ An RL run's folder, --out/--name, as rl.py writes it and curves.py reads it:
 
 A run folder is never replaced without --force, and --resume refuses settings that differ from the run's.
 """
+import argparse
 import glob
 import hashlib
 import json
@@ -21,7 +22,8 @@ import torch
 
 from model import save_checkpoint
 from files import atomic_save, hold_lock, write_text
-from runtime import device_type, mean_over_ranks, wait_for_ranks
+from ranks import mean_over_ranks, wait_for_ranks
+from runtime import device_type, precision_name, provenance
 
 METRICS_LOG, TRAIN_LOG, LOCK = "metrics.jsonl", "train.jsonl", ".lock"
 # no effect on the numbers (provenance: where the run was started; a resumed part may run elsewhere; out and
@@ -31,6 +33,27 @@ RESUME_MAY_DIFFER = {"threads", "resume", "force", "fast_generate", "draft", "sa
 # ... but the sampling generator's saved state only fits a generator of the same kind of device (cuda:0 and
 # cuda:1 share one): a run goes on on the kind it started on
 STATE_KEYS = {"policy", "optimizer", "rng", "generator", "torch_rng", "iteration", "episode", "minutes"}
+
+
+def add_folder_flags(group):
+    """rl.py's flags for where a run is kept: --out, --save, --name, --force, --resume."""
+    group.add_argument("--out", default="runs", help="folder for runs/<name>/")
+    group.add_argument("--save", action=argparse.BooleanOptionalAction, default=True,
+                       help="write runs/<name>/model.pt at the end (--no-save: only the logs, for sweeps)")
+    group.add_argument("--name", default=None, help="run name (default alpha<a>_kl<c>_seed<s>_<time>)")
+    group.add_argument("--force", action="store_true", help="replace an existing run folder --out/--name")
+    group.add_argument("--resume", action="store_true", help="continue the run --out/--name from its last "
+                       "evaluation (same flags; the state is saved at every evaluation)")
+
+
+def config_of(args, n, device, dtypes, ranks):
+    """config.json: every flag, then what this machine chose and what --resume checks: N, the device, the
+    precisions --dtype chose (dtypes: training, generation), provenance, the ranks, the reference's hash."""
+    recorded = {"pretrain_digits": n, "device": device, "training_dtype": precision_name(dtypes[0]),
+                "generation_dtype": precision_name(dtypes[1]), "provenance": provenance(device),
+                **({"ranks": ranks} if ranks > 1 else {})}
+    recorded["ckpt_sha256"] = file_hash(args.ckpt)
+    return {**vars(args), **recorded}
 
 
 def prepare(args, config, rank=0, defaults=None):

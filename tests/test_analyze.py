@@ -89,10 +89,10 @@ def test_subcommands_run(tiny_checkpoint, tmp_path, command):
 
 
 def test_mean_ci_matches_a_hand_computed_t_interval():
-    mean, half = curves.mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
+    mean, half = metrics.mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
     # sd = sqrt(2.5), t(0.975, 4 df) = 2.776
     assert mean == pytest.approx(3.0) and half == pytest.approx(2.776 * (2.5 ** 0.5) / 5 ** 0.5, rel=1e-4)
-    mean, half = curves.mean_ci([7.0])
+    mean, half = metrics.mean_ci([7.0])
     assert mean == 7.0 and math.isnan(half)  # one seed: no interval, and the table says so
     assert curves.plus_minus(mean, half) == "7.0 (1 seed)"
 

@@ -163,7 +163,7 @@ def test_an_operation_without_a_deterministic_kernel_is_refused_in_one_line():
 
 
 def test_torchrun_where_it_cannot_work_is_refused_in_one_line(monkeypatch):
-    from runtime import start_ranks
+    from ranks import start_ranks
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("LOCAL_RANK", "3")
     with pytest.raises(SystemExit, match="Apple MPS is not supported"):

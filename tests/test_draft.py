@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import data
+import generation
 from conftest import task_problems
 from model import GPT, GPTConfig, load_checkpoint
 
@@ -66,17 +67,16 @@ def test_rows_that_leave_the_draft_at_different_places_may_use_every_position():
 
 @pytest.mark.skipif(not os.path.exists(ADD7), reason="needs checkpoints/add7.pt")
 def test_greedy_with_the_correct_text_as_draft_matches_the_plain_loop_on_add7():
-    """100 held-out 8+8-digit problems with the shipped 7-digit model (about 44% right: many rows depart, at
-    every line of the scratchpad; 200 problems, 0 texts differed, cost a minute more of the suite). A
-    near-tie (two logits equal to float32 rounding, since the pass sums attention in another order than
-    one-token steps) could flip one."""
+    """200 held-out 8+8-digit problems with the shipped 7-digit model (43% right: many rows depart, at every
+    line of the scratchpad). Measured: 0 of 200 texts differ. A near-tie (two logits equal to float32
+    rounding, since the pass sums attention in another order than one-token steps) could flip one."""
     model = load_checkpoint(ADD7)
-    problems = data.eval_set("identical", 8, 100)
-    drafted = data.complete(model, problems, draft=True)
-    plain = data.complete(model, problems, draft=False)
+    problems = data.eval_set("identical", 8, 200)
+    drafted = generation.complete(model, problems, draft=True)
+    plain = generation.complete(model, problems, draft=False)
     assert sum(a != b for a, b in zip(drafted, plain)) == 0
     errors = [data.first_error(p, text) for p, text in zip(problems, plain)]
-    assert 25 < sum(e is not None for e in errors) < 75 and min(e for e in errors if e is not None) < 100
+    assert 50 < sum(e is not None for e in errors) < 150 and min(e for e in errors if e is not None) < 100
 
 
 def exact_distribution(model, prompt, steps, temperature):
@@ -140,9 +140,10 @@ def test_sampling_along_a_draft_follows_the_models_distribution():
 
 def test_a_task_without_a_correct_text_decodes_token_by_token(monkeypatch):
     model, problems = tiny_model(), task_problems(2, 2)
-    monkeypatch.setattr(data, "generation_budget", lambda model, problems, width: 120)  # both read the target
+    budget = lambda model, problems, width: 120
+    monkeypatch.setattr(generation, "generation_budget", budget)  # both read the target
     monkeypatch.setattr(data, "sequence_length", lambda problem: len(data.prompt(problem)))
-    expected = data.complete(model, problems, draft=False)
+    expected = generation.complete(model, problems, draft=False)
     monkeypatch.setattr(data, "target", lambda problem: None)
     assert data.draft_batch(problems) is None
-    assert data.complete(model, problems) == expected
+    assert generation.complete(model, problems) == expected

@@ -54,10 +54,11 @@ def test_rl_runs_on_the_gpu(tiny_checkpoint, tmp_path):
 
 def test_generation_on_the_gpu_matches_the_cpu(tiny_checkpoint):
     import data
+    import generation
     from model import load_checkpoint
     problems = data.eval_set("identical", 2, 16)
-    on_cpu = data.complete(load_checkpoint(tiny_checkpoint, "cpu"), problems, device="cpu")
-    on_gpu = data.complete(load_checkpoint(tiny_checkpoint, DEVICE), problems, device=DEVICE)
+    on_cpu = generation.complete(load_checkpoint(tiny_checkpoint, "cpu"), problems, device="cpu")
+    on_gpu = generation.complete(load_checkpoint(tiny_checkpoint, DEVICE), problems, device=DEVICE)
     assert sum(a == b for a, b in zip(on_cpu, on_gpu)) >= 14  # float32 both; a near-tie may round apart
 
 
@@ -75,12 +76,13 @@ def test_the_main_command_on_the_gpu_starts_where_the_cpu_does(tmp_path):
     """rl.py on add7.pt: episode 0 is the reference's greedy accuracy, float32 on both devices, so the GPU's
     equals the CPU's on the same 50 problems (their finished rows leave the batch, the stop rule runs)."""
     import data
+    import generation
     from model import load_checkpoint
     run("rl.py", *ADD7_FLAGS, "--out", str(tmp_path), "--name", "gpu")
     first = json.loads((tmp_path / "gpu" / "metrics.jsonl").read_text().splitlines()[0])
     problems = data.rl_eval_sets(7, 1, 50)["plus"]
-    texts = data.complete(load_checkpoint(ADD7, "cpu"), problems, device="cpu")
-    assert first["acc_plus"] == data.percent_correct(texts, problems)
+    texts = generation.complete(load_checkpoint(ADD7, "cpu"), problems, device="cpu")
+    assert first["acc_plus"] == generation.percent_correct(texts, problems)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="the main command's checks are for CUDA")

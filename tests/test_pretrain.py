@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import data
+import generation
 from conftest import task_problems
 import pretrain
 from model import load_checkpoint
@@ -32,7 +33,7 @@ def test_smoke_run_writes_a_loadable_checkpoint_and_resumes(tmp_path):
     assert set(meta["provenance"]) == {"commit", "threads", "machine", "torch"}  # what it was trained on
     assert model.config.n_embd == 16 and not model.training
     # the reloaded model generates text that the task code can read
-    completions = data.complete(model, task_problems(1, 2))
+    completions = generation.complete(model, task_problems(1, 2))
     assert isinstance(completions[0], str)
     r = run("--digits", "2", "--steps", "9", "--eval-every", "3", "--out", out, "--resume", *TINY)
     assert r.returncode == 0, r.stderr

@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 import data
 from conftest import addition_only, task_problems
 from model import GPT, GPTConfig, load_checkpoint
-from runtime import sum_gradients
+from ranks import sum_gradients
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "256", "--batch-size", "8",

@@ -1,6 +1,6 @@
 import sys, time, random, collections, math
 sys.path.insert(0, ".")
-import torch, data
+import torch, data, generation
 from model import load_checkpoint
 torch.set_num_threads(1)
 m = load_checkpoint("checkpoints/add7.pt")
@@ -13,7 +13,7 @@ for draft in (True, False):
     t = time.time()
     texts = []
     for i in range(0, len(batch), 100):
-        texts += data.complete(m, batch[i:i+100], temperature=1.0, generator=g, draft=draft, batch_size=100)
+        texts += generation.complete(m, batch[i:i+100], temperature=1.0, generator=g, draft=draft, batch_size=100)
     fe = [data.first_error(p, c) for p, c in zip(batch, texts)]
     rw = [data.reward(p, c) for p, c in zip(batch, texts)]
     res[draft] = (fe, rw)
