@@ -8,8 +8,8 @@ Lines (scripts read them):
   generation, KV cache:           GPT.generate's fast loop, the one rollouts and evaluation use
   generation, KV cache, plain:    the plain reference loop it is tested against
   generation, full recompute:     the whole prefix through the model for every new token (how the
-                                  official implementation generates); timed at every K-th step and
-                                  scaled by K (--recompute-every 1: every step)
+                                  paper's code generates); timed at every K-th step and scaled
+                                  by K (--recompute-every 1: every step)
   training, forward + backward:   the teacher-forced pass that RL and pre-training use
   arithmetic: ... GFLOP/s against a matmul peak measured in the same run
   kv-cache speedup:               full recompute time / KV-cache time

@@ -111,14 +111,14 @@ def evaluation_due(it, per_iteration, iterations, eval_every):
     return crossed or it == iterations - 1
 
 
-def not_finite(loss, norm, stats, logits, kl_coef):
+def not_finite(loss, norm, stats, logits):
     """What went wrong when rl.py's loss or its gradient is not finite (stats: rl_loss's terms), and what
     to change: one line for its FloatingPointError."""
     if not torch.isfinite(logits).all():
         return "the policy's outputs are not finite (its weights have diverged): try a lower --lr"
     if all(map(math.isfinite, stats.values())) and not torch.isfinite(loss):
-        return (f"the loss overflows: --kl-coef {kl_coef:g} times the KL term is too large for the "
-                "float range; lower --kl-coef")
+        return ("the loss overflows: --kl-coef times the KL term is too large for the float range; lower "
+                "--kl-coef")
     return (f"the loss ({loss.item():g}) or its gradient norm ({norm.item():g}) is not finite: try a lower "
             "--lr")
 
@@ -241,8 +241,7 @@ def kl_split(logits, ref_logits, mask, temperature, certainty, weight=None, crit
       kl_low_j / kl_high_j, j_low_cut: the batch's lowest LOW_SHARE of J, the rest, and the J that cuts them.
     With `critical` (B, T), the states of data.critical_states (the paper's commas while the copy is right):
     their exact KL, their number and, with `weight` (B, T, kl_weight of J), their mean weight.
-    None where a side has no state. (Runs made before 2026-12-05 split by Eq. 2 at temperature 1 and
-    logged only the first three keys.)"""
+    None where a side has no state (older runs logged the first three keys only: results/README.md)."""
     logp = F.log_softmax(logits.float() / temperature, dim=-1)
     ref_logp = F.log_softmax(ref_logits.float() / temperature, dim=-1)
     kl = (logp.exp() * (logp - ref_logp)).sum(-1)

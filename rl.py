@@ -171,29 +171,27 @@ def group_advantages(rewards, group_size):
 @torch.no_grad()
 def rollout(policy, problems, temperature, generator, fast=True, draft=True):
     """Sample one completion per problem. Returns (prompts, sequences, completions): the left-padded prompts,
-    the prompts followed by the tokens sampled, and those as text. --no-fast-generate --no-draft: the plain
-    loop, a problem at a time (GPT.sample_plainly). The default is the speed path, GPT.generate: a KV cache
-    (fast) and the correct text as a free draft (one pass checks every position; only rows that leave it go
-    on token by token), which sample the same distribution (tests/test_draft.py, tests/test_model.py)."""
+    the prompts followed by the tokens sampled, and those as text."""
     device = next(policy.parameters()).device
     prompts = data.prompt_batch(problems, device)
     budget = generation.generation_budget(policy, problems, prompts.size(1))
-    if fast or draft:
+    if not (fast or draft):  # --no-fast-generate --no-draft: nanoGPT's plain loop, a problem at a time
+        sequences = policy.sample_plainly(prompts, budget, temperature, generator, data.Stop)
+    else:  # the default, a speed path sampling the same distribution (tests/test_draft.py, test_model.py):
+        # a KV cache (fast), and the correct text as a free draft (one pass checks every position; only the
+        # rows that leave it go on token by token)
         guess = data.draft_batch(problems, device) if draft else None
         sequences = policy.generate(prompts, budget, temperature=temperature, generator=generator, fast=fast,
                                     stop=data.Stop, draft=guess)
-    else:
-        sequences = policy.sample_plainly(prompts, budget, temperature, generator, data.Stop)
     completions = [data.decode(row) for row in sequences[:, prompts.size(1):].tolist()]
     return prompts, sequences, completions
 
 
-def update(policy, reference, optimizer, batch, advantages, args, dtype, ranks=1, critical=None):
+def update(policy, reference, optimizer, batch, advantages, args, dtype, ranks=1):
     """The teacher-forced passes and the gradient step(s) on one rollout: one (REINFORCE) or --ppo-epochs
-    (PPO). Returns the last step's rl_loss terms, the loss and the gradient norm before clipping, and the
-    KL split (metrics.kl_split, by the run's own certainty; critical: data.critical_states of the batch);
-    FloatingPointError if the loss or norm is not finite. ranks: each one's loss is the mean over its own
-    tokens."""
+    (PPO). Returns the last step's rl_loss terms with the loss and the gradient norm before clipping, and
+    the logits of the policy (before its last step) and of the reference, for `moved`; FloatingPointError
+    if the loss or norm is not finite. ranks: each one's loss is the mean over its own tokens."""
     inputs, actions, mask = batch
     device = inputs.device.type
     with torch.no_grad(), mixed_precision(device, dtype):
@@ -210,15 +208,19 @@ def update(policy, reference, optimizer, batch, advantages, args, dtype, ranks=1
         sum_gradients(policy, divide_by=ranks)  # ranks: the mean over processes (nothing when alone)
         norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), args.grad_clip or float("inf"))
         if not (torch.isfinite(loss) and torch.isfinite(norm)):  # stop before the weights are ruined
-            raise FloatingPointError(metrics.not_finite(loss, norm, stats, logits, args.kl_coef))
+            raise FloatingPointError(metrics.not_finite(loss, norm, stats, logits))
         optimizer.step()
-    # where the policy moved, on uncertain and on certain states (the exact KL, whatever the loss uses),
-    # uncertain as the run's own weight sees it
-    with torch.no_grad():
-        ref_certainty = certainty(ref_logits, args.certainty, args.certainty_temperature)
-    split = metrics.kl_split(logits, ref_logits, mask, args.temperature, ref_certainty,
-                             kl_weight(ref_certainty, args), critical)
-    return {**stats, "loss": loss.item(), "grad_norm": norm.item(), **split}
+    return {**stats, "loss": loss.item(), "grad_norm": norm.item()}, logits, ref_logits
+
+
+@torch.no_grad()
+def moved(logits, ref_logits, mask, args, critical):
+    """Where the policy moved from the reference (for the log, whatever the loss uses): the exact KL split
+    by the reference's certainty J as this run's weight sees it, and at the paper's critical commas
+    (critical: data.critical_states of the batch); metrics.kl_split says each key."""
+    ref_certainty = certainty(ref_logits, args.certainty, args.certainty_temperature)
+    weight = kl_weight(ref_certainty, args)
+    return metrics.kl_split(logits, ref_logits, mask, args.temperature, ref_certainty, weight, critical)
 
 
 # -----------------------------------------------------------------------------
@@ -226,7 +228,7 @@ def update(policy, reference, optimizer, batch, advantages, args, dtype, ranks=1
 
 
 def flags():
-    """rl.py's command line; a fork adds its flag here (rl_loss and kl_weight read it as run.NAME)."""
+    """rl.py's command line; a fork adds its flag here (rl_loss and kl_weight read it as args.NAME)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     paper = p.add_argument_group("the paper's penalty (Eq. 1 and 2)")
     add_number(paper, "--alpha", float, 3.0, "exponent of the certainty weight (0: standard KL)", at_least=0)
@@ -329,9 +331,10 @@ def train(run, args):
         advantages = group_advantages(rewards, args.group_size)
         # 4. the loss (rl_loss) and the gradient step, on the tokens sampled
         inputs, actions, mask = data.generated_batch(prompts, sequences)
-        stats = update(run.policy, run.reference, run.optimizer, (inputs, actions, mask), advantages, args,
-                       run.dtype, run.ranks, data.critical_states(problems, actions, run.n))
-        # 5. log every iteration to train.jsonl
+        stats, logits, ref_logits = update(run.policy, run.reference, run.optimizer, (inputs, actions, mask),
+                                           advantages, args, run.dtype, run.ranks)
+        # 5. log every iteration to train.jsonl: the loss's terms and where the policy moved
+        stats.update(moved(logits, ref_logits, mask, args, data.critical_states(problems, actions, run.n)))
         stats = run_folder.log_iteration(run, it, rewards, mask, stats, window)
         bar.set_postfix(reward=f"{stats['reward']:.2f}", kl=f"{stats['kl']:.4f}")
         no_reward = metrics.warn_if_nothing_to_learn(no_reward, stats["reward"], run.rank)

@@ -299,10 +299,9 @@ def finish_run(run):
 # -----------------------------------------------------------------------------
 # reading run folders back (curves.py, analyze.py)
 
-# --reward pm1 was the 0/1 reward with a doubled advantage under the group baseline
+# what config.json of an older run means in today's fields (results/README.md, "Older runs"): a flag that is
+# gone at the one value every run now uses, and the precisions of runs that did not record them
 RETIRED = {"reward": "01"}
-# runs made before rl.py recorded its precisions: every one ran on a CPU with bfloat16 support, where the
-# --dtype auto of then trained and generated in bfloat16 (results/speed.md)
 BEFORE_DTYPES = {"training_dtype": "bfloat16", "generation_dtype": "bfloat16"}
 REQUIRED = ("episode", "acc_plus", "acc_comfort")  # what every metrics.jsonl row must have
 

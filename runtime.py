@@ -91,7 +91,7 @@ def autocast_dtype(name, device):
 def generation_dtype(name, device):
     """The autocast dtype to generate with: float32 with --dtype auto on every device, else --dtype's.
     Two reasons. Speed: decoding one token reads the whole KV cache; on a CPU that ran 1.9x faster in
-    float32 than in bfloat16 (2-core AMD EPYC with AVX512-BF16, 64 rows: results/speed/epyc/
+    float32 than in bfloat16 (a 2-core CPU with native bfloat16, 64 rows: results/speed/epyc/
     bench_batch64*.txt), and on a GPU a step of this 0.9M-parameter model is a few microseconds of
     arithmetic behind some hundred kernel launches, so bfloat16 has nothing to save. Numbers: bfloat16
     rounding flips near-ties of greedy decoding (add7.pt on 8 digits: 63.5% against 67.5%), so float32

@@ -65,7 +65,8 @@ def test_wilson_interval():
     assert metrics.wilson_interval(0, 1000)[0] == 0.0 and metrics.wilson_interval(1000, 1000)[1] == 100.0
 
 
-@pytest.mark.parametrize("command", [["accuracy", "--extra", "1"], ["errors"]])
+@pytest.mark.parametrize("command", [["accuracy", "--extra", "1"],
+                                     pytest.param(["errors"], marks=addition_only)])
 def test_subcommands_run(tiny_checkpoint, tmp_path, command):
     if command[0] == "accuracy":
         command = command + ["--cache", str(tmp_path / "cache.jsonl")]

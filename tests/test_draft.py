@@ -8,7 +8,7 @@ import torch
 
 import data
 import generation
-from conftest import task_problems
+from conftest import addition_only, task_problems
 from model import GPT, GPTConfig, load_checkpoint
 
 ADD7 = os.path.join(os.path.dirname(__file__), "..", "checkpoints", "add7.pt")
@@ -65,6 +65,7 @@ def test_rows_that_leave_the_draft_at_different_places_may_use_every_position():
     assert torch.equal(model.generate(idx, budget, temperature=0, draft=drafts), plain)
 
 
+@addition_only
 @pytest.mark.skipif(not os.path.exists(ADD7), reason="needs checkpoints/add7.pt")
 def test_greedy_with_the_correct_text_as_draft_matches_the_plain_loop_on_add7():
     """200 held-out 8+8-digit problems with the shipped 7-digit model (43% right: many rows depart, at every
