@@ -121,7 +121,8 @@ def test_an_entropy_bonus_fork_changes_the_loss_and_runs(monkeypatch, tiny_check
     plain, stats = rl.rl_loss(logits, ref_logits, actions, advantages, mask, rl.args_with(kl_coef=1.0))
     bonus, _ = rl.rl_loss(logits, ref_logits, actions, advantages, mask, rl.args_with(kl_coef=1.0,
                                                                                      entropy_coef=0.1))
-    assert (plain - bonus).item() == pytest.approx(0.1 * stats["entropy"], rel=1e-5)
+    # rel 1e-4: a fork that adds the bonus per token inside the mean sums in another order (float32)
+    assert (plain - bonus).item() == pytest.approx(0.1 * stats["entropy"], rel=1e-4)
     rl.main(["--ckpt", tiny_checkpoint, "--episodes", "4", "--batch-size", "2", "--group-size", "2",
              "--eval-every", "4", "--eval-size", "2", "--out", str(tmp_path), "--name", "bonus", "--device",
              "cpu", "--threads", "1", "--no-save", "--entropy-coef", "0.01"])
