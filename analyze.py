@@ -39,7 +39,7 @@ from metrics import solve, wilson_interval
 from model import load_or_exit, pretrain_digits
 from probe import cmd_probe
 from run_folder import read_run
-from files import hold_lock, release_locks, save_figure, write_text
+from files import hold_lock, pyplot, release_locks, save_figure, write_text
 from runtime import DEVICE_HELP, generation_dtype, number, pick_device, run_script, set_threads
 
 
@@ -134,9 +134,7 @@ def cmd_accuracy(args, device, dtype):
 
 def plot_accuracy(rows, path):
     """Fig. 2: greedy accuracy against the number of digits K, one line per checkpoint, Wilson intervals."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, kind in zip(axes, ("identical", "varying")):

@@ -13,9 +13,9 @@ import os
 import sys
 
 import rl
-from files import save_figure, write_text
+from files import pyplot, save_figure, write_text
 from metrics import detectable, mean_ci
-from run_folder import TRAIN_LOG, find_runs, run_finished
+from run_folder import TRAIN_LOG, find_runs, made_on, run_finished
 
 # -----------------------------------------------------------------------------
 # learning curves of rl.py runs: mean and 95% interval over seeds
@@ -142,9 +142,7 @@ def clipped(value, top):
 
 def plot_curves(groups, path, title):
     """Fig. 4: held-out N+k accuracy and critical-token probability against episodes, mean and 95% band."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     colors = plt.cm.viridis([i / max(1, len(groups) - 1) for i in range(len(groups))])
     for (label, _, members), color in zip(groups, colors):
@@ -157,14 +155,11 @@ def plot_curves(groups, path, title):
             mean = [m for m, _ in stats]
             ax.plot(episodes, mean, color=color, label=f"{label} ({len(members)} seeds)")
             # the band is the t-interval of the mean, cut to the range the quantity can take
-            ax.fill_between(episodes, [clipped(m - h, top) for m, h in stats], [clipped(m + h, top) for m,
-                                                                                h in stats],
-                            color=color, alpha=0.2)
+            ax.fill_between(episodes, [clipped(m - h, top) for m, h in stats],
+                            [clipped(m + h, top) for m, h in stats], color=color, alpha=0.2)
     axes[0].set(xlabel="episodes", ylabel="held-out N+k greedy accuracy (%)", title=title)
-    axes[1].set(xlabel="episodes", ylabel="p(correct ',' at the n+1 comma)",
-                title="critical tokens, lines 1-3 (paper)")
-    axes[2].set(xlabel="episodes", ylabel="p(correct ',' at the n+1 comma)",
-                title="critical tokens, every line")
+    for ax, where in zip(axes[1:], ("lines 1-3 (paper)", "every line")):
+        ax.set(xlabel="episodes", ylabel="p(correct ',' at the n+1 comma)", title=f"critical tokens, {where}")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
@@ -180,9 +175,7 @@ def plot_alpha(groups, table, path):
         series.setdefault(rest, []).append((settings.get("alpha", 0.0), row))
     if max(len(points) for points in series.values()) < 3:
         return False
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for rest, points in series.items():
         points.sort(key=lambda p: p[0])
@@ -319,18 +312,6 @@ def load_groups(paths):
     return groups, table, left_out
 
 
-def made_on(runs):
-    """One line: what the runs ran on (machine, threads, torch, commit, training precision), how many each."""
-    counts = {}
-    for run in runs:
-        p, training = run["config"].get("provenance"), run["config"].get("training_dtype")
-        where = (f"{p['machine']}, {p['threads']} thread(s), torch {p['torch']}, code {p['commit']}, "
-                 f"training in {training}" if p else
-                 "not recorded in the runs (made before rl.py recorded it: results/README.md)")
-        counts[where] = counts.get(where, 0) + 1
-    return "Made on: " + "; ".join(f"{where}: {n} run(s)" for where, n in sorted(counts.items())) + "."
-
-
 def write_table(args, command, lines, left_out, runs):
     left_out = f"\nLeft out: {'; '.join(left_out)}\n" if left_out else ""
     text = "\n".join(lines) + "\n\n" + made_on(runs) + "\n" + left_out
@@ -339,6 +320,29 @@ def write_table(args, command, lines, left_out, runs):
     rewrite = f"python analyze.py {command} {' '.join(args.runs)} --name {args.name} --results {args.results}"
     rewrite += f" --baseline {args.baseline}" if getattr(args, "baseline", None) else ""
     write_text(os.path.join(args.results, args.name + ".md"), f"`{rewrite}`\n\n" + text)
+
+
+COMMAS = [f"critical_p_line{line}_list{k}" for line in (1, 2, 3) for k in (1, 2)]  # the six of Fig. 7
+
+
+def comma_lines(table):
+    """The paper's six critical commas (scratchpad line, operand list), for runs that logged them:
+    p(right comma) start -> final, and the exact KL/token and mean kl_weight there over the last window of
+    training (metrics.kl_split's kl_critical and weight_critical); mean and 95% interval over seeds."""
+    if not any(run["rows"][-1].get("kl_critical") is not None for r in table for run in r["runs"]):
+        return []
+    head = " | ".join(f"line {key[15]}, list {key[-1]}" for key in COMMAS)
+    lines = ["", "At the paper's critical commas (p of the right comma, start -> final; the exact KL/token "
+             "and mean kl_weight there, last window of training):", "",
+             f"| runs | {head} | exact KL there | kl_weight there |", "|---" * 9 + "|"]
+    for r in table:
+        def cell(key, at=-1, digits=3):
+            values = [run["rows"][at].get(key) for run in r["runs"]]
+            return plus_minus(*mean_ci([v for v in values if v is not None] or [float("nan")]), digits)
+        cells = [f"{cell(key, 0).split()[0]} -> {cell(key)}" for key in COMMAS]
+        lines.append(f"| {r['group']} | {' | '.join(cells)} | {cell('kl_critical', digits=4)} | "
+                     f"{cell('weight_critical', digits=4)} |")
+    return lines
 
 
 def cmd_curves(args):
@@ -371,6 +375,7 @@ def cmd_curves(args):
         cells = [plus_minus(r[key], r[key + "_ci"], digits) for key, _, digits in KL_COLUMNS]
         split = f"{r['exact_kl_seeds']} of {r['seeds']}"
         lines.append(f"| {r['group']} | {split} | " + " | ".join(cells) + " |")
+    lines += comma_lines(table)
     if getattr(args, "baseline", None):
         lines += [""] + paired_lines(table, args.baseline)
     lines += ["", "At each evaluation (mean and 95% interval over the finished seeds):", "",

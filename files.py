@@ -47,6 +47,14 @@ def write_text(path, text, quiet=False):
         print(f"wrote {path}", file=sys.stderr)
 
 
+def pyplot():
+    """matplotlib's pyplot, drawing without a display (imported here: only the scripts that draw need it)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def save_figure(fig, path):
     """A matplotlib figure as a PNG, written atomically; then closed (pyplot keeps open figures alive)."""
     import matplotlib.pyplot as plt  # here: only the scripts that draw need matplotlib

@@ -14,7 +14,7 @@ import os
 
 import rl
 from curves import load_groups, plus_minus, seed_value, write_table
-from files import save_figure
+from files import pyplot, save_figure
 
 
 def is_uniform(settings):
@@ -45,9 +45,7 @@ def plot_frontier(table, path, title, kl="kl"):
     """Final and area-under-curve N+k accuracy, and final comfort-zone accuracy, against the final KL to
     the reference (kl: "kl" or "exact_kl"; groups without it are left out): one small dot per run, the
     group's mean with 95% intervals on both axes."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     table = [r for r in table if not math.isnan(r[kl])]  # groups whose runs all predate the KL split
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     for ax, key, ylabel in zip(axes, ("final", "auc", "comfort"), ("final N+k greedy accuracy (%)",

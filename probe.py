@@ -24,7 +24,7 @@ import errors
 import metrics
 from model import load_or_exit, pretrain_digits
 import rl
-from files import save_figure, write_text
+from files import pyplot, save_figure, write_text
 from runtime import mixed_precision
 
 
@@ -202,9 +202,7 @@ def ansi_certainty(text, J, low):
 
 def plot_certainty(text, J, low, path, title):
     """Fig. 5: the text on a grid, each cell coloured by the certainty J of the model writing it."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     lines = text.split("\n")
     width = max(len(line) for line in lines) + 1
     grid = torch.full((len(lines), width), float("nan"))

@@ -351,3 +351,15 @@ def find_runs(paths):
             sorted(os.path.join(path, d) for d in (os.listdir(path) if os.path.isdir(path) else []))
         runs += [r for r in map(read_run, candidates) if r is not None]
     return runs
+
+
+def made_on(runs):
+    """One line: what the runs ran on (machine, threads, torch, commit, training precision), how many each."""
+    counts = {}
+    for run in runs:
+        p, training = run["config"].get("provenance"), run["config"].get("training_dtype")
+        where = (f"{p['machine']}, {p['threads']} thread(s), torch {p['torch']}, code {p['commit']}, "
+                 f"training in {training}" if p else
+                 "not recorded in the runs (made before rl.py recorded it: results/README.md)")
+        counts[where] = counts.get(where, 0) + 1
+    return "Made on: " + "; ".join(f"{where}: {n} run(s)" for where, n in sorted(counts.items())) + "."

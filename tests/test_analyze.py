@@ -280,6 +280,24 @@ def test_a_damaged_log_is_an_error_that_names_the_file_and_line(tmp_path, line, 
     assert "Traceback" not in out.stderr
 
 
+def test_the_critical_commas_table_averages_each_comma_over_seeds_and_only_where_it_was_logged(tmp_path):
+    _fake_run(tmp_path, "old", 0.0, 0, 60.0)  # a run from before the commas were logged: no table
+    table = lambda: curves.summarize(curves.group_runs(run_folder.find_runs([str(tmp_path)])))
+    assert curves.comma_lines(table()) == []
+    for seed, (p, kl) in enumerate([(0.6, 0.1), (0.8, 0.3)], start=1):
+        _fake_run(tmp_path, f"new{seed}", 0.0, seed, 60.0)
+        path = tmp_path / f"new{seed}" / "metrics.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        for row in rows:
+            row.update({key: (0.2 if row["episode"] == 0 else p) for key in curves.COMMAS},
+                       kl_critical=None if row["episode"] == 0 else kl, weight_critical=0.5)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = curves.comma_lines(table())
+    body = [line for line in lines if line.startswith("| alpha") or line.startswith("| all")]
+    assert len(body) == 1 and body[0].count("0.200 -> 0.700 +- ") == 6  # 3 runs: the old one counts no value
+    assert "| 0.2000 +- " in body[0] and body[0].endswith("| 0.5000 +- 0.0000 |")
+
+
 def test_curves_without_runs_is_a_one_line_error(tmp_path):
     out = subprocess.run([sys.executable, "analyze.py", "curves", str(tmp_path)], cwd=ROOT,
                          capture_output=True, text=True)
