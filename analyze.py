@@ -3,44 +3,42 @@ Look inside the models, and make every table and figure of the paper: one comman
 
     python analyze.py accuracy --ckpt checkpoints/add7.pt [--n 1000]
         greedy exact-match accuracy on held-out 'identical' (K+K) and 'varying' (K+M, M <= K)
-        problems, K = N..N+3, 95% intervals (paper Tables 4 and 5; Fig. 2: accuracy.png)   (here)
+        problems, K = N..N+3, 95% intervals (paper Tables 4 and 5; Fig. 2: accuracy.png)
     python analyze.py errors --ckpt checkpoints/add7.pt [--digits 8] [--n 1000]
         for each failed K+K generation, the first character that differs from the correct scratchpad:
-        which line, which field (operand list, A, carry, sum) and what was written instead  (errors.py)
+        which line, which field (operand list, A, carry, sum) and what was written instead
     python analyze.py probe [--ckpt checkpoints/add3.pt checkpoints/add5.pt checkpoints/add7.pt] [--n 50]
         the critical tokens: Table 1 (Delta J at places chosen with and without J), decisiveness,
-        Fig. 5 (a generation coloured by J), the weight J^alpha per alpha                    (probe.py)
+        Fig. 5 (a generation coloured by J), the weight J^alpha per alpha
     python analyze.py curves runs/sweep [--name curves]
         learning curves of rl.py runs grouped over seeds: final N+k accuracy, area under the curve,
-        comfort zone, damage, mean and 95% t-interval (Fig. 4; Fig. 6 with three or more alphas)  (curves.py)
+        comfort zone, damage, mean and 95% t-interval (Fig. 4; Fig. 6 with three or more alphas)
     python analyze.py frontier runs/sweep [--name frontier]
-        final accuracy against KL to the reference: uniform against prioritized penalties  (frontier.py)
+        final accuracy against KL to the reference: uniform against prioritized penalties
     python analyze.py study [--budget small|full] [--jobs 2]
-        all of the above, rl.py runs included: Fig. 4, Fig. 6, Fig. 3 in results/study_<budget>/;
-        --jobs N runs N rl.py runs at once, each with 1/N of the CPU threads                (here)
+        all of the above, rl.py runs included: Fig. 4, Fig. 6, Fig. 3 in results/study_<budget>/
+
+The measurements are here; how runs are compared over seeds (lab/curves.py, lab/frontier.py), how tables
+and figures are written (lab/report.py) and the study's scheduling (lab/study.py) are in the package.
 """
 import argparse
-import csv
 import hashlib
-import io
-import json
 import os
-import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 import data
-from curves import cmd_curves
-from errors import cmd_errors
-from frontier import cmd_frontier
-from metrics import solve, wilson_interval
+import rl
+from lab import generation, metrics, report
+from lab.curves import cmd_curves
+from lab.files import hold_lock, release_locks, write_text
+from lab.frontier import cmd_frontier
+from lab.runtime import (DEVICE_HELP, generation_dtype, mixed_precision, number, pick_device, run_script,
+                         set_threads)
+from lab.scratchpad import addition_only, describe_error, locate
+from lab.study import BUDGETS, cmd_study
 from model import load_or_exit, pretrain_digits
-from probe import cmd_probe
-from run_folder import read_run
-from files import hold_lock, pyplot, release_locks, save_figure, write_text
-from runtime import DEVICE_HELP, generation_dtype, number, pick_device, run_script, set_threads
 
 
 # -----------------------------------------------------------------------------
@@ -49,51 +47,17 @@ from runtime import DEVICE_HELP, generation_dtype, number, pick_device, run_scri
 def accuracy_cell(model, kind, k, n, device, dtype, draft=True):
     """Greedy exact-match accuracy on n held-out problems of one set and size: a row of Tables 4-5."""
     problems = data.eval_set(kind, k, n)
-    completions = solve(model, problems, device, dtype, draft=draft)
+    completions = metrics.solve(model, problems, device, dtype, draft=draft)
     wins = sum(data.reward(problem, c) for c, problem in zip(completions, problems))
-    low, high = wilson_interval(wins, len(problems))
+    low, high = metrics.wilson_interval(wins, len(problems))
     return {"set": kind, "K": k, "n": len(problems), "accuracy": round(100 * wins / len(problems), 1),
             "ci_low": round(low, 1), "ci_high": round(high, 1)}
-
-
-def read_cache(path):
-    """Cells measured before, by key; a line cut off by a kill, or otherwise not a cell, is skipped (it is
-    measured again)."""
-    cells = {}
-    if path and os.path.isdir(path):
-        sys.exit(f"error: --cache {path} is a folder; give a file path such as "
-                 f"{os.path.join(path, 'cache.jsonl')}")
-    if path and os.path.exists(path):
-        try:
-            with open(path, errors="replace") as f:
-                lines = f.readlines()
-        except OSError as e:
-            sys.exit(f"error: cannot read --cache {path} ({e.strerror}); pass another --cache or '' for none")
-        for line in lines:
-            try:
-                cell = json.loads(line)
-                cells[str(cell.pop("key"))] = cell
-            except (ValueError, KeyError, AttributeError, TypeError):
-                continue
-    return cells
-
-
-def append_to_cache(path, key, cell):
-    """One line per measured cell, written at once (a kill loses at most the cell under way)."""
-    if path:
-        try:
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            with open(path, "a") as f:
-                f.write(json.dumps({"key": key, **cell}) + "\n")
-        except OSError as e:
-            sys.exit(f"error: cannot write --cache {path} ({e.strerror}); pass another --cache, or '' for "
-                     "none")
 
 
 def cmd_accuracy(args, device, dtype):
     # each cell is appended to --cache as soon as it is measured: a cut-off run, rerun, starts where it
     # stopped (the key holds the checkpoint's hash, so a retrained file is measured again)
-    rows, cache = [], read_cache(args.cache)
+    rows, cache = [], report.read_cache(args.cache)
     for path in args.ckpt:
         model, meta = load_or_exit(path, device)
         n = pretrain_digits(meta, path)
@@ -106,176 +70,268 @@ def cmd_accuracy(args, device, dtype):
                 cell = cache.get(key)
                 if cell is None:
                     cell = accuracy_cell(model, kind, k, args.n, device, dtype, args.draft)
-                    append_to_cache(args.cache, key, cell)
+                    report.append_to_cache(args.cache, key, cell)
                 rows.append({"checkpoint": path, "N": n, **cell})
                 print(f"{path} {kind} K={k}: {cell['accuracy']:.1f}%{' (cached)' if key in cache else ''}",
                       file=sys.stderr)
-    lines = ["| checkpoint | set | K | accuracy % | 95% CI |", "|---|---|---|---|---|"]
-    lines += [f"| {r['checkpoint']} | {r['set']} | {r['K']} | {r['accuracy']:.1f} | "
-              f"{r['ci_low']:.1f}-{r['ci_high']:.1f} |"
-              for r in rows]
-    columns = ["K = N"] + [f"K = N+{k}" for k in range(1, args.extra + 1)]
-    for kind, title in (("identical", "Table 4 (identical: K+K digits)"),
-                        ("varying", "Table 5 (varying: K + M digits, M uniform in 1..K)")):
-        lines += ["", title, "", "| checkpoint | " + " | ".join(columns) + " |",
-                  "|---" * (len(columns) + 1) + "|"]
-        for path in args.ckpt:
-            cells = {r["K"] - r["N"]: f"{r['accuracy']:.1f} ({r['ci_low']:.1f}-{r['ci_high']:.1f})"
-                     for r in rows if r["checkpoint"] == path and r["set"] == kind}
-            lines.append(f"| {path} | " + " | ".join(cells.get(k, "too long") for k in range(args.extra + 1))
-                         + " |")
+    lines = report.accuracy_lines(rows, args.ckpt, args.extra)
     print("\n".join(lines))
-    write_csv(os.path.join(args.results, "accuracy.csv"), rows)
+    report.write_csv(os.path.join(args.results, "accuracy.csv"), rows)
     write_text(os.path.join(args.results, "accuracy.md"),
                f"`python analyze.py accuracy --ckpt {' '.join(args.ckpt)} --extra {args.extra} --n {args.n}` "
                f"(greedy exact match, Wilson 95% intervals)\n\n" + "\n".join(lines) + "\n")
-    plot_accuracy(rows, os.path.join(args.results, "accuracy.png"))
-
-
-def plot_accuracy(rows, path):
-    """Fig. 2: greedy accuracy against the number of digits K, one line per checkpoint, Wilson intervals."""
-    plt = pyplot()
-    from matplotlib.ticker import MaxNLocator
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, kind in zip(axes, ("identical", "varying")):
-        for ckpt in dict.fromkeys(r["checkpoint"] for r in rows):
-            mine = [r for r in rows if r["checkpoint"] == ckpt and r["set"] == kind]
-            if not mine:  # every K too long for its positions
-                continue
-            below = [r["accuracy"] - r["ci_low"] for r in mine]
-            above = [r["ci_high"] - r["accuracy"] for r in mine]
-            ax.errorbar([r["K"] for r in mine], [r["accuracy"] for r in mine], yerr=[below, above],
-                        marker="o", capsize=3, label=f"{os.path.basename(ckpt)} (N = {mine[0]['N']})")
-        ax.set(xlabel="K (digits of the operands)", title=f"{kind} problems")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0].set_ylabel("greedy exact-match accuracy (%)")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path)
+    report.plot_accuracy(rows, os.path.join(args.results, "accuracy.png"))
 
 
 # -----------------------------------------------------------------------------
-# the whole study in one command
+# where failed generations first go wrong
 
-# what each budget runs; the small one takes about an hour on a 2-core CPU (README: "Step 3")
-BUDGETS = {
-    "small": {"n": 200, "probe_n": 50, "episodes": 1024, "eval_every": 256, "seeds": 3,
-              "alphas": [0, 3, 10, 100, 1000, 10000], "alpha_seeds": 1, "pretraining_seeds": 1,
-              "pretraining_plus": 1},
-    "full": {"n": 1000, "probe_n": 50, "episodes": 2048, "eval_every": 512, "seeds": 5,
-             "alphas": [0, 3, 10, 30, 100, 300, 1000, 10000], "alpha_seeds": 3, "pretraining_seeds": 3,
-             "pretraining_plus": 1},
-}
-# Fig. 3 trains on N+1, not on the paper's N+2: none of our checkpoints solves one N+2 problem (0 of 100
-# each for add3, add5, add7), so a 1/0 reward never differs within a group and RL has nothing to learn from
-BEST_ALPHA = 100  # the prioritized setting of Fig. 4 (results/rl_sweep.md)
-CHECKPOINTS = [f"checkpoints/add{n}.pt" for n in (3, 5, 7)]
-
-
-def finished(run_dir, episodes):
-    """Whether the rl.py run in run_dir has logged an evaluation at `episodes` or later."""
-    rows = (read_run(run_dir) or {}).get("rows", [])
-    return bool(rows) and rows[-1]["episode"] >= episodes
-
-
-def run_rl(runs, budget, jobs):
-    """Start the rl.py runs (out, name, flags) that have not finished yet, `jobs` at a time, each with its
-    share of the CPU threads (on a GPU they share the GPU). Logs only, no model files. With jobs > 1 a
-    run's output is kept and its summary line printed when it ends."""
-    todo = []
-    for out, name, flags in runs:
-        if finished(os.path.join(out, name), budget["episodes"]):
-            print(f"have {out}/{name}", file=sys.stderr)
-        else:
-            todo.append((out, name, flags))
-    threads = max(1, torch.get_num_threads() // jobs)
-
-    def launch(run):
-        command = rl_command(*run, budget, threads)
-        sys.stderr.write("$ " + " ".join(command[1:]) + "\n")  # one write: runs start side by side
-        if jobs == 1:  # the run's own progress bar
-            return run, subprocess.run(command).returncode, ""
-        done = subprocess.run(command, capture_output=True, text=True)
-        summary = [line for line in done.stdout.splitlines() if line.startswith("done:")]
-        sys.stderr.write(f"{out}/{name}: " + (summary[-1] if summary else "failed") + "\n")
-        return run, done.returncode, done.stderr
-
-    failed = []
-    with ThreadPoolExecutor(jobs) as pool:
-        for (out, name, _), code, stderr in pool.map(launch, todo):
-            if code != 0:
-                failed.append(f"{out}/{name}")
-                print(stderr[-2000:], file=sys.stderr)
-    if failed:
-        sys.exit(f"error: {len(failed)} rl.py run(s) failed: {', '.join(failed)} (commands printed above)")
+def cmd_errors(args, device, dtype):
+    addition_only("errors")
+    model, meta = load_or_exit(args.ckpt, device)
+    n = pretrain_digits(meta, args.ckpt)
+    k = args.digits or n + 1
+    if data.longest_sequence(k) > model.config.block_size:
+        sys.exit(f"error: {k}-digit problems do not fit {args.ckpt} ({model.config.block_size} positions); "
+                 f"choose a smaller --digits")
+    problems = data.eval_set("identical", k, args.n)
+    completions = metrics.solve(model, problems, device, dtype, draft=args.draft)
+    failures = [(c, a, b) for c, (a, b) in zip(completions, problems) if not data.reward((a, b), c)]
+    # never None: a perfect scratchpad ends right
+    first_errors = [describe_error(c, a, b) for c, a, b in failures]
+    in_lists = [e for e in first_errors if e["field"].startswith("operand") and e["line"] <= 3]
+    at_critical = {lines: sum(e["offset"] in data.critical_positions((a, b), n, lines)
+                              for e, (c, a, b) in zip(first_errors, failures)) for lines in (3, None)}
+    print(f"{args.ckpt}: {k}+{k} greedy accuracy {100 * (1 - len(failures) / len(problems)):.1f}% "
+          f"({len(failures)} of {len(problems)} failed)")
+    if failures:
+        def share(count):
+            return f"{count} of {len(failures)} failures ({100 * count / len(failures):.1f}%)"
+        print(f"- first error in an operand list on lines 1-3: {share(len(in_lists))}")
+        print(f"- first error at the paper's critical comma on lines 1-3: {share(at_critical[3])}")
+        print("- first error at the critical comma of any line (a list longer than pre-training ever showed "
+              f"on that line, closed where pre-training closed it): {share(at_critical[None])}")
+        print("\n".join(report.errors_lines(first_errors, args.top)))
+    for c, a, b in failures[:args.show]:
+        print(f"\nclaims {a}+{b}={data.parse_answer(c)}, truth {a + b}; first error: "
+              f"{describe_error(c, a, b)}")
 
 
-def rl_command(out, name, flags, budget, threads):
-    """The rl.py command of one study run; a run cut off continues from its last evaluation, one that never
-    got there starts again."""
-    return [sys.executable, "rl.py", "--episodes", str(budget["episodes"]), "--eval-every",
-            str(budget["eval_every"]), "--out", out, "--name", name, "--no-save", "--threads", str(threads),
-            "--resume" if os.path.exists(os.path.join(out, name, "state.pt")) else "--force",
-            *budget.get("rl_flags", []), *flags]
+# -----------------------------------------------------------------------------
+# the critical-token probe (paper section 6, Table 1, Fig. 5)
 
 
-def cmd_study(args):
-    """Every table and figure: accuracy (Tables 4-5), the probe (Table 1, Fig. 5), standard against
-    prioritized KL (Fig. 4), the alpha sweep (Fig. 6) and RL on N+2 after more pre-training (Fig. 3)."""
-    budget = BUDGETS[args.budget]
-    out = os.path.join(args.runs, f"study_{args.budget}")
-    results = os.path.join(args.results, f"study_{args.budget}")
-    missing = [c for c in CHECKPOINTS if not os.path.exists(c)]
-    if missing:
-        sys.exit(f"error: missing {', '.join(missing)}: the study needs the shipped checkpoints (see "
-                 "checkpoints/README.md)")
-    common = ["--device", args.device]
-    figures = study_runs(budget, out, common)
-    if args.print_commands:  # one command a line, one thread each: for `parallel -j N` or a job array
-        for run in (run for runs in (figures["fig6"], figures["fig3"]) for run in runs):
-            print(" ".join(["python", *rl_command(*run, budget, 1)[1:]]))
-        return
-    base = [sys.executable, "analyze.py"]
-    for step in (["accuracy", "--ckpt", *CHECKPOINTS, "--n", str(budget["n"])],
-                 ["probe", "--ckpt", *CHECKPOINTS, "--n", str(budget["probe_n"])]):
-        print("$ analyze.py " + " ".join(step), file=sys.stderr)
-        if subprocess.run([*base, *step, *common, "--results", results],
-                          stdout=subprocess.DEVNULL).returncode:
-            sys.exit(f"error: analyze.py {step[0]} failed")
-    run_rl([run for runs in (figures["fig6"], figures["fig3"]) for run in runs], budget, args.jobs)
-    for name, runs in figures.items():
-        cmd_curves(argparse.Namespace(runs=[os.path.join(o, n) for o, n, _ in runs], name=name,
-                                      results=results))
+def scratchpad_certainty(model, problems, device, dtype, certainty=rl.certainty):
+    """For each problem, the model's certainty J (`certainty`: logits -> J per row) at every character of
+    the correct scratchpad, teacher-forced (the same states as its own generation up to its first error),
+    and the character it would most likely write there instead of the right one: a list of (J, wrong)."""
+    with mixed_precision(device, dtype):
+        logits = metrics.completion_logits(model, problems)
+    out = []
+    for (a, b), rows in zip(problems, logits):
+        J = certainty(rows).cpu()
+        truth = torch.tensor(data.encode(data.scratchpad(a, b)), device=rows.device)
+        rows[torch.arange(len(rows)), truth] = float("-inf")
+        rows[:, data.PAD_ID] = float("-inf")  # the right character and padding are not alternatives
+        out.append((J, [data.VOCAB[t] for t in rows.argmax(-1).tolist()]))
+    return out
 
 
-def study_runs(budget, out, common):
-    """The study's rl.py runs as (folder, name, flags), per figure. Fig. 6 and Fig. 4 share their runs:
-    every alpha for alpha_seeds seeds, alpha 0 and BEST_ALPHA for more; Fig. 3 starts from each checkpoint."""
-    sweep, fig4, fig3 = [], [], []
-    for seed in range(budget["seeds"]):
-        for alpha in budget["alphas"]:
-            if seed < budget["alpha_seeds"] or alpha in (0, BEST_ALPHA):
-                sweep.append((os.path.join(out, "alpha"), f"alpha{alpha}_seed{seed}",
-                              ["--alpha", str(alpha), "--seed", str(seed), *common]))
-                if alpha in (0, BEST_ALPHA):
-                    fig4.append(sweep[-1])
-    for seed in range(budget["pretraining_seeds"]):
-        for ckpt in CHECKPOINTS:
-            fig3.append((os.path.join(out, "pretraining"),
-                         f"{os.path.splitext(os.path.basename(ckpt))[0]}_seed{seed}",
-                         ["--ckpt", ckpt, "--digits-plus", str(budget["pretraining_plus"]), "--alpha", "0",
-                          "--seed", str(seed), *common]))
-    return {"fig4": fig4, "fig6": sweep, "fig3": fig3}
+def probe(model, n, problems, greedy, device, dtype, drop=0.05, controls=4, samples=8, low_tested=4,
+          temperature=1.0, seed=0, draft=True, certainty=rl.certainty):
+    """Test tokens on the correct path of each problem, chosen in ways that do and do not look at the
+    certainty J, for the two properties of a critical token:
+      low certainty: Delta J = J(token) - mean J(other tokens of the text) below -drop;
+      decisive: `samples` continuations sampled at `temperature` after the right character succeed
+          clearly more often than after the model's most likely wrong one (95% Wilson intervals apart).
+    Delta J is measured at the paper's n+1 commas (every line), the first wrong character of each failed
+    greedy completion in `greedy`, every low-certainty token and `controls` uniformly random places per
+    problem (whatever their J). Decisiveness, which costs 2 x `samples` generations per token, is tested
+    at the commas of lines 1-3, the first errors, the random places, up to `low_tested` random
+    low-certainty tokens per problem that are not first errors (those enter the low-certainty set by
+    construction, so they are counted apart), and for each of these a random place on the same line and
+    field of the scratchpad ("matched": its control). "decisive" is None where untested. Returns one dict
+    per token ("why": how it was chosen) and {problem: J at every character}. certainty: logits -> J per
+    row (rl.certainty with the chosen definition and temperature)."""
+    rng = torch.Generator().manual_seed(seed)
+    tested, j_by_problem = [], {}
+    certainties = scratchpad_certainty(model, problems, device, dtype, certainty)
+    for (a, b), text, (J, wrong) in zip(problems, greedy, certainties):
+        j_by_problem[(a, b)] = J.tolist()
+        delta = delta_j(J)
+        end = data.scratchpad(a, b).index("</scratch>")  # the answer line only copies A: not probed
+        places = [locate(a, b, t)[0] for t in range(len(J))]
+        why = {}
+        for t in data.critical_positions((a, b), n, lines=None):
+            why.setdefault(t, set()).add("every line")
+        for t in data.critical_positions((a, b), n, lines=3):
+            why.setdefault(t, set()).add("paper")
+        error = data.first_error((a, b), text)
+        if error is not None and error < len(J):
+            why.setdefault(error, set()).add("first error")
+        for t in range(end):
+            if delta[t] < -drop:
+                why.setdefault(t, set()).add("low")
+        for t in torch.randperm(end, generator=rng)[:controls].tolist():
+            why.setdefault(t, set()).add("random")
+        low = sorted(t for t, reasons in why.items() if "low" in reasons and "first error" not in reasons)
+        test_low = [low[i] for i in torch.randperm(len(low), generator=rng)[:low_tested].tolist()]
+        for t in test_low:  # its control: a random place where the scratchpad does the same job
+            same = [u for u in range(end) if u != t and same_place(places[u], places[t])]
+            if same:
+                pick = same[torch.randint(len(same), (1,), generator=rng).item()]
+                why.setdefault(pick, set()).add("matched")
+        always = {"paper", "first error", "random", "matched"}  # tested for decisiveness wherever they fall
+        for t, reasons in sorted(why.items()):
+            tested.append({"problem": (a, b), "t": t, "J": J[t].item(), "delta": delta[t].item(),
+                           "why": reasons, "low": delta[t].item() < -drop, "wrote": wrong[t], **places[t],
+                           "test": t in test_low or bool(reasons & always)})
+    # decisiveness: the same number of sampled continuations after the right and after the wrong character
+    for row in tested:
+        row["decisive"] = row["critical"] = None
+    tested, untested = [r for r in tested if r["test"]], [r for r in tested if not r["test"]]
+    truths = [data.scratchpad(*row["problem"]) for row in tested]
+    probs = [row["problem"] for row in tested for _ in range(samples)]
+    generator = torch.Generator(device).manual_seed(seed)
+    prefixes = {"right_wins": lambda truth, row: truth[:row["t"] + 1],
+                "wrong_wins": lambda truth, row: truth[:row["t"]] + row["wrote"]}
+    for key, prefix in prefixes.items():
+        heads = [prefix(truth, row) for truth, row in zip(truths, tested) for _ in range(samples)]
+        texts = generation.continue_from(model, probs, heads, device, dtype, temperature, generator,
+                                         draft=draft)
+        for i, row in enumerate(tested):
+            row[key] = sum(data.reward(row["problem"], c) for c in texts[i * samples:(i + 1) * samples])
+    for row in tested:
+        row["decisive"] = decisive(row["right_wins"], row["wrong_wins"], samples)
+        row["critical"] = row["low"] and row["decisive"]
+    return sorted(tested + untested, key=lambda r: (problems.index(r["problem"]), r["t"])), j_by_problem
 
 
-def write_csv(path, rows):
-    if not rows:
-        return
-    out = io.StringIO(newline="")
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, out.getvalue())
+def same_place(place, other):
+    """Whether two characters do the same job in the scratchpad: the same line and field (errors.locate)."""
+    return place["line"] == other["line"] and place["field"] == other["field"]
+
+
+def decisive(right_wins, wrong_wins, samples):
+    """Whether continuations after the right character succeed clearly more often than after the wrong one:
+    the 95% Wilson intervals of the two success rates do not overlap."""
+    return metrics.wilson_interval(right_wins, samples)[0] > metrics.wilson_interval(wrong_wins, samples)[1]
+
+
+def delta_j(J):
+    """Delta J: each token's certainty minus the mean certainty of the other tokens of the same text."""
+    return J - (J.sum() - J) / (len(J) - 1)
+
+
+# Table 1's rows: which tested tokens each one takes, and how they were chosen
+TABLE1_ROWS = [
+    ("the paper's n+1 comma, lines 1-3 (fixed places)", lambda r: "paper" in r["why"]),
+    ("the n+1 comma, every line (fixed places)", lambda r: "every line" in r["why"]),
+    ("first wrong character of failed greedy texts", lambda r: "first error" in r["why"]),
+    ("random places (J not looked at)", lambda r: "random" in r["why"]),
+    ("random places found decisive (no Delta J filter)", lambda r: "random" in r["why"] and r["decisive"]),
+    ("low certainty, first errors apart (selected by Delta J)",
+     lambda r: r["low"] and "first error" not in r["why"]),
+    ("random places on the line and field of a tested low-certainty one", lambda r: "matched" in r["why"]),
+    ("low certainty and decisive, first errors apart (selected by Delta J)",
+     lambda r: r["critical"] and "first error" not in r["why"]),
+]
+
+
+def table1(tested, j_by_problem, drop):
+    """Table 1: for each way of choosing tokens, Delta J (mean and sd), how many, the share below -drop,
+    and how many of those tested for decisiveness are decisive; last, every token of the texts."""
+    def row(name, deltas, decisive):
+        v = torch.tensor(deltas)
+        return {"positions": name, "n": len(deltas), "mean": v.mean().item() if deltas else float("nan"),
+                "sd": v.std().item() if len(deltas) > 1 else float("nan"),
+                "below": (v < -drop).float().mean().item() if deltas else float("nan"), "decisive": decisive}
+    rows = []
+    for name, take in TABLE1_ROWS:
+        chosen = [r for r in tested if take(r)]
+        judged = [r for r in chosen if r["decisive"] is not None]
+        rows.append(row(name, [r["delta"] for r in chosen],
+                        f"{sum(r['decisive'] for r in judged)}/{len(judged)}"))
+    every = [d for J in j_by_problem.values() for d in delta_j(torch.tensor(J)).tolist()]
+    rows.append(row("every token of the texts", every, "n/a"))
+    return rows
+
+
+ALPHAS = [0, 1, 3, 10, 30, 100, 300, 1000, 10000]
+
+
+def cmd_probe(args, device, dtype):
+    """probe.md: Table 1 of every checkpoint in one summary, then per checkpoint its Table 1 in full,
+    the decisiveness baseline, where the critical tokens are, and J^alpha per alpha; Fig. 5 as a figure."""
+    addition_only("probe")
+
+    def certainty(logits):  # J as rl.py's flags define it
+        return rl.certainty(logits, args.certainty, args.certainty_temperature)
+    summary = ["| checkpoint | N | N+1 greedy accuracy | failed texts that first err at the paper's comma | "
+               + " | ".join(name for name, _ in TABLE1_ROWS) + " | every token |",
+               "|---" * (len(TABLE1_ROWS) + 5) + "|"]
+    sections = []
+    for path in args.ckpt:
+        model, meta = load_or_exit(path, device)
+        n = pretrain_digits(meta, path)
+        if data.longest_sequence(n + 1) > model.config.block_size:
+            sys.exit(f"error: {path} has too few positions for {n + 1}-digit problems")
+        problems = data.eval_set("identical", n + 1, args.n)
+        completions = metrics.solve(model, problems, device, dtype, draft=args.draft)
+        accuracy = generation.percent_correct(completions, problems)
+        tested, j_by_problem = probe(model, n, problems, completions, device, dtype, drop=args.drop,
+                                     controls=args.controls, samples=args.samples, low_tested=args.low_tested,
+                                     draft=args.draft, certainty=certainty)
+        rows = table1(tested, j_by_problem, args.drop)
+        errors_at = [r for r in tested if "first error" in r["why"]]
+        at_comma = f"{sum('paper' in r['why'] for r in errors_at)} of {len(errors_at)}"
+        cells = " | ".join(map(report.short_cell, rows))
+        summary.append(f"| {path} | {n} | {accuracy:.1f}% | {at_comma} | {cells} |")
+        critical = [r for r in tested if r["critical"]]
+        sections += [f"## {path} (N = {n}): {len(problems)} problems of {n + 1}+{n + 1} digits, greedy "
+                   f"accuracy {accuracy:.1f}%", "", *report.table1_markdown(rows, args.drop), "",
+                   *report.decisiveness_note(tested, args.samples, accuracy), "",
+                   *report.places_markdown(critical, args.top), "",
+                   *alpha_markdown(model, n, args.alpha_n, device, dtype, args.draft, certainty), ""]
+        if critical:
+            fig5(model, critical[0]["problem"], problems, completions, path, args.results, device, dtype,
+                 certainty)
+    definition = {"entropy": "Eq. 2, the normalised negentropy",
+                  "maxprob": "1 + log max p / log|V|, the paper's code's"}[args.certainty]
+    text = "\n".join(["# Critical-token probe (`python analyze.py probe`)", "",
+                      f"Certainty J: {definition}, at temperature {args.certainty_temperature:g}.", "",
+                      report.TABLE1_NOTE, "", *summary, "", *sections])
+    write_text(os.path.join(args.results, "probe.md"), text + "\n")
+    print(text)
+
+
+def alpha_markdown(model, n, size, device, dtype, draft=True, certainty=rl.certainty):
+    """Which alpha does what: the weight J^alpha where this model decides its errors, and elsewhere."""
+    problems = data.eval_set("rl", 1, size, n=n)
+    with mixed_precision(device, dtype):
+        completions = generation.complete(model, problems, device=device, draft=draft)
+        decisive, elsewhere = metrics.certainty_at_errors(model, problems, completions, certainty)
+    lines = [f"Which alpha does what: the weight J^alpha of the KL term on {size} held-out 'N+1' problems "
+             f"(rl.py's training distribution), at the first wrong character of the {len(decisive)} failed "
+             f"greedy generations and on average over the {len(elsewhere)} characters written right:", "",
+             "| alpha | " + " | ".join(f"{a:g}" for a in ALPHAS) + " |", "|---" * (len(ALPHAS) + 1) + "|"]
+    for name, values in (("at the first error", decisive), ("elsewhere", elsewhere)):
+        weights = [lambda j, run=rl.args_with(alpha=a): rl.kl_weight(j, run) for a in ALPHAS]
+        cells = ["n/a" if not values else f"{metrics.mean_weight(values, weight):.3f}" for weight in weights]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    below = [sum(j < metrics.UNCERTAIN for j in values) for values in (decisive, elsewhere)]
+    return lines + ["", f"J below {metrics.UNCERTAIN:g}, where rl.py splits the KL (metrics.kl_split): "
+                        f"{below[0]} of {len(decisive)} first-error states, {below[1]} of {len(elsewhere)} "
+                        "others."]
+
+
+def fig5(model, problem, problems, completions, path, results, device, dtype, certainty=rl.certainty):
+    """Fig. 5: a problem with a critical token, as the model writes it, each character coloured by J."""
+    a, b = problem
+    text = completions[problems.index((a, b))]
+    with mixed_precision(device, dtype):
+        J = certainty(metrics.completion_logits(model, [(a, b)], [text])[0]).cpu().tolist()
+    report.show_certainty(text, J, (a, b), path, results, right=data.reward((a, b), text))
 
 
 ANALYSIS = "runs/analysis"  # where tables and figures go unless --out says otherwise (results/: committed)
@@ -292,84 +348,63 @@ def get_args(argv=None):
                      help="cells measured so far, reused by a rerun ('' to switch off)")
     err = sub.add_parser("errors", help="where failed generations first go wrong")
     err.add_argument("--ckpt", default="checkpoints/add7.pt", help="checkpoint to probe")
-    err.add_argument("--digits", type=int, default=None, help="K for the K+K problems (default N+1)")
-    err.add_argument("--top", type=int, default=12, help="rows per table")
+    err.add_argument("--digits", type=number("--digits", int, at_least=1), default=None,
+                     help="K for the K+K problems (default N+1)")
     err.add_argument("--show", type=int, default=3, help="failed examples to print")
     pro = sub.add_parser("probe", help="find the critical tokens; Table 1 (Delta J) and Fig. 5")
     pro.add_argument("--ckpt", nargs="+", default=[f"checkpoints/add{n}.pt" for n in (3, 5, 7)],
                      help="checkpoints to probe (default add3, add5, add7)")
-    pro.add_argument("--drop", type=float, default=0.05,
+    pro.add_argument("--drop", type=number("--drop", above=0), default=0.05,
                      help="low certainty: Delta J below -drop (default 0.05)")
-    pro.add_argument("--controls", type=int, default=4, help="random places tested per problem (default 4)")
-    pro.add_argument("--low-tested", type=int, default=4, help="low-certainty tokens per problem tested for "
-                     "decisiveness (default 4)")
-    pro.add_argument("--samples", type=int, default=8,
-                     help="continuations sampled after the right and after the "
-                     "wrong character, for decisiveness (default 8)")
-    pro.add_argument("--top", type=int, default=12, help="rows per table")
-    pro.add_argument("--alpha-n", type=int, default=200,
+    pro.add_argument("--controls", type=number("--controls", int, at_least=0), default=4,
+                     help="random places tested per problem (default 4)")
+    pro.add_argument("--low-tested", type=number("--low-tested", int, at_least=0), default=4,
+                     help="low-certainty tokens per problem tested for decisiveness (default 4)")
+    pro.add_argument("--samples", type=number("--samples", int, at_least=1), default=8, help="continuations "
+                     "sampled after the right and after the wrong character, for decisiveness (default 8)")
+    pro.add_argument("--alpha-n", type=number("--alpha-n", int, at_least=1), default=200,
                      help="problems for the table of weights J^alpha (default 200)")
     pro.add_argument("--certainty", default="entropy", choices=["entropy", "maxprob"],
                      help="J as in rl.py: Eq. 2 (entropy, default) or the paper's code's maxprob")
-    pro.add_argument("--certainty-temperature", type=float, default=1.0,
-                     help="temperature of the distribution J is taken from, as in rl.py (default 1)")
+    pro.add_argument("--certainty-temperature", type=number("--certainty-temperature", at_least=0.01),
+                     default=1.0, help="temperature of the distribution J is taken from, as in rl.py")
     cur = sub.add_parser("curves", help="learning curves of rl.py runs, mean and 95%% interval over seeds")
-    cur.add_argument("runs", nargs="+", help="run folders, or folders holding them (runs/sweep)")
-    cur.add_argument("--name", default="curves", help="<out>/<name>.md and <out>/<name>.png")
-    cur.add_argument("--out", "--results", dest="results", default=ANALYSIS,
-                     help=f"folder for the table and the figure (default {ANALYSIS})")
     cur.add_argument("--baseline", default=None, help="add paired per-seed differences against the group "
                      "with these settings, e.g. alpha=0,kl_coef=10 (KEY=VALUE as in config.json)")
     fro = sub.add_parser("frontier",
                          help="final accuracy against KL to the reference: uniform vs prioritized penalties")
-    fro.add_argument("runs", nargs="+", help="run folders, or folders holding them")
-    fro.add_argument("--name", default="frontier", help="<out>/<name>.md and <out>/<name>.png")
-    fro.add_argument("--out", "--results", dest="results", default=ANALYSIS,
-                     help=f"folder for the table and the figure (default {ANALYSIS})")
+    for s, name in ((cur, "curves"), (fro, "frontier")):
+        s.add_argument("runs", nargs="+", help="run folders, or folders holding them (runs/sweep)")
+        s.add_argument("--name", default=name, help=f"<out>/<name>.md and <out>/<name>.png (default {name})")
     stu = sub.add_parser("study",
                          help="every table and figure, runs included (small: about 1 h on 2 CPU cores)")
     stu.add_argument("--budget", default="small", choices=sorted(BUDGETS), help="small (default) or full")
     stu.add_argument("--runs", default="runs",
                      help="run logs go to <runs>/study_<budget>/ (results: the committed small study's)")
-    stu.add_argument("--out", "--results", dest="results", default=ANALYSIS,
-                     help="tables and figures go to <out>/study_<budget>/")
-    stu.add_argument("--device", default="auto", help=DEVICE_HELP)
     stu.add_argument("--print-commands", action="store_true",
                      help="print the study's rl.py runs, one command a line with one thread each (for GNU "
                      "parallel or a cluster's job array), and run nothing")
-    stu.add_argument("--jobs", type=int, default=1, help="rl.py runs at once, each with its share of the CPU "
-                     "threads or of the GPU (default 1)")
+    stu.add_argument("--jobs", type=number("--jobs", int, at_least=1), default=1, help="rl.py runs at once, "
+                     "each with its share of the CPU threads or of the GPU (default 1)")
     for s, size in ((acc, 1000), (err, 1000), (pro, 50)):
         s.add_argument("--n", type=number("--n", int, at_least=1, at_most=100_000), default=size,
                        help=f"problems per set (default {size}, at most 100000)")
-        s.add_argument("--device", default="auto", help=DEVICE_HELP)
-        s.add_argument("--out", "--results", dest="results", default=ANALYSIS,
-                       help=f"folder for the tables and figures (default {ANALYSIS}; --out results rewrites "
-                       "the committed ones)")
         s.add_argument("--draft", action=argparse.BooleanOptionalAction, default=True,
                        help="decode along the correct text (the same texts, faster); --no-draft: token by "
                        "token")
+    for s in (err, pro):
+        s.add_argument("--top", type=int, default=12, help="rows per table")
     for s in (acc, err, pro, stu):
-        s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+        s.add_argument("--device", default="auto", help=DEVICE_HELP)
+        s.add_argument("--threads", type=number("--threads", int, at_least=1), default=None,
+                       help="CPU threads (default: all cores)")
+    for s in (acc, err, pro, cur, fro, stu):
+        s.add_argument("--out", "--results", dest="results", default=ANALYSIS, help=f"folder for the tables "
+                       f"and figures (default {ANALYSIS}; results/<experiment>: the committed ones)")
     args = p.parse_args(argv)
     name = getattr(args, "name", None)
     if name is not None and (os.path.basename(name) != name or name in ("", ".", "..")):
         p.error("--name must be a plain file name (no '/'): the outputs are <out>/<name>.md and .png")
-    if getattr(args, "n", 1) < 1:
-        p.error("--n must be at least 1")
-    if getattr(args, "extra", 0) < 0:
-        p.error("--extra must be at least 0")
-    if getattr(args, "digits", None) is not None and args.digits < 1:
-        p.error("--digits must be at least 1")
-    threads = getattr(args, "threads", None)
-    if getattr(args, "jobs", 1) < 1 or (threads is not None and threads < 1):
-        p.error("--jobs and --threads must be at least 1")
-    if getattr(args, "drop", 0.5) <= 0 or getattr(args, "controls", 0) < 0 or getattr(args, "alpha_n", 1) < 1:
-        p.error("--drop must be positive, --controls at least 0 and --alpha-n at least 1")
-    if getattr(args, "certainty_temperature", 1.0) < 0.01:
-        p.error("--certainty-temperature must be positive, at least 0.01")
-    if getattr(args, "samples", 1) < 1 or getattr(args, "low_tested", 0) < 0:
-        p.error("--samples must be at least 1 and --low-tested at least 0")
     return args
 
 
@@ -385,9 +420,23 @@ def main(argv=None):
         release_locks()
 
 
+def is_uniform(settings):
+    """No penalty, or one whose weighting (rl.kl_weight) gives every certainty the same weight (alpha 0)."""
+    run = rl.args_with(**settings)
+    weights = {float(rl.kl_weight(j, run)) for j in (0.0, 0.25, 0.5, 0.75, 1.0)}
+    return settings.get("kl_coef", 0) == 0 or len(weights) == 1
+
+
+RL_DEFAULTS = vars(rl.args_with())  # a run made before a flag existed ran at its default
+
+
 def run_command(args):
-    if args.command in ("curves", "frontier", "study"):  # read run logs, or start other scripts: no model
-        return {"curves": cmd_curves, "frontier": cmd_frontier, "study": cmd_study}[args.command](args)
+    if args.command == "curves":  # these read run logs, or start other scripts: no model
+        return cmd_curves(args, RL_DEFAULTS)
+    if args.command == "frontier":
+        return cmd_frontier(args, RL_DEFAULTS, is_uniform)
+    if args.command == "study":
+        return cmd_study(args, RL_DEFAULTS)
     device = pick_device(args.device)
     dtype = generation_dtype("auto", device)  # these commands generate: float32, as rl.py's evaluations
     torch.manual_seed(0)

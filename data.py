@@ -1,6 +1,6 @@
 """
 The task: multi-digit addition with a scratchpad, as text and as tokens. This file is the only one that
-knows it. pretrain.py, rl.py and bench.py treat a problem as an opaque value (here a pair (a, b)) and
+knows it. pretrain.py, rl.py and lab/bench.py treat a problem as an opaque value (here a pair (a, b)) and
 call the task through these names, TASK below; a fork that teaches another task rewrites them here
 (tests/test_task.py plugs a toy task, reversing a digit string, into pre-training and RL this way):
 
@@ -18,7 +18,7 @@ call the task through these names, TASK below; a fork that teaches another task 
 
 Built on them, for any task: encode / decode (one character = one token, as in the paper), make_batch
 (padded (x, y) with the loss on the completion only), prompt_batch, first_error, critical_states
-(generation.py's complete and accuracy decode the problems with a model).
+(lab/generation.py's complete and accuracy decode the problems with a model).
 
 Every problem is either a training problem or a held-out problem, decided by a hash of its text
 (`is_held_out`). Training samplers never return held-out problems and evaluation samplers return

@@ -5,7 +5,7 @@ Pre-LN blocks, learned absolute positions and tied input/output embeddings, as i
 Two things differ from nanoGPT because RL fine-tuning needs them:
   - forward() returns logits at every position (per-token log-probs for the policy gradient);
   - generate() is batched, accepts left-padded prompts of different lengths, keeps a KV cache,
-    and stops each row once its answer line is complete (generation.py); sample_plainly is nanoGPT's
+    and stops each row once its answer line is complete (lab/generation.py); sample_plainly is nanoGPT's
     plain loop, a prompt at a time, for reading.
 Padding (token id 0 of data.VOCAB) never influences a real token: padded keys are masked out.
 Checkpoints (at the end): save_checkpoint, load_checkpoint, and for the scripts load_or_exit,
@@ -21,10 +21,10 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 import data
-import generation
+from lab import generation
 from data import PAD_ID, VOCAB
-from files import atomic_save
-from runtime import too_big
+from lab.files import atomic_save
+from lab.runtime import too_big
 
 NEVER = -1e4  # the padding token's logit: probability e^-10000 = 0, and 0 * log p stays finite
 

@@ -26,11 +26,11 @@ import torch
 from tqdm import tqdm
 
 import data
-import generation
-from files import atomic_save, hold_lock, release_locks
+from lab import generation
+from lab.files import atomic_save, hold_lock, release_locks
 from model import GPT, GPTConfig, save_checkpoint
-from ranks import start_ranks, sum_gradients, sum_over_ranks, wait_for_ranks
-from runtime import (add_number, add_runtime_flags, autocast_dtype, generation_dtype, mixed_precision,
+from lab.ranks import start_ranks, sum_gradients, sum_over_ranks, wait_for_ranks
+from lab.runtime import (add_number, add_runtime_flags, autocast_dtype, generation_dtype, mixed_precision,
                      pick_device, precision_name, provenance, resume_command, run_script, seed_everything,
                      set_threads, too_big)
 
@@ -62,7 +62,7 @@ def get_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seeds Python's and torch's generators")
     add_runtime_flags(p)
     p.add_argument("--out", default=None,
-                   help="checkpoint path (default runs/add{digits}.pt; the shipped ones are in checkpoints/)")
+                   help="checkpoint path (default runs/<data.NAME[:3]><digits>.pt, so runs/add7.pt)")
     p.add_argument("--resume", action="store_true",
                    help="continue from --out.state (written with every checkpoint)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
@@ -77,7 +77,7 @@ def get_args(argv=None):
     longest = data.longest_sequence(args.digits)
     if longest > args.block_size:
         p.error(f"{args.digits}-digit problems need {longest} positions; raise --block-size")
-    args.out = args.out or f"runs/add{args.digits}.pt"
+    args.out = args.out or f"runs/{data.NAME[:3]}{args.digits}.pt"  # addition: runs/add7.pt
     return args
 
 

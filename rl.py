@@ -23,9 +23,9 @@ The smallest complete version is tests/test_rl.py::test_a_tiny_model_learns_a_tr
  7. Policy and reference log-probs use softmax(logits / temperature), the distribution sampled: on-policy.
  8. One AdamW step per batch (lr 1e-4; the code 1e-6 over 400 episodes); --algo ppo reuses the batch for
     --ppo-epochs clipped epochs. No entropy bonus (the code 0.001).
-Logs: a row of metrics.jsonl per evaluation (metrics.py), of train.jsonl per iteration (all rl_loss returns,
-and the KL split: the exact KL where pi_ref is unsure by the run's own J, J < 0.95 or the batch's lowest
-tenth of J, and elsewhere, and at the paper's critical commas).
+Logs: a row of metrics.jsonl per evaluation (lab/metrics.py), of train.jsonl per iteration (all rl_loss
+returns, and the KL split: the exact KL where pi_ref is unsure by the run's own J, J < 0.95 or the batch's
+lowest tenth of J, and elsewhere, and at the paper's critical commas).
 """
 import argparse
 import os
@@ -39,13 +39,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-import generation
-import metrics
-import run_folder
-from files import release_locks
+from lab import generation
+from lab import metrics
+from lab import run_folder
+from lab.files import release_locks
 from model import load_for_fine_tuning
-from ranks import rank_share, start_ranks, sum_gradients
-from runtime import (add_number, add_runtime_flags, autocast_dtype, generation_dtype, mixed_precision,
+from lab.ranks import rank_share, start_ranks, sum_gradients
+from lab.runtime import (add_number, add_runtime_flags, autocast_dtype, generation_dtype, mixed_precision,
                      pick_device, resume_command, run_script, seed_everything, set_threads)
 
 # -----------------------------------------------------------------------------
@@ -104,7 +104,7 @@ K1_HAS_NO_GRADIENT = ("the k1 estimator has zero expected gradient, so the penal
 def kl_weight(certainty, args):
     """Eq. 1's weight of a state's KL term, from the reference's certainty J (tensor or float) and the run's
     flags: J^alpha (alpha = 0: the standard penalty). The one place the weighting is chosen: the loss, the
-    printout before training, probe.py's table and frontier.py's "uniform" all call it, so a fork that
+    printout before training, analyze.py probe's table and analyze.is_uniform all call it, so a fork that
     weights otherwise (tests/test_forks.py: a threshold with its own flag) edits this and flags()."""
     return certainty ** args.alpha
 
@@ -389,7 +389,7 @@ def draw_problems(rng, n, args):  # batch_size "N+k" problems, each group_size t
 
 
 def args_with(**overrides):
-    """rl.py's flags at their defaults, with overrides: a run's flags outside a run (tests, curves.py)."""
+    """rl.py's flags at their defaults, with overrides: a run's flags outside a run (tests, lab/curves.py)."""
     args = get_args([])
     for key, value in overrides.items():
         setattr(args, key, value)

@@ -4,7 +4,7 @@
 #   1. tests/test_gpu.py: the scripts on the GPU, the main command's episode 0 against the CPU's, an RL run
 #      killed and resumed, pre-training on 400+-token rows resumed bit-identically
 #   2. python rl.py --alpha 3 (every default): wall time, start and end accuracy, peak GPU memory
-#   3. python bench.py: tokens/s of decoding and training, the draft against token-by-token decoding
+#   3. python -m lab.bench: tokens/s of decoding and training, the draft against token-by-token decoding
 #   4. with 2+ GPUs: the default run under torchrun on 2 of them
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,8 +34,8 @@ print(f"wall {time.time() - start:.1f} s | peak GPU memory {torch.cuda.max_memor
 PY
 grep -E "^done:|^wall" "$report/rl_default.txt"
 
-echo "3. python bench.py"
-timeout 150 $py bench.py --recompute-every 64 > "$report/bench.txt" 2>&1
+echo "3. python -m lab.bench"
+timeout 150 $py -m lab.bench --recompute-every 64 > "$report/bench.txt" 2>&1
 grep -E "tokens/s|draft" "$report/bench.txt"
 
 if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then

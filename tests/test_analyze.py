@@ -9,22 +9,22 @@ import pytest
 import torch
 
 import analyze
-import curves
+from lab import curves
 import data
-import errors
-import frontier
-import metrics
-import probe
-import run_folder
+from lab import frontier
+from lab import metrics, report, scratchpad, study
+from lab import run_folder
 from conftest import addition_only
 from model import GPT, GPTConfig, save_checkpoint
+
+RL_DEFAULTS = analyze.RL_DEFAULTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @addition_only
 def test_describe_error_is_none_for_the_exact_scratchpad():
-    assert errors.describe_error(data.scratchpad(12345678, 87654321), 12345678, 87654321) is None
+    assert scratchpad.describe_error(data.scratchpad(12345678, 87654321), 12345678, 87654321) is None
 
 
 @addition_only
@@ -32,7 +32,7 @@ def test_describe_error_finds_an_early_closed_operand_list():
     a, b = 12345678, 87654321
     truth = data.scratchpad(a, b)
     wrong = truth.replace("[1,2,3,4,5,6,7,8]", "[1,2,3,4,5,6,7]", 1)
-    e = errors.describe_error(wrong, a, b)
+    e = scratchpad.describe_error(wrong, a, b)
     assert e["line"] == 1 and e["field"] == "operand 1" and e["index"] == 7
     assert e["expected"] == "," and e["wrote"] == "]"
     assert e["kind"] == "closed the list too early (']' for ',')"
@@ -45,18 +45,18 @@ def test_describe_error_finds_a_skipped_digit_on_line_two_of_the_second_operand(
     line2 = truth.splitlines()[3]
     assert line2.startswith("[1,2,3,4,5,6,7] + [8,7,6,5,4,3,2]")
     wrong = truth.replace(line2, line2.replace("[8,7,6,5,4,3,2]", "[8,7,6,4,3,2]"))
-    e = errors.describe_error(wrong, a, b)
+    e = scratchpad.describe_error(wrong, a, b)
     assert (e["line"], e["field"], e["index"], e["kind"]) == (2, "operand 2", 3, "skipped a digit")
 
 
 @addition_only
 def test_describe_error_in_a_sum_and_in_a_truncated_text():
     truth = data.scratchpad(19, 3)
-    assert errors.describe_error(truth.replace("9+3+0=12", "9+3+0=11"), 19, 3)["field"] == "digit sum"
-    assert errors.describe_error(truth.replace("9+3+0=12", "9+4+0=13"), 19, 3)["field"] == "sum operands"
-    assert errors.describe_error(truth.replace("C->1\n", "C->0\n"), 19, 3)["field"] == "new carry"
-    assert errors.describe_error(truth.replace("A=[2] , C=1", "A=[2] , C=0"), 19, 3)["field"] == "carry"
-    assert errors.describe_error(truth[:20], 19, 3)["wrote"] == "(end)"
+    assert scratchpad.describe_error(truth.replace("9+3+0=12", "9+3+0=11"), 19, 3)["field"] == "digit sum"
+    assert scratchpad.describe_error(truth.replace("9+3+0=12", "9+4+0=13"), 19, 3)["field"] == "sum operands"
+    assert scratchpad.describe_error(truth.replace("C->1\n", "C->0\n"), 19, 3)["field"] == "new carry"
+    assert scratchpad.describe_error(truth.replace("A=[2] , C=1", "A=[2] , C=0"), 19, 3)["field"] == "carry"
+    assert scratchpad.describe_error(truth[:20], 19, 3)["wrote"] == "(end)"
 
 
 def test_wilson_interval():
@@ -120,7 +120,7 @@ def test_a_checkpoint_is_its_file_name(tmp_path):
     _fake_run(tmp_path, "add6", 0.0, 0, 70.0, ckpt="/somewhere/checkpoints/add6.pt")
     _fake_run(tmp_path, "add8", 0.0, 0, 80.0, ckpt="/somewhere/checkpoints/add8.pt")
     _fake_run(tmp_path, "add8_s1", 0.0, 1, 90.0, ckpt="checkpoints/add8.pt")
-    groups = curves.group_runs(run_folder.find_runs([str(tmp_path)]))
+    groups = curves.group_runs(run_folder.find_runs([str(tmp_path)]), RL_DEFAULTS)
     assert [(label, len(runs)) for label, _, runs in groups] == [("ckpt=add6.pt", 1), ("ckpt=add8.pt", 2)]
 
 
@@ -132,7 +132,7 @@ def test_runs_are_grouped_by_the_precision_they_generated_in(tmp_path):
               generation_dtype="bfloat16")
     _fake_run(tmp_path, "auto", 0.0, 2, 70.0, dtype="auto", training_dtype="bfloat16",
               generation_dtype="float32")
-    groups = curves.group_runs(run_folder.find_runs([str(tmp_path)]))
+    groups = curves.group_runs(run_folder.find_runs([str(tmp_path)]), RL_DEFAULTS)
     names = {label: [run["config"]["name"] for run in members] for label, _, members in groups}
     assert names == {"generation_dtype=bfloat16": ["before", "pinned"], "generation_dtype=float32": ["auto"]}
 
@@ -145,7 +145,7 @@ def test_runs_on_other_machines_group_together_and_the_table_says_where_each_ran
     _fake_run(tmp_path, "xeon", 0.0, 1, 80.0, provenance={**here, "machine": "Intel Xeon (2 cores)"},
               training_dtype="float32")
     _fake_run(tmp_path, "old", 0.0, 2, 90.0)
-    groups = curves.group_runs(run_folder.find_runs([str(tmp_path)]))
+    groups = curves.group_runs(run_folder.find_runs([str(tmp_path)]), RL_DEFAULTS)
     assert len(groups) == 1 and len(groups[0][2]) == 3  # neither the machine nor the precision is a setting
     line = curves.made_on(groups[0][2])
     epyc = "AMD EPYC (2 cores), 1 thread(s), torch 2.13.0, code abc1234, training in bfloat16: 1 run(s)"
@@ -161,7 +161,7 @@ def test_curves_groups_seeds_and_writes_table_and_figure(tmp_path):
         _fake_run(runs, f"a0_s{seed}", 0.0, seed, final)
         _fake_run(runs, f"a30_s{seed}", 30.0, seed, final + 10)
     (runs / "empty").mkdir()  # a run that never logged is skipped, not an error
-    groups = curves.group_runs(run_folder.find_runs([str(runs)]))
+    groups = curves.group_runs(run_folder.find_runs([str(runs)]), RL_DEFAULTS)
     assert [(label, len(members)) for label, _, members in groups] == [("alpha=0.0", 2), ("alpha=30.0", 2)]
     out = subprocess.run([sys.executable, "analyze.py", "curves", str(runs), "--name", "fig", "--results",
                           str(tmp_path / "res")], cwd=ROOT, capture_output=True, text=True)
@@ -177,7 +177,7 @@ def test_runs_measured_differently_or_cut_off_are_not_averaged_in(tmp_path):
     _fake_run(runs, "s1", 0.0, 1, 80.0, eval_size=200)
     _fake_run(runs, "small_eval", 0.0, 2, 90.0, eval_size=50)  # another evaluation set size: its own group
     _fake_run(runs, "cut", 0.0, 3, 10.0, eval_size=200, episodes=256)  # stopped at 256 of 512 episodes
-    table = curves.summarize(curves.group_runs(run_folder.find_runs([str(runs)])))
+    table = curves.summarize(curves.group_runs(run_folder.find_runs([str(runs)]), RL_DEFAULTS))
     assert [(r["group"], r["seeds"], r["unfinished"], r["final"]) for r in table] == \
         [("eval_size=50", 1, 0, 90.0), ("eval_size=200", 2, 1, 75.0)]
     out = subprocess.run([sys.executable, "analyze.py", "curves", str(runs), "--results", str(tmp_path)],
@@ -220,9 +220,10 @@ def test_frontier_says_which_prioritized_runs_lie_above_the_uniform_frontier(tmp
         _fake_run(runs, f"std_s{seed}", 0.0, seed, 75.0 + seed, kl=0.002)
         _fake_run(runs, f"prio_s{seed}", 100.0, seed, 90.0 + seed, kl=0.002)  # above: no uniform >= at <= KL
         _fake_run(runs, f"weak_s{seed}", 3.0, seed, 70.0 + seed, kl=0.003)  # below: std is better at less KL
-    table = curves.summarize(curves.group_runs(run_folder.find_runs([str(runs)])))
+    table = frontier.mark_uniform(curves.summarize(curves.group_runs(run_folder.find_runs([str(runs)]),
+                                                                      RL_DEFAULTS)), analyze.is_uniform)
     verdict = {r["group"]: [u["group"] for u in frontier.beaten_by(r, table)] for r in table
-               if not frontier.is_uniform(r["settings"])}
+               if not analyze.is_uniform(r["settings"])}
     assert verdict == {"alpha=100.0, kl_coef=10.0": [],
                        "alpha=3.0, kl_coef=10.0": ["alpha=0.0, kl_coef=10.0"]}
     assert "alpha=0.0, kl_coef=0.0 (no penalty: alpha unused)" in [r["group"] for r in table]
@@ -251,7 +252,8 @@ def test_the_exact_kl_comes_from_the_split_and_can_reorder_the_frontier(tmp_path
     _fake_run(runs, "old", 0.0, 0, 85.0, kl_coef=1.0, kl=0.001)  # from before the split: no exact KL
     _train_log(runs / "std", [(128, 0.1, 0.5, 0.0), (384, 0.1, 0.2, 0.0)])  # exact 0.05, then 0.02
     _train_log(runs / "prio", [(128, 0.5, 0.1, 0.1), (384, 0.5, 0.5, 0.1)])  # exact 0.1, then 0.3
-    table = curves.summarize(curves.group_runs(run_folder.find_runs([str(runs)])))
+    table = frontier.mark_uniform(curves.summarize(curves.group_runs(run_folder.find_runs([str(runs)]),
+                                                                      RL_DEFAULTS)), analyze.is_uniform)
     row = {r["settings"]["alpha"]: r for r in table if r["settings"]["kl_coef"] == 10.0}
     assert row[0.0]["exact_kl"] == pytest.approx(0.02) and row[0.0]["exact_kl_train"] == pytest.approx(0.035)
     assert row[100.0]["exact_kl"] == pytest.approx(0.3) and row[100.0]["kl_weight_train"] == 0.5
@@ -282,7 +284,8 @@ def test_a_damaged_log_is_an_error_that_names_the_file_and_line(tmp_path, line, 
 
 def test_the_critical_commas_table_averages_each_comma_over_seeds_and_only_where_it_was_logged(tmp_path):
     _fake_run(tmp_path, "old", 0.0, 0, 60.0)  # a run from before the commas were logged: no table
-    table = lambda: curves.summarize(curves.group_runs(run_folder.find_runs([str(tmp_path)])))
+    table = lambda: curves.summarize(curves.group_runs(run_folder.find_runs([str(tmp_path)]),
+                                                       RL_DEFAULTS))
     assert curves.comma_lines(table()) == []
     for seed, (p, kl) in enumerate([(0.6, 0.1), (0.8, 0.3)], start=1):
         _fake_run(tmp_path, f"new{seed}", 0.0, seed, 60.0)
@@ -352,7 +355,7 @@ def test_probe_finds_the_one_hesitant_decisive_token():
     offset = data.critical_positions((1234, 5678), 3)[0]  # the n+1 comma of line 1, operand 1, in both
     model = Scripted(offset, "]")
     greedy = metrics.solve(model, problems, "cpu", None)
-    tested, certainty = probe.probe(model, 3, problems, greedy, "cpu", None, controls=3, samples=8)
+    tested, certainty = analyze.probe(model, 3, problems, greedy, "cpu", None, controls=3, samples=8)
     critical = [r for r in tested if r["critical"]]
     assert [(r["problem"], r["t"]) for r in critical] == [(p, offset) for p in problems]
     hit = critical[0]
@@ -366,7 +369,7 @@ def test_probe_finds_the_one_hesitant_decisive_token():
     # the baseline: this model fails after any wrong character, so every random place is decisive too;
     # what sets the critical token apart is its certainty alone
     assert all(r["decisive"] and not r["critical"] for r in randoms if r["t"] != offset)
-    rows = {r["positions"]: r for r in probe.table1(tested, certainty, drop=0.05)}
+    rows = {r["positions"]: r for r in analyze.table1(tested, certainty, drop=0.05)}
     # greedy decoding writes the right character there (a tie goes to ','): not a first error
     selected = rows["low certainty and decisive, first errors apart (selected by Delta J)"]
     assert selected["n"] == 2 and selected["mean"] == pytest.approx(hit["delta"], abs=1e-3)
@@ -380,9 +383,9 @@ def test_probe_finds_the_one_hesitant_decisive_token():
 def test_decisiveness_needs_a_gap_with_intervals():
     """A token is decisive only when the right character's wins and the wrong one's are 95% intervals
     apart."""
-    assert probe.decisive(8, 0, 8) and probe.decisive(7, 1, 8) and probe.decisive(40, 25, 50)
-    assert not probe.decisive(6, 2, 8) and not probe.decisive(8, 4, 8) and not probe.decisive(0, 0, 8)
-    assert not probe.decisive(1, 8, 8)  # the wrong character doing better is not decisive either
+    assert analyze.decisive(8, 0, 8) and analyze.decisive(7, 1, 8) and analyze.decisive(40, 25, 50)
+    assert not analyze.decisive(6, 2, 8) and not analyze.decisive(8, 4, 8) and not analyze.decisive(0, 0, 8)
+    assert not analyze.decisive(1, 8, 8)  # the wrong character doing better is not decisive either
 
 
 @addition_only
@@ -399,15 +402,15 @@ def test_study_runs_every_step_and_resumes(tmp_path, monkeypatch, capsys):
     torch.manual_seed(0)
     ckpt = str(tmp_path / "add2.pt")
     save_checkpoint(ckpt, GPT(GPTConfig(block_size=512, n_layer=1, n_head=2, n_embd=16)), args={"digits": 2})
-    monkeypatch.setattr(analyze, "CHECKPOINTS", [ckpt])
-    monkeypatch.setattr(analyze, "BUDGETS", {"small": {
+    monkeypatch.setattr(study, "CHECKPOINTS", [ckpt])
+    monkeypatch.setattr(study, "BUDGETS", {"small": {
         "n": 4, "probe_n": 2, "episodes": 4, "eval_every": 4, "seeds": 2, "alphas": [0, 100],
         "alpha_seeds": 1, "pretraining_seeds": 1, "pretraining_plus": 2,
         "rl_flags": ["--batch-size", "2", "--group-size", "2", "--eval-size", "4"]}})
     args = analyze.argparse.Namespace(budget="small", runs=str(tmp_path / "runs"),
                                       results=str(tmp_path / "res"), device="cpu", jobs=2,
                                       print_commands=False)
-    analyze.cmd_study(args)
+    study.cmd_study(args, RL_DEFAULTS)
     res = tmp_path / "res" / "study_small"
     for name in ("accuracy.md", "probe.md", "fig4.md", "fig6.md", "fig3.png"):
         assert (res / name).exists(), name
@@ -417,7 +420,7 @@ def test_study_runs_every_step_and_resumes(tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "runs" / "study_small" / "alpha" / "alpha0_seed0"
     assert not (run_dir / "model.pt").exists()  # logs only
     capsys.readouterr()
-    analyze.cmd_study(args)  # everything is there: no run again
+    study.cmd_study(args, RL_DEFAULTS)  # everything is there: no run again
     assert "$ rl.py" not in capsys.readouterr().err
 
 
@@ -428,7 +431,7 @@ def test_runs_side_by_side_log_what_runs_one_by_one_log(tiny_checkpoint, tmp_pat
     logs = {}
     for jobs in (1, 2):
         runs = [(str(tmp_path / f"jobs{jobs}"), f"alpha{a}", ["--alpha", str(a)]) for a in (0, 100)]
-        analyze.run_rl(runs, budget, jobs)
+        study.run_rl(runs, budget, jobs)
         for out, name, _ in runs:
             rows = run_folder.read_run(os.path.join(out, name))["rows"]
             logs[jobs, name] = [{k: v for k, v in row.items() if k != "minutes"} for row in rows]
@@ -437,7 +440,7 @@ def test_runs_side_by_side_log_what_runs_one_by_one_log(tiny_checkpoint, tmp_pat
 
 
 def test_ansi_rendering_keeps_every_character_and_marks_the_unsure_one():
-    out = probe.ansi_certainty("[1,2]\n", [1.0, 1.0, 0.5, 1.0, 1.0, 1.0], low=0.5)
+    out = report.ansi_certainty("[1,2]\n", [1.0, 1.0, 0.5, 1.0, 1.0, 1.0], low=0.5)
     plain = re.sub(r"\x1b\[[0-9;]*m", "", out)
     assert plain == "[1,2]\u21b5\n"
     black = "\x1b[38;2;0;0;0m"
@@ -453,7 +456,7 @@ def test_a_low_certainty_token_gets_a_control_on_its_own_line_and_field():
     offset = data.scratchpad(1234, 5678).index("[1,2,3,4]") + 3  # the '2' of line 1, operand 1
     model = Scripted(offset, "7")
     greedy = [data.scratchpad(*p) for p in problems]  # right everywhere: no first error
-    tested, _ = probe.probe(model, 3, problems, greedy, "cpu", None, controls=0, samples=2)
+    tested, _ = analyze.probe(model, 3, problems, greedy, "cpu", None, controls=0, samples=2)
     low = [r for r in tested if r["low"]]
     matched = [r for r in tested if "matched" in r["why"]]
     assert [r["t"] for r in low] == [offset] and len(matched) == 1 and matched[0]["t"] != offset

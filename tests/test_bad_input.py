@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import analyze
-import bench
+from lab import bench
 import data
 import pretrain
 import rl
@@ -77,11 +77,11 @@ CASES = [
     ("analyze", ["errors", "--ckpt", "{ckpt}", "--digits", "30"], "positions"),
     ("analyze", ["accuracy", "--n", "0"], "--n must be at least 1"),
     ("analyze", ["probe", "--samples", "0"], "--samples must be at least 1"),
-    ("analyze", ["study", "--jobs", "0"], "--jobs and --threads must be at least 1"),
+    ("analyze", ["study", "--jobs", "0"], "--jobs must be at least 1"),
     ("analyze", ["curves", "{tmp}/empty"], "no rl.py runs"),
     ("analyze", ["frontier", "{tmp}/broken"], "line 1 is not JSON"),
     ("analyze", ["unknown"], "invalid choice"),
-    # bench.py
+    # lab/bench.py
     ("bench", ["--batch-size", "0"], "at least 1"),
     ("bench", ["--dtype", "float16"], "invalid choice"),
     ("bench", ["--batch-size", "100000000"], "at most 65536"),
@@ -146,7 +146,7 @@ def test_there_are_at_least_forty_cases_across_the_scripts():
 
 
 def test_an_operation_without_a_deterministic_kernel_is_refused_in_one_line():
-    from runtime import deterministic_refusal, run_script
+    from lab.runtime import deterministic_refusal, run_script
     error = RuntimeError("scatter_add_cuda_kernel does not have a deterministic implementation, but you set "
                          "'torch.use_deterministic_algorithms(True)'.\nmore")
     line = deterministic_refusal(error)
@@ -164,7 +164,7 @@ def test_an_operation_without_a_deterministic_kernel_is_refused_in_one_line():
 
 
 def test_torchrun_where_it_cannot_work_is_refused_in_one_line(monkeypatch):
-    from ranks import start_ranks
+    from lab.ranks import start_ranks
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("LOCAL_RANK", "3")
     with pytest.raises(SystemExit, match="Apple MPS is not supported"):
@@ -175,8 +175,8 @@ def test_torchrun_where_it_cannot_work_is_refused_in_one_line(monkeypatch):
 
 
 def test_determinism_is_a_flag_of_both_training_scripts_and_not_a_setting():
-    import curves
-    import run_folder
+    from lab import curves
+    from lab import run_folder
     assert rl.get_args([]).deterministic and not rl.get_args(["--no-deterministic"]).deterministic
     assert not pretrain.get_args(["--no-deterministic"]).deterministic
     assert "deterministic" in curves.NOT_A_SETTING and "deterministic" in run_folder.RESUME_MAY_DIFFER

@@ -6,7 +6,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_bench_runs_and_reports_the_speedup(tiny_checkpoint):
-    r = subprocess.run([sys.executable, "bench.py", "--ckpt", tiny_checkpoint, "--batch-size", "2",
+    r = subprocess.run([sys.executable, "-m", "lab.bench", "--ckpt", tiny_checkpoint, "--batch-size", "2",
                         "--eval-size", "3", "--device", "cpu"], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import data
-import generation
+from lab import generation
 from conftest import addition_only, task_problems
 from model import GPT, GPTConfig, load_checkpoint
 

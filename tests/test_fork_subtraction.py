@@ -69,3 +69,20 @@ def test_a_subtraction_fork_runs_pretraining_rl_and_accuracy(tmp_path):
                               os.path.join(ROOT, "checkpoints", "add3.pt"), "--out", "tables"], cwd=copy,
                              capture_output=True, text=True, timeout=600)
     assert refused.returncode != 0 and "task 'addition'" in refused.stderr
+
+
+@addition_only
+def test_the_fork_check_passes_a_working_fork_and_fails_a_broken_one(tmp_path):
+    """`python -m lab.fork_check`, the README's one command for a fork: it passes on the subtraction fork and
+    stops, naming the step, on a fork whose texts outgrow the model's context."""
+    good = fork(str(tmp_path / "good"), SUBTRACTION)
+    passed = run(good, "-m", "lab.fork_check")
+    assert "fork check passed: 'subtraction'" in passed.stdout
+    long_line = ('lines.append(f"[] + [] , A=[{\',\'.join(acc)}] C={carry} , END\\n")',
+                 'lines.append(f"[] + [] , A=[{\',\'.join(acc)}] C={carry} , END\\n" + "." * 900)')
+    broken = fork(str(tmp_path / "broken"), [long_line])
+    failed = subprocess.run([sys.executable, "-m", "lab.fork_check"], cwd=broken, capture_output=True,
+                            text=True, timeout=600)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert "fork check FAILED at the default recipe's context" in failed.stderr
+    assert "raise --block-size" in failed.stderr

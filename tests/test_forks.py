@@ -2,8 +2,8 @@
 here the way a fork would edit them:
   - another KL weighting with a flag of its own: weight 0 where the reference's certainty J is below a
     threshold tau, 1 elsewhere (--kl-threshold tau; unset: the paper's J^alpha). It replaces rl.kl_weight;
-    the loss, the weights rl.py prints and logs, probe.py's table and frontier.py's "uniform" all follow, and
-    runs made before the flag existed still group with new runs at its default;
+    the loss, the weights rl.py prints and logs, analyze.py probe's table and analyze.is_uniform all follow,
+    and runs made before the flag existed still group with new runs at its default;
   - an entropy bonus (--entropy-coef c): one term more in rl_loss, L - c * mean entropy of the policy.
 (tests/test_task.py plugs another task into data.py's interface, and tests/test_fork_subtraction.py edits
 data.py itself.) A student who has made one of these forks for real keeps these tests green: the flag is
@@ -13,10 +13,10 @@ import json
 import pytest
 import torch
 
-import curves
-import frontier
+from lab import curves
+import analyze
 import rl
-from run_folder import read_run
+from lab.run_folder import read_run
 
 ORIGINAL_FLAGS = rl.flags
 
@@ -77,9 +77,9 @@ def test_the_loss_follows_the_forks_weighting(threshold_fork):
 
 
 def test_curves_call_a_threshold_weighting_uniform_only_where_it_is(threshold_fork):
-    assert frontier.is_uniform({"alpha": 3.0, "kl_coef": 1.0, "kl_threshold": 1.5})  # 0 at every J
-    assert not frontier.is_uniform({"alpha": 0.0, "kl_coef": 1.0, "kl_threshold": 0.5})
-    assert frontier.is_uniform({"alpha": 0.0, "kl_coef": 1.0})  # an old run: the standard penalty
+    assert analyze.is_uniform({"alpha": 3.0, "kl_coef": 1.0, "kl_threshold": 1.5})  # 0 at every J
+    assert not analyze.is_uniform({"alpha": 0.0, "kl_coef": 1.0, "kl_threshold": 0.5})
+    assert analyze.is_uniform({"alpha": 0.0, "kl_coef": 1.0})  # an old run: the standard penalty
 
 
 def test_a_run_with_the_fork_logs_its_weights_and_groups_with_old_runs(threshold_fork, tiny_checkpoint,
@@ -101,7 +101,8 @@ def test_a_run_with_the_fork_logs_its_weights_and_groups_with_old_runs(threshold
     del config["kl_threshold"]
     json.dump({**config, "seed": 1}, open(old / "config.json", "w"))
     (old / "metrics.jsonl").write_text(open(tmp_path / "plain" / "metrics.jsonl").read())
-    groups = curves.group_runs([read_run(str(tmp_path / name)) for name in ("plain", "old")])
+    groups = curves.group_runs([read_run(str(tmp_path / name)) for name in ("plain", "old")],
+                               vars(rl.args_with()))
     assert len(groups) == 1 and len(groups[0][2]) == 2
 
 

@@ -54,7 +54,7 @@ def test_rl_runs_on_the_gpu(tiny_checkpoint, tmp_path):
 
 def test_generation_on_the_gpu_matches_the_cpu(tiny_checkpoint):
     import data
-    import generation
+    from lab import generation
     from model import load_checkpoint
     problems = data.eval_set("identical", 2, 16)
     on_cpu = generation.complete(load_checkpoint(tiny_checkpoint, "cpu"), problems, device="cpu")
@@ -63,7 +63,7 @@ def test_generation_on_the_gpu_matches_the_cpu(tiny_checkpoint):
 
 
 def test_bench_runs_on_the_gpu(tiny_checkpoint):
-    r = run("bench.py", "--ckpt", tiny_checkpoint, "--batch-size", "4")
+    r = run("-m", "lab.bench", "--ckpt", tiny_checkpoint, "--batch-size", "4")
     assert "kv-cache speedup" in r.stdout
 
 
@@ -76,7 +76,7 @@ def test_the_main_command_on_the_gpu_starts_where_the_cpu_does(tmp_path):
     """rl.py on add7.pt: episode 0 is the reference's greedy accuracy, float32 on both devices, so the GPU's
     equals the CPU's on the same 50 problems (their finished rows leave the batch, the stop rule runs)."""
     import data
-    import generation
+    from lab import generation
     from model import load_checkpoint
     run("rl.py", *ADD7_FLAGS, "--out", str(tmp_path), "--name", "gpu")
     first = json.loads((tmp_path / "gpu" / "metrics.jsonl").read_text().splitlines()[0])

@@ -4,7 +4,7 @@ import torch
 import data
 from conftest import task_problems
 from model import GPT, CheckpointError, GPTConfig, load_checkpoint, save_checkpoint
-from runtime import generation_dtype
+from lab.runtime import generation_dtype
 
 TINY = GPTConfig(block_size=512, n_layer=2, n_head=2, n_embd=32)
 PROBLEMS = task_problems(4, 4)
@@ -211,7 +211,7 @@ def test_fast_generation_draws_the_plain_loops_samples_with_the_same_generator()
 
 
 def test_sampling_follows_the_distribution():
-    from generation import sample
+    from lab.generation import sample
     p = torch.tensor([0.3, 0.5, 0.15, 0.05])
     logits = torch.log(p).repeat(20000, 1)
     for temperature in (1.0, 0.5):  # temperature T turns p into p^(1/T), renormalised
@@ -269,7 +269,7 @@ def test_looking_at_finished_rows_less_often_gives_the_same_tokens(fast):
 
 
 def test_a_zero_draw_of_the_sampling_noise_never_picks_an_impossible_token(monkeypatch):
-    from generation import sample
+    from lab.generation import sample
     logits = torch.tensor([[-1e4, 0.0, 1.0, -1e4]]).repeat(4, 1)  # tokens 0 and 3 have probability 0
     monkeypatch.setattr(torch.Tensor, "exponential_", lambda self, generator=None: self.zero_())
     assert sample(logits, 1.0).tolist() == [2, 2, 2, 2]  # every draw 0: the race falls back to the argmax
@@ -282,7 +282,7 @@ def test_generation_precision_is_float32_on_every_device_unless_asked_for():
 
 
 def test_auto_precision_counts_only_native_bfloat16_on_cuda(monkeypatch):
-    from runtime import autocast_dtype
+    from lab.runtime import autocast_dtype
     asked = []
 
     def bf16_supported(including_emulation=True):  # a T4: emulates bfloat16, has no native support
@@ -294,7 +294,7 @@ def test_auto_precision_counts_only_native_bfloat16_on_cuda(monkeypatch):
 
 
 def test_the_memory_estimate_counts_attention_maps_where_attention_is_not_fused():
-    from runtime import training_gb
+    from lab.runtime import training_gb
     config = GPTConfig()
     fused, unfused = training_gb(config, 64, 700), training_gb(config, 64, 700, attention_maps=True)
     maps = 2 * 64 * config.n_layer * config.n_head * 700 ** 2 * 4 / 1e9  # probabilities and their gradient

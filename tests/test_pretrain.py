@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import data
-import generation
+from lab import generation
 from conftest import task_problems
 import pretrain
 from model import load_checkpoint

@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 import data
 from conftest import addition_only, task_problems
 from model import GPT, GPTConfig, load_checkpoint
-from ranks import sum_gradients
+from lab.ranks import sum_gradients
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "256", "--batch-size", "8",
@@ -87,7 +87,7 @@ def test_rl_with_two_ranks_logs_once_and_resumes_only_with_two(tiny_checkpoint, 
 
 
 def test_a_run_of_two_ranks_does_not_resume_alone():
-    from run_folder import restore_state
+    from lab.run_folder import restore_state
     state = {"generator": [torch.Generator().get_state()] * 2}
     with pytest.raises(SystemExit, match="2 process"):
         restore_state(state, None, None, None, torch.Generator())

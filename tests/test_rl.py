@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import metrics
+from lab import metrics
 import data
 from conftest import task_problems
 import rl
-import run_folder
+from lab import run_folder
 from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

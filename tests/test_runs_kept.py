@@ -14,9 +14,9 @@ import torch
 import analyze
 import pretrain
 import rl
-import run_folder
-import files
-import runtime
+from lab import run_folder
+from lab import files
+from lab import runtime
 from model import GPT, GPTConfig, save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,8 +70,8 @@ def holder(tmp_path):
     procs = []
 
     def hold(path):
-        code = (f"import time, files; files.hold_lock({str(path)!r}, 'x'); print('held', flush=True); "
-                "time.sleep(60)")
+        code = (f"import time; from lab import files; files.hold_lock({str(path)!r}, 'x'); "
+                "print('held', flush=True); time.sleep(60)")
         proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "held"
         procs.append(proc)

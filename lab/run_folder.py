@@ -1,5 +1,5 @@
 """
-An RL run's folder, --out/--name, as rl.py writes it and curves.py reads it:
+An RL run's folder, --out/--name, as rl.py writes it and lab/curves.py reads it:
 
     config.json     every flag of the run (and the pre-training digits)
     metrics.jsonl   one JSON line per evaluation (a value that is not finite is written as null)
@@ -8,6 +8,8 @@ An RL run's folder, --out/--name, as rl.py writes it and curves.py reads it:
     model.pt        at the end, unless --no-save
 
 A run folder is never replaced without --force, and --resume refuses settings that differ from the run's.
+
+A reader of the method may skip it: it keeps a run's files whole and resumable, nothing more.
 """
 import argparse
 import glob
@@ -21,9 +23,9 @@ import time
 import torch
 
 from model import save_checkpoint
-from files import atomic_save, hold_lock, write_text
-from ranks import mean_over_ranks, wait_for_ranks
-from runtime import device_type, precision_name, provenance
+from lab.files import atomic_save, hold_lock, write_text
+from lab.ranks import mean_over_ranks, wait_for_ranks
+from lab.runtime import device_type, precision_name, provenance
 
 METRICS_LOG, TRAIN_LOG, LOCK = "metrics.jsonl", "train.jsonl", ".lock"
 # no effect on the numbers (provenance: where the run was started; a resumed part may run elsewhere; out and
@@ -297,7 +299,7 @@ def finish_run(run):
 
 
 # -----------------------------------------------------------------------------
-# reading run folders back (curves.py, analyze.py)
+# reading run folders back (lab/curves.py, analyze.py)
 
 # what config.json of an older run means in today's fields (results/README.md, "Older runs"): a flag that is
 # gone at the one value every run now uses, and the precisions of runs that did not record them

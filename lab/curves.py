@@ -6,16 +6,17 @@ with a 95% t-interval over seeds. Run through analyze.py:
     python analyze.py frontier runs/sweep     # final accuracy against KL to the reference
 
 Each writes <out>/<name>.md, whose first line is the exact command that rewrote it, and <name>.png.
+
+A reader of the method may skip it: it only reads finished runs' logs and compares them over seeds.
 """
 import json
 import math
 import os
 import sys
 
-import rl
-from files import pyplot, save_figure, write_text
-from metrics import detectable, mean_ci
-from run_folder import TRAIN_LOG, find_runs, made_on, run_finished
+from lab.files import pyplot, save_figure, write_text
+from lab.metrics import detectable, mean_ci
+from lab.run_folder import TRAIN_LOG, find_runs, made_on, run_finished
 
 # -----------------------------------------------------------------------------
 # learning curves of rl.py runs: mean and 95% interval over seeds
@@ -68,10 +69,11 @@ def run_settings(run, defaults):
     return settings
 
 
-def drop_twins(runs):
+def drop_twins(runs, defaults):
     """Each seed once per group: a later run of the same settings and seed (a rerun, another folder) would
-    count one seed twice and shrink the interval for nothing. Returns (runs kept, [what was left out])."""
-    kept, seen, twins, defaults = [], {}, [], vars(rl.args_with())
+    count one seed twice and shrink the interval for nothing. Returns (runs kept, [what was left out]).
+    defaults: rl.py's flags at their defaults (analyze.py passes them), for flags added after a run."""
+    kept, seen, twins = [], {}, []
     for run in runs:
         key = (json.dumps(run_settings(run, defaults), sort_keys=True), json.dumps(run["config"].get("seed")))
         if key in seen:
@@ -82,10 +84,10 @@ def drop_twins(runs):
     return kept, twins
 
 
-def group_runs(runs):
+def group_runs(runs, defaults):
     """Runs that share every setting except the seed form one group. Returns [(label, settings, runs)],
-    the label naming only the settings that differ between groups."""
-    groups, defaults = {}, vars(rl.args_with())
+    the label naming only the settings that differ between groups (defaults: as in drop_twins)."""
+    groups = {}
     for run in runs:
         settings = run_settings(run, defaults)
         groups.setdefault(json.dumps(settings, sort_keys=True), (settings, []))[1].append(run)
@@ -298,13 +300,13 @@ def paired_lines(table, baseline):
                     "|---|---|---|---|---|", *power]
 
 
-def load_groups(paths):
+def load_groups(paths, defaults):
     """The rl.py runs under `paths`, grouped by setting and summarized; exits with one line if none."""
     runs = find_runs(paths)
     if not runs:
         sys.exit(f"error: no rl.py runs (folders with metrics.jsonl) in {' '.join(paths)}; run rl.py first")
-    runs, twins = drop_twins(runs)
-    groups = group_runs(runs)
+    runs, twins = drop_twins(runs, defaults)
+    groups = group_runs(runs, defaults)
     table = summarize(groups)
     left_out = [f"{r['dir']} (not finished)" for r in runs if not run_finished(r)] + twins
     if left_out:
@@ -345,8 +347,8 @@ def comma_lines(table):
     return lines
 
 
-def cmd_curves(args):
-    groups, table, left_out = load_groups(args.runs)
+def cmd_curves(args, defaults):
+    groups, table, left_out = load_groups(args.runs, defaults)
     lines = ["In short (the README's table):", "",
              "| runs | seeds | N+k start | N+k final (95% CI) | area under curve (95% CI) | damaged seeds |",
              "|---|---|---|---|---|---|"]

@@ -1,8 +1,8 @@
 """
 How fast is generation, and how far is it from what the machine's arithmetic allows?
 
-    python bench.py                         # checkpoints/add7.pt, 64 rows of (N+1)-digit problems
-    python bench.py --batch-size 16 --device cuda
+    python -m lab.bench                         # checkpoints/add7.pt, 64 rows of (N+1)-digit problems
+    python -m lab.bench --batch-size 16 --device cuda
 
 Lines (scripts read them):
   generation, KV cache:           GPT.generate's fast loop, the one rollouts and evaluation use
@@ -16,6 +16,8 @@ Lines (scripts read them):
   draft, rollout / evaluation:    decoding along the correct text (GPT.generate's draft) against the fast
                                   loop: one RL rollout batch sampled at temperature 1 ("N+1" problems),
                                   and a greedy evaluation of --eval-size held-out "N+1" problems
+
+A reader of the method may skip it: it measures speed and changes nothing (`python -m lab.bench`).
 """
 import argparse
 import random
@@ -25,9 +27,9 @@ import time
 import torch
 
 import data
-import generation
+from lab import generation
 from model import CheckpointError, load_checkpoint
-from runtime import (DEVICE_HELP, DTYPE_HELP, DTYPES, add_number, autocast_dtype, generation_dtype,
+from lab.runtime import (DEVICE_HELP, DTYPE_HELP, DTYPES, add_number, autocast_dtype, generation_dtype,
                      mixed_precision, pick_device, precision_name, set_threads, synchronize)
 
 

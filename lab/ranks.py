@@ -7,6 +7,8 @@ every batch and add up their gradients (the scripts mark these lines "ranks:"); 
     rank_share           a rank's share of a batch's problems
     sum_gradients        every rank's gradients summed (or averaged), in one message
     sum_over_ranks, mean_over_ranks, gather, wait_for_ranks     numbers and values across ranks
+
+A reader of the method may skip it: with one process (the default) every function here does nothing.
 """
 import os
 import sys
@@ -14,7 +16,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from runtime import device_type
+from lab.runtime import device_type
 
 
 def start_ranks(device):

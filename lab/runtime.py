@@ -1,6 +1,6 @@
 """
-Where a run happens: device, precision, threads, seeds, the memory estimate (files.py: where it writes;
-ranks.py: more than one process).
+Where a run happens: device, precision, threads, seeds, the memory estimate (lab/files.py: where it writes;
+lab/ranks.py: more than one process).
 Every script calls these; none of it is about the model or the task.
 
     device      pick_device (auto: cuda, then mps, then cpu), device_type, synchronize
@@ -11,6 +11,8 @@ Every script calls these; none of it is about the model or the task.
     the console resume_command (the exact command that goes on), run_script (one line for a closed pipe,
                 an unprintable name or an operation with no deterministic kernel)
     flags       add_number, number: a flag's type and range in one place, refused in one line
+
+A reader of the method may skip it: the same algorithm runs whatever device or precision it picks.
 """
 import argparse
 import math

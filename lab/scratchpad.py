@@ -1,18 +1,11 @@
 """
-An addition-only analysis (it reads the scratchpad's lines and fields).
-
-Where a generation first goes wrong: which line and field of the scratchpad a character sits in, what kind
-of mistake a wrong one is (a list closed too early, a skipped digit, ...), and the command that counts them
-over many failures (probe.py's critical-token probe describes tokens with these too):
-
-    python analyze.py errors --ckpt checkpoints/add7.pt     # the first wrong character of each failure
+Where a character sits in the addition scratchpad (its line, its field, the digits before it) and what kind
+of mistake a wrong one is: the words of analyze.py's errors and probe tables. A reader of the method may skip
+how a line is taken apart.
 """
 import sys
-from collections import Counter
 
 import data
-import metrics
-from model import load_or_exit, pretrain_digits
 
 
 def locate(a, b, i):
@@ -83,42 +76,3 @@ def addition_only(command):
     if data.NAME != "addition":
         sys.exit(f"error: analyze.py {command} reads the lines and fields of the addition scratchpad, and "
                  f"this code's task (data.NAME) is {data.NAME!r}: it has no meaning here")
-
-
-def cmd_errors(args, device, dtype):
-    addition_only("errors")
-    model, meta = load_or_exit(args.ckpt, device)
-    n = pretrain_digits(meta, args.ckpt)
-    k = args.digits or n + 1
-    if data.longest_sequence(k) > model.config.block_size:
-        sys.exit(f"error: {k}-digit problems do not fit {args.ckpt} ({model.config.block_size} positions); "
-                 f"choose a smaller --digits")
-    problems = data.eval_set("identical", k, args.n)
-    completions = metrics.solve(model, problems, device, dtype, draft=args.draft)
-    failures = [(c, a, b) for c, (a, b) in zip(completions, problems) if not data.reward((a, b), c)]
-    # never None: a perfect scratchpad ends right
-    first_errors = [describe_error(c, a, b) for c, a, b in failures]
-    in_lists = [e for e in first_errors if e["field"].startswith("operand") and e["line"] <= 3]
-    at_critical = {lines: sum(e["offset"] in data.critical_positions((a, b), n, lines)
-                              for e, (c, a, b) in zip(first_errors, failures)) for lines in (3, None)}
-    print(f"{args.ckpt}: {k}+{k} greedy accuracy {100 * (1 - len(failures) / len(problems)):.1f}% "
-          f"({len(failures)} of {len(problems)} failed)")
-    if failures:
-        def share(count):
-            return f"{count} of {len(failures)} failures ({100 * count / len(failures):.1f}%)"
-        print(f"- first error in an operand list on lines 1-3: {share(len(in_lists))}")
-        print(f"- first error at the paper's critical comma on lines 1-3: {share(at_critical[3])}")
-        print("- first error at the critical comma of any line (a list longer than pre-training ever showed "
-              f"on that line, closed where pre-training closed it): {share(at_critical[None])}")
-        print("\n| line | field | digits before | expected | wrote | kind | count |\n" + "|---" * 7 + "|")
-        where = Counter((e["line"], e["field"], e["index"], e["expected"], e["wrote"], e["kind"])
-                        for e in first_errors)
-        for (line, field, index, expected, wrote, kind), count in where.most_common(args.top):
-            print(f"| {line} | {field} | {'' if index is None else index} | {expected!r} | {wrote!r} | "
-                  f"{kind} | {count} |")
-        print("\n| kind | count |\n|---|---|")
-        for kind, count in Counter(e["kind"] for e in first_errors).most_common(args.top):
-            print(f"| {kind} | {count} |")
-    for c, a, b in failures[:args.show]:
-        print(f"\nclaims {a}+{b}={data.parse_answer(c)}, truth {a + b}; first error: "
-              f"{describe_error(c, a, b)}")

@@ -12,6 +12,11 @@ Batched generation with a KV cache, for GPT (model.py: `GPT.generate` calls `gen
     complete, accuracy
                      the model's completions of the task's problems (data.py), in batches of similar
                      lengths; exact-match accuracy
+    continue_from    the model's continuations of given starts of the completions (analyze.py probe)
+
+A reader of the method may skip this module: `GPT.sample_plainly` in model.py is the same sampling, written
+plainly; everything here only makes it faster (tests/test_draft.py and tests/test_model.py check that both
+give the same tokens).
 
 Padding (token id 0 of data.VOCAB) never influences a real token: padded keys are masked out.
 """
@@ -20,6 +25,7 @@ import torch.nn.functional as F
 
 import data
 from data import PAD_ID, shift_left
+from lab.runtime import mixed_precision
 
 CHECK_EVERY_GPU = 16  # decoding steps between looks at which rows are finished, on a GPU (see generate)
 PASS_TOKENS_CPU = 8192  # tokens per chunk of a pass without gradient on a CPU: its activations stay in the
@@ -307,3 +313,25 @@ def percent_correct(completions, problems) -> float:
 def accuracy(model, problems, temperature=0.0, **kwargs) -> float:
     """Exact-match accuracy in percent (greedy decoding by default)."""
     return percent_correct(complete(model, problems, temperature=temperature, **kwargs), problems)
+
+
+@torch.no_grad()
+def continue_from(model, problems, prefixes, device, dtype, temperature=0.0, generator=None, batch_size=256,
+                  draft=True):
+    """The completion prefix + the model's continuation of prompt + prefix (greedy, or sampled at
+    `temperature` with `generator`), for each pair."""
+    order = sorted(range(len(problems)), key=lambda i: len(prefixes[i]) - data.sequence_length(problems[i]))
+    completions = [None] * len(problems)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        batch, heads = [problems[i] for i in chunk], [prefixes[i] for i in chunk]
+        idx = data.prompt_batch(batch, device, prefixes=heads)
+        room = min(max(room_for((a, b)) - len(h) for (a, b), h in zip(batch, heads)),
+                   model.config.block_size - idx.size(1))
+        with mixed_precision(device, dtype):
+            out = model.generate(idx, max(1, room), temperature=temperature, generator=generator,
+                                 stop=data.Stop,
+                                 draft=data.draft_batch(batch, device, prefixes=heads) if draft else None)
+        for i, head, row in zip(chunk, heads, out[:, idx.size(1):].tolist()):
+            completions[i] = head + data.decode(row)
+    return completions

@@ -5,6 +5,8 @@ per output, so that two runs never mix or lose each other's work.
 
     replace_atomically, atomic_save, write_text, save_figure     written whole or not at all
     hold_lock, release_locks                                      one writer per run folder or output file
+
+A reader of the method may skip it: it is how files are written safely, not what is written.
 """
 import atexit
 import os

@@ -1,6 +1,6 @@
 """
 What an RL run measures besides its loss: each row of metrics.jsonl (rl.py calls `evaluate` every
---eval-every episodes), and the critical-token measurements that probe.py's tables build on too.
+--eval-every episodes), and the critical-token measurements that analyze.py probe's tables build on too.
 Everything goes through data.py's task interface.
 
     evaluate                greedy and sampled accuracy on the run's held-out sets, critical-token probability
@@ -14,6 +14,8 @@ Everything goes through data.py's task interface.
     weights_at_errors       the mean KL weight there and elsewhere: how much of the penalty alpha lifts
     mistakes, not_finite    wrong answers to print; what a non-finite loss means
     mean_ci, detectable, wilson_interval    intervals over seeds and problems (analyze.py's tables)
+
+A reader of the method may skip it: it measures a run (evaluations, logs), it does not train one.
 """
 import math
 import time
@@ -23,10 +25,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-import generation
-import run_folder
-from ranks import gather, sum_over_ranks, wait_for_ranks
-from runtime import mixed_precision
+from lab import generation
+from lab import run_folder
+from lab.ranks import gather, sum_over_ranks, wait_for_ranks
+from lab.runtime import mixed_precision
 
 
 def evaluate(policy, sets, n, temperature, seed, device, dtype, decoding=(True, True), rank=0,
@@ -294,7 +296,7 @@ def window_means(window):
 
 
 # -----------------------------------------------------------------------------
-# for the analysis commands (analyze.py, probe.py, errors.py)
+# for the analysis commands (analyze.py)
 
 # two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond 30, 1.96 is close enough)
 T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,

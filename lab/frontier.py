@@ -8,27 +8,29 @@ A uniform penalty (alpha 0, or kl_coef 0) is one point of the trade-off; the bes
 KL than x is "the uniform frontier". The KL is read two ways: the k2 estimate on the sampled tokens that
 the loss used (every run has it), and the exact per-state KL over the vocabulary (runs that logged the KL
 split: curves.training_means).
+
+A reader of the method may skip it: it only reads finished runs' logs, like lab/curves.py.
 """
 import math
 import os
 
-import rl
-from curves import load_groups, plus_minus, seed_value, write_table
-from files import pyplot, save_figure
+from lab.curves import load_groups, plus_minus, seed_value, write_table
+from lab.metrics import detectable, mean_ci
+from lab.files import pyplot, save_figure
 
 
-def is_uniform(settings):
-    """No penalty, or one whose weighting (rl.kl_weight) gives every certainty the same weight (alpha 0)."""
-    run = rl.args_with(**settings)
-    weights = {float(rl.kl_weight(j, run)) for j in (0.0, 0.25, 0.5, 0.75, 1.0)}
-    return settings.get("kl_coef", 0) == 0 or len(weights) == 1
+def mark_uniform(table, is_uniform):
+    """Each group of the table says whether its penalty is uniform (is_uniform(settings), from analyze.py)."""
+    for row in table:
+        row["uniform"] = is_uniform(row["settings"])
+    return table
 
 
 def beaten_by(row, table, kl="kl"):
     """The uniform groups whose mean final accuracy is at least row's with no more mean KL to the reference
     (empty: row lies above the uniform frontier). kl: "kl" (k2 estimate) or "exact_kl"; groups without it
     (nan) are never compared."""
-    return [u for u in table if is_uniform(u["settings"]) and u is not row
+    return [u for u in table if u["uniform"] and u is not row
             and u[kl] <= row[kl] and u["final"] >= row["final"]]
 
 
@@ -51,7 +53,7 @@ def plot_frontier(table, path, title, kl="kl"):
     for ax, key, ylabel in zip(axes, ("final", "auc", "comfort"), ("final N+k greedy accuracy (%)",
                                "area under the N+k curve (%)", "final comfort-zone accuracy (%)")):
         for uniform, color in ((True, "tab:blue"), (False, "tab:orange")):
-            rows = [r for r in table if is_uniform(r["settings"]) == uniform]
+            rows = [r for r in table if r["uniform"] == uniform]
             for r in rows:
                 ax.scatter([run_kl(x, kl) for x in r["runs"]],
                            [seed_value(x, key) for x in r["runs"]], s=10, color=color, alpha=0.35)
@@ -63,7 +65,7 @@ def plot_frontier(table, path, title, kl="kl"):
             ax.plot([], [], color=color, marker="o", label="uniform: alpha 0 or kl_coef 0" if uniform else
                     "prioritized: alpha > 0 (at its kl_coef)")
         # the uniform frontier: the best uniform group mean at no more KL than x
-        uniform = sorted((r[kl], r[key]) for r in table if is_uniform(r["settings"]))
+        uniform = sorted((r[kl], r[key]) for r in table if r["uniform"])
         steps = [(x, max(y for x2, y in uniform if x2 <= x)) for x, _ in uniform]
         if steps and key != "comfort":
             right = max(r[kl] for r in table) * 1.1
@@ -83,14 +85,17 @@ def verdict(row, table, kl):
         or "none: above the frontier"
 
 
-def cmd_frontier(args):
-    groups, table, left_out = load_groups(args.runs)
+def cmd_frontier(args, defaults, is_uniform):
+    """defaults: rl.py's flags at their defaults; is_uniform(settings): whether a group's penalty weighs
+    every state alike (analyze.py passes both: they are the method's, not this module's)."""
+    groups, table, left_out = load_groups(args.runs, defaults)
+    mark_uniform(table, is_uniform)
     lines = ["In short (the README's table):", "",
              "| runs | penalty | seeds | KL/token final (95% CI) | N+k final (95% CI) | "
              "above the uniform frontier |",
              "|---|---|---|---|---|---|"]
     for r in sorted(table, key=lambda r: r["kl"]):
-        uniform = is_uniform(r["settings"])
+        uniform = r["uniform"]
         above = "" if uniform else ("no" if beaten_by(r, table) else "yes")
         lines.append(f"| {r['group']} | {'uniform' if uniform else 'prioritized'} | {r['seeds']} | "
                      f"{plus_minus(r['kl'], r['kl_ci'], 4)} | {plus_minus(r['final'], r['final_ci'])} | "
@@ -101,7 +106,7 @@ def cmd_frontier(args):
               "uniform groups with >= accuracy at <= KL |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(table, key=lambda r: r["kl"]):
-        uniform = is_uniform(r["settings"])
+        uniform = r["uniform"]
         lines.append(f"| {r['group']} | {'uniform' if uniform else 'prioritized'} | {r['seeds']} | "
                      f"{plus_minus(r['kl'], r['kl_ci'], 4)} | {plus_minus(r['final'], r['final_ci'])} | "
                      f"{plus_minus(r['val'], r['val_ci'])} | {plus_minus(r['auc'], r['auc_ci'])} | "
@@ -113,13 +118,95 @@ def cmd_frontier(args):
               "| runs | penalty | seeds with the split | exact KL/token final (95% CI) | k2 KL/token final | "
               "N+k final (95% CI) | uniform groups with >= accuracy at <= exact KL |", "|---" * 7 + "|"]
     for r in exact:
-        uniform = is_uniform(r["settings"])
+        uniform = r["uniform"]
         lines.append(f"| {r['group']} | {'uniform' if uniform else 'prioritized'} | "
                      f"{r['exact_kl_seeds']} of {r['seeds']} | "
                      f"{plus_minus(r['exact_kl'], r['exact_kl_ci'], 5)} | "
                      f"{plus_minus(r['kl'], r['kl_ci'], 4)} | {plus_minus(r['final'], r['final_ci'])} | "
                      f"{'' if uniform else verdict(r, exact, 'exact_kl')} |")
+    if exact:
+        lines += [""] + against_frontier_lines(exact)
     write_table(args, "frontier", lines, left_out, [run for _, _, members in groups for run in members])
     plot_frontier(table, os.path.join(args.results, args.name + ".png"), args.name)
     if exact:
         plot_frontier(exact, os.path.join(args.results, args.name + "_exact.png"), args.name, "exact_kl")
+        plot_against_frontier(exact, os.path.join(args.results, args.name + "_area.png"), args.name)
+
+
+# -----------------------------------------------------------------------------
+# each prioritized run against the uniform frontier of its own seed, at its own exact KL
+
+FRONTIER_KEYS = (("auc_mean", "test area (mean over evaluations)"), ("comfort", "comfort zone final"))
+
+
+def frontier_at(uniform_runs, x, key):
+    """The uniform penalties' `key` at exact KL x on one seed: linear in log KL between the two uniform
+    runs whose exact KL (training mean) brackets x; None outside their range."""
+    points = sorted((seed_value(run, "exact_kl_train"), seed_value(run, key)) for run in uniform_runs)
+    points = [(kl, y) for kl, y in points if kl > 0 and not math.isnan(kl)]
+    for (k0, y0), (k1, y1) in zip(points, points[1:]):
+        if k0 <= x <= k1:
+            share = 0.0 if k1 == k0 else (math.log(x) - math.log(k0)) / (math.log(k1) - math.log(k0))
+            return y0 + share * (y1 - y0)
+    return None
+
+
+def against_frontier_lines(table):
+    """For each prioritized group: per seed, its test area and comfort final minus the uniform frontier
+    interpolated at its own exact KL (the uniform penalties, kl_coef > 0, of the same seed), then the mean,
+    95% interval and detectable difference; its mean kl_weight overall and at the commas."""
+    uniform = [run for r in table if r["uniform"] and r["settings"].get("kl_coef", 0) > 0
+               for run in r["runs"]]
+    lines = ["Against the uniform frontier at the same exact KL (per seed: linear in log exact KL between the"
+             " two uniform penalties of that seed that bracket the run's exact KL, training mean; mean, 95% "
+             "interval, and the difference detectable at 80% power from the seeds' spread):", "",
+             "| runs | exact KL | mean kl_weight (overall / at the commas) | seeds inside | " +
+             " | ".join(f"{header}: minus frontier | detectable" for _, header in FRONTIER_KEYS) + " |",
+             "|---" * (4 + 2 * len(FRONTIER_KEYS)) + "|"]
+    for r in (r for r in table if not r["uniform"]):
+        cells, inside = [], 0
+        for key, _ in FRONTIER_KEYS:
+            diffs = []
+            for run in r["runs"]:
+                mine = [u for u in uniform if u["config"].get("seed") == run["config"].get("seed")]
+                y = frontier_at(mine, seed_value(run, "exact_kl_train"), key)
+                if y is not None:
+                    diffs.append(seed_value(run, key) - y)
+            inside = len(diffs)
+            cells += [plus_minus(*mean_ci(diffs)) if diffs else "n/a",
+                      f"{detectable(diffs):.1f}" if len(diffs) > 1 else "n/a"]
+        weights = [mean_ci([seed_value(run, k) for run in r["runs"]])[0] for k in ("kl_weight_train",
+                                                                                   "weight_critical")]
+        lines.append(f"| {r['group']} | {plus_minus(r['exact_kl_train'], r['exact_kl_train_ci'], 5)} | "
+                     + " / ".join("n/a" if math.isnan(w) else f"{w:.4f}" for w in weights)
+                     + f" | {inside} of {r['seeds']} | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
+def plot_against_frontier(table, path, title):
+    """Test area (mean over evaluations) and comfort-zone final against the exact KL (training mean), one
+    point per group with 95% bars on both axes, the uniform penalties (kl_coef > 0) joined in order of KL."""
+    plt = pyplot()
+    table = [r for r in table if not math.isnan(r["exact_kl_train"]) and r["exact_kl_train"] > 0]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, key, ylabel in zip(axes, ("auc_mean", "comfort"), ("test area, mean over evaluations (%)",
+                                                              "comfort zone final (%)")):
+        for r in table:
+            ys = mean_ci([seed_value(run, key) for run in r["runs"]])
+            color = "tab:blue" if r["uniform"] else "tab:orange"
+            ax.errorbar(r["exact_kl_train"], ys[0], xerr=r["exact_kl_train_ci"], yerr=ys[1], color=color,
+                        marker="o" if r["settings"].get("kl_coef", 0) > 0 else "s", capsize=3)
+            short = r["group"].replace("alpha=", "a=").replace("kl_coef=", "c=")
+            ax.annotate(short, (r["exact_kl_train"], ys[0]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=6)
+        line = sorted((r["exact_kl_train"], mean_ci([seed_value(run, key) for run in r["runs"]])[0])
+                      for r in table if r["uniform"] and r["settings"].get("kl_coef", 0) > 0)
+        ax.plot([x for x, _ in line], [y for _, y in line], color="tab:blue", linewidth=1,
+                label="uniform penalties (joined)")
+        ax.scatter([], [], color="tab:orange", label="prioritized")
+        ax.set(xscale="log", xlabel="exact KL/token to the reference, training mean (log)", ylabel=ylabel)
+    axes[0].set_title(title)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
