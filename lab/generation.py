@@ -29,7 +29,7 @@ from lab.runtime import mixed_precision
 
 CHECK_EVERY_GPU = 16  # decoding steps between looks at which rows are finished, on a GPU (see generate)
 PASS_TOKENS_CPU = 8192  # tokens per chunk of a pass without gradient on a CPU: its activations stay in the
-# processor's cache (1.5x the tokens/s of 64 rows at once on our 2-core CPU: results/speed.md)
+# processor's cache (1.5x the tokens/s of 64 rows at once on our 2-core CPU: results/speed/README.md)
 
 
 @torch.no_grad()

@@ -228,7 +228,8 @@ def mean_weight(certainties, weight):
 
 
 # J_ref below this is "uncertain": about the probe's low-certainty cut (Delta J below -0.05 in texts whose
-# mean J is close to 1), which holds most of add7's first-error states (results/probe/add7/probe.md)
+# mean J is close to 1), which holds most of add7's first-error states
+# (results/critical_tokens/probe/add7/probe.md)
 UNCERTAIN = 0.95
 LOW_SHARE = 0.1  # the other cut, relative to each batch: its lowest tenth of J
 

@@ -117,7 +117,7 @@ def mixed_precision(device, dtype):
 def set_threads(threads):
     """CPU threads for torch's operations; None keeps torch's default (one per core). Two runs that
     each use every core of a small machine thrash: give each run its share (README: "On a GPU, and more
-    than one process"; results/speed.md)."""
+    than one process"; results/speed/README.md)."""
     if threads is not None:
         cores = os.cpu_count() or threads
         if threads > cores:  # more threads than cores only queue for them (measured: 20x slower)

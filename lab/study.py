@@ -26,7 +26,7 @@ BUDGETS = {
 }
 # Fig. 3 trains on N+1, not on the paper's N+2: none of our checkpoints solves one N+2 problem (0 of 100
 # each for add3, add5, add7), so a 1/0 reward never differs within a group and RL has nothing to learn from
-BEST_ALPHA = 100  # the prioritized setting of Fig. 4 (results/rl_sweep.md)
+BEST_ALPHA = 100  # the prioritized setting of Fig. 4 (results/superseded/rl_sweep.md)
 CHECKPOINTS = [f"checkpoints/add{n}.pt" for n in (3, 5, 7)]
 
 
