@@ -200,7 +200,8 @@ def test_the_functions_the_readme_points_at_are_in_rl_py():
 
 def test_the_readmes_add5_finding_is_what_curves_computes_from_the_logs(tmp_path, monkeypatch, capsys):
     """The README's add5 row (alpha 10000 minus the standard and minus the KL-matched uniform penalty, final
-    accuracy) and its p(right comma) difference are recomputed by `analyze.py curves` from the committed logs."""
+    accuracy) and its p(right comma) difference are recomputed by `analyze.py curves` from the committed
+    logs."""
     monkeypatch.chdir(ROOT)
     readme = open("README.md").read()
     row = next(line for line in readme.splitlines() if line.startswith("| add5, lr 1e-4"))
@@ -212,8 +213,8 @@ def test_the_readmes_add5_finding_is_what_curves_computes_from_the_logs(tmp_path
         capsys.readouterr()
         text = open(tmp_path / "t.md").read()
         paired = text[text.index("Paired per-seed differences"):]
-        cells = [c.strip() for c in next(line for line in paired.splitlines()
-                                         if line.startswith("| alpha=10000.0, kl_coef=10.0 |")).split("|")[1:-1]]
+        row = next(line for line in paired.splitlines() if line.startswith("| alpha=10000.0, kl_coef=10.0 |"))
+        cells = [c.strip() for c in row.split("|")[1:-1]]
         assert cells[2] == final  # N+k final, paired
         if baseline.endswith("0.03"):
             assert cells[6] == comma  # critical p final, lines 1-3, paired
