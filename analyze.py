@@ -387,8 +387,8 @@ def get_args(argv=None):
     stu.add_argument("--jobs", type=number("--jobs", int, at_least=1), default=1, help="rl.py runs at once, "
                      "each with its share of the CPU threads or of the GPU (default 1)")
     for s, size in ((acc, 1000), (err, 1000), (pro, 50)):
-        s.add_argument("--n", type=number("--n", int, at_least=1, at_most=100_000), default=size,
-                       help=f"problems per set (default {size}, at most 100000)")
+        s.add_argument("--n", type=number("--n", int, at_least=1, at_most=10_000), default=size,
+                       help=f"problems per set (default {size}, at most 10000)")
         s.add_argument("--draft", action=argparse.BooleanOptionalAction, default=True,
                        help="decode along the correct text (the same texts, faster); --no-draft: token by "
                        "token")

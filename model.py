@@ -235,6 +235,9 @@ def load_checkpoint(path, device="cpu", with_meta=False):
     """The model in eval mode (and its meta dict if with_meta). Raises CheckpointError with one line."""
     if not os.path.exists(path):
         raise CheckpointError(f"no checkpoint at {path}: train one with pretrain.py or pass --ckpt")
+    if not os.path.isfile(path):  # reading a FIFO or a device would wait or read forever
+        raise CheckpointError(f"{path} is not a regular file (a folder, a FIFO or a device): pass a "
+                              "checkpoint file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -250,8 +253,12 @@ def load_checkpoint(path, device="cpu", with_meta=False):
         raise CheckpointError(f"{path} was trained on the task {task!r} but this code's task (data.NAME) is "
                               f"{data.NAME!r}: pre-train a model of this task with pretrain.py")
     if ckpt["vocab"] != VOCAB:
-        raise CheckpointError(f"{path} was made with another vocabulary ({len(ckpt['vocab'])} tokens, "
-                              f"this code has {len(VOCAB)}): re-train it with this version of pretrain.py")
+        size = f"{len(ckpt['vocab'])} tokens" if isinstance(ckpt["vocab"], (list, str)) else "not a list"
+        raise CheckpointError(f"{path} was made with another vocabulary ({size}, this code has "
+                              f"{len(VOCAB)} tokens): re-train it with this version of pretrain.py")
+    sizes = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
+    if any(not isinstance(v, int) or not 1 <= v <= 1 << 20 for v in sizes.values()):  # before any allocation
+        raise CheckpointError(f"{path} is damaged: its config holds sizes outside 1..{1 << 20} ({sizes})")
     try:
         model = GPT(GPTConfig(**ckpt["config"]))
         missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)

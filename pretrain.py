@@ -29,7 +29,7 @@ import data
 from lab import generation
 from lab.files import atomic_save, hold_lock, release_locks
 from model import GPT, GPTConfig, save_checkpoint
-from lab.ranks import start_ranks, sum_gradients, sum_over_ranks, wait_for_ranks
+from lab.ranks import end_ranks, start_ranks, sum_gradients, sum_over_ranks, wait_for_ranks
 from lab.runtime import (add_number, add_runtime_flags, autocast_dtype, generation_dtype, mixed_precision,
                      pick_device, precision_name, provenance, resume_command, run_script, seed_everything,
                      set_threads, too_big)
@@ -38,7 +38,7 @@ from lab.runtime import (add_number, add_runtime_flags, autocast_dtype, generati
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_number(p, "--digits", int, 7, "N: operands have 1..N digits (default 7)", at_least=1)
-    add_number(p, "--steps", int, 8000, "optimizer steps (default 8000)", at_least=1)
+    add_number(p, "--steps", int, 8000, "optimizer steps (default 8000)", at_least=1, at_most=10_000_000)
     add_number(p, "--batch-size", int, 16,
                "problems per step (default 16: more steps beat bigger batches here)", at_least=1)
     add_number(p, "--lr", float, 3e-3, "peak learning rate (default 3e-3)", above=0)
@@ -59,7 +59,7 @@ def get_args(argv=None):
                "most these", at_least=1)
     add_number(p, "--eval-size", int, 100, "held-out problems per operand length", at_least=1,
                at_most=100_000)
-    p.add_argument("--seed", type=int, default=0, help="seeds Python's and torch's generators")
+    add_number(p, "--seed", int, 0, "seeds Python's and torch's generators", at_least=0, at_most=2**63 - 1)
     add_runtime_flags(p)
     p.add_argument("--out", default=None,
                    help="checkpoint path (default runs/<data.NAME[:3]><digits>.pt, so runs/add7.pt)")
@@ -173,6 +173,7 @@ def check_out(args, writer=True):
 def main(argv=None):
     try:
         train(argv)
+        end_ranks()
     finally:
         release_locks()  # --out is free for the next writer (tests run several in one process)
 

@@ -44,7 +44,7 @@ from lab import metrics
 from lab import run_folder
 from lab.files import release_locks
 from model import load_for_fine_tuning
-from lab.ranks import rank_share, start_ranks, sum_gradients
+from lab.ranks import end_ranks, rank_share, start_ranks, sum_gradients
 from lab.runtime import (add_number, add_runtime_flags, autocast_dtype, generation_dtype, mixed_precision,
                      pick_device, resume_command, run_script, seed_everything, set_threads)
 
@@ -237,7 +237,8 @@ def flags():
     core = p.add_argument_group("RL")
     core.add_argument("--ckpt", default="checkpoints/add7.pt", help="pre-trained model: start and reference")
     add_number(core, "--digits-plus", int, 1, "k: train on the 'N+k' distribution (default 1)", at_least=1)
-    add_number(core, "--episodes", int, 2048, "completions sampled in all (default 2048)", at_least=1)
+    add_number(core, "--episodes", int, 2048, "completions sampled in all (default 2048)", at_least=1,
+               at_most=10_000_000)
     add_number(core, "--batch-size", int, 16, "problems per iteration (default 16)", at_least=1)
     add_number(core, "--group-size", int, 4, "completions per problem, at least 2 (default 4)", at_least=2,
                message="--group-size must be at least 2: the advantage subtracts the group's mean, so a "
@@ -262,8 +263,8 @@ def flags():
     run = p.add_argument_group("the run")
     add_number(run, "--eval-every", int, 512, "episodes between evaluations (default 512)", at_least=1)
     add_number(run, "--eval-size", int, 200, "held-out problems per evaluation set (4 sets)", at_least=1,
-               at_most=100_000)
-    run.add_argument("--seed", type=int, default=0, help="seeds Python's and torch's generators")
+               at_most=10_000)
+    add_number(run, "--seed", int, 0, "seeds Python's and torch's generators", at_least=0, at_most=2**63 - 1)
     add_runtime_flags(run)
     run.add_argument("--fast-generate", action=argparse.BooleanOptionalAction, default=True,
                      help="GPT.generate's optimized loop (same tokens); --no-fast-generate: the plain loop")
@@ -302,6 +303,7 @@ def main(argv=None):
         run = set_up(args)  # device, processes, models, optimizer, the run folder and the random streams
         train(run, args)
         run_folder.finish_run(run)
+        end_ranks()
     except KeyboardInterrupt:
         sys.exit(f"\ninterrupted: {run_dir} keeps the run up to its last evaluation; to go on: {go_on}")
     except FloatingPointError as e:
@@ -364,7 +366,7 @@ def set_up(args):
     run_dir, state, rows = run_folder.prepare(args, config, rank, vars(args_with()))
     run = SimpleNamespace(
         args=args, rank=rank, ranks=ranks, device=device, dtype=dtype, gen_dtype=gen_dtype, policy=policy,
-        reference=reference, n=n, meta=meta, dir=run_dir, rows=rows,
+        reference=reference, n=n, meta=meta, dir=run_dir, rows=rows, identity=run_folder.identity(config),
         optimizer=torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0),
         sets=sets,
         rng=random.Random(args.seed),  # the problem stream, the same on every rank

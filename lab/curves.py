@@ -16,7 +16,7 @@ import sys
 
 from lab.files import pyplot, save_figure, write_text
 from lab.metrics import detectable, mean_ci
-from lab.run_folder import TRAIN_LOG, find_runs, made_on, run_finished
+from lab.run_logs import find_runs, label_checkpoints, made_on, run_finished, train_rows
 
 # -----------------------------------------------------------------------------
 # learning curves of rl.py runs: mean and 95% interval over seeds
@@ -62,10 +62,11 @@ def area_under_curve(rows, key="acc_plus"):
 
 def run_settings(run, defaults):
     """What makes a run's group: its settings but the seed and NOT_A_SETTING (a flag added after the run
-    was made: its default), the checkpoint by file name, whichever folder a run named."""
+    was made: its default), the checkpoint by file name, whichever folder a run named (or, where runs of
+    one file name started from different files, by name and SHA-256: `label_checkpoints`)."""
     settings = {k: v for k, v in {**defaults, **run["config"]}.items() if k not in NOT_A_SETTING}
     if settings.get("ckpt"):
-        settings["ckpt"] = os.path.basename(settings["ckpt"])
+        settings["ckpt"] = run.get("ckpt_label") or os.path.basename(settings["ckpt"])
     return settings
 
 
@@ -215,11 +216,7 @@ def exact_kl(row):
 def training_means(run):
     """Means over a run's train.jsonl of the exact KL and of kl_weight: over all of training, and over the
     iterations since the evaluation before the last ("final"). Empty for a run from before the split."""
-    path = os.path.join(run["dir"], TRAIN_LOG)
-    rows = []
-    if os.path.exists(path):
-        with open(path) as f:
-            rows = [r for r in map(json.loads, filter(str.strip, f)) if r.get("share_uncertain") is not None]
+    rows = [r for r in train_rows(run) if r.get("share_uncertain") is not None]
     if not rows:
         return {}
     last = [r for r in rows if len(run["rows"]) < 2 or r["episode"] > run["rows"][-2]["episode"]] or rows
@@ -302,13 +299,16 @@ def paired_lines(table, baseline):
 
 def load_groups(paths, defaults):
     """The rl.py runs under `paths`, grouped by setting and summarized; exits with one line if none."""
-    runs = find_runs(paths)
+    skipped = []
+    runs = label_checkpoints(find_runs(paths, skipped))
     if not runs:
-        sys.exit(f"error: no rl.py runs (folders with metrics.jsonl) in {' '.join(paths)}; run rl.py first")
+        sys.exit(f"error: no rl.py runs (folders with metrics.jsonl) in {' '.join(paths)}; run rl.py first"
+                 + (f" (left out: {'; '.join(skipped)})" if skipped else ""))
     runs, twins = drop_twins(runs, defaults)
     groups = group_runs(runs, defaults)
     table = summarize(groups)
-    left_out = [f"{r['dir']} (not finished)" for r in runs if not run_finished(r)] + twins
+    left_out = skipped + [f"{r['dir']} (not finished)" for r in runs if not run_finished(r)] + twins
+    left_out += [note for r in runs for note in r.get("notes", [])]
     if left_out:
         print(f"warning: left out {'; '.join(left_out)}", file=sys.stderr)
     return groups, table, left_out

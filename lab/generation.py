@@ -22,11 +22,13 @@ Padding (token id 0 of data.VOCAB) never influences a real token: padded keys ar
 """
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 import data
 from data import PAD_ID, shift_left
 from lab.runtime import mixed_precision
 
+LONG = 2000  # problems from which `complete` shows a progress bar: a long evaluation says it is working
 CHECK_EVERY_GPU = 16  # decoding steps between looks at which rows are finished, on a GPU (see generate)
 PASS_TOKENS_CPU = 8192  # tokens per chunk of a pass without gradient on a CPU: its activations stay in the
 # processor's cache (1.5x the tokens/s of 64 rows at once on our 2-core CPU: results/speed/README.md)
@@ -293,7 +295,8 @@ def complete(model, problems, temperature=0.0, batch_size=250, device="cpu", gen
     """
     order = sorted(range(len(problems)), key=lambda i: data.sequence_length(problems[i]))
     completions = [None] * len(problems)
-    for start in range(0, len(order), batch_size):
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc=f"generating {len(problems)}", leave=False, disable=len(problems) < LONG):
         chunk = order[start:start + batch_size]
         batch = [problems[i] for i in chunk]
         idx = data.prompt_batch(batch, device)

@@ -84,7 +84,8 @@ def evaluate_and_save(run, iteration, window):
             tqdm.write(weights_line(decisive, elsewhere))
             row.update(weight_decisive=decisive, weight_elsewhere=elsewhere)
         row["minutes"] = round((time.time() - run.t0) / 60, 2)
-        run_folder.save_evaluation(run.dir, row, run.policy, run.optimizer, run.rng, generators, iteration)
+        run_folder.save_evaluation(run.dir, row, run.policy, run.optimizer, run.rng, generators, iteration,
+                                   run.identity)
         run.rows.append(row)
         tqdm.write(one_line(row, args.digits_plus))
         for line in mistakes(run.sets["plus"], greedy):

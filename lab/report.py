@@ -15,12 +15,15 @@ from lab.files import pyplot, save_figure, write_text
 
 
 def read_cache(path):
-    """Cells measured before, by key; a line cut off by a kill, or otherwise not a cell, is skipped (it is
-    measured again)."""
+    """Cells measured before, by key; a line cut off by a kill, or otherwise not a cell (a field missing or
+    not a number), is skipped (it is measured again)."""
     cells = {}
     if path and os.path.isdir(path):
         sys.exit(f"error: --cache {path} is a folder; give a file path such as "
                  f"{os.path.join(path, 'cache.jsonl')}")
+    if path and os.path.exists(path) and not os.path.isfile(path):  # a FIFO would wait for a writer forever
+        sys.exit(f"error: --cache {path} is not a regular file (a FIFO or a device); pass another --cache "
+                 "or '' for none")
     if path and os.path.exists(path):
         try:
             with open(path, errors="replace") as f:
@@ -30,9 +33,13 @@ def read_cache(path):
         for line in lines:
             try:
                 cell = json.loads(line)
-                cells[str(cell.pop("key"))] = cell
+                key = str(cell.pop("key"))
             except (ValueError, KeyError, AttributeError, TypeError):
                 continue
+            numbers = [cell.get(k) for k in ("accuracy", "ci_low", "ci_high", "n", "K")]
+            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers)
+            if numeric and isinstance(cell.get("set"), str):
+                cells[key] = cell  # a cell with a field missing or of the wrong type is measured again
     return cells
 
 

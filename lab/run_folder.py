@@ -8,6 +8,7 @@ An RL run's folder, --out/--name, as rl.py writes it and lab/curves.py reads it:
     model.pt        at the end, unless --no-save
 
 A run folder is never replaced without --force, and --resume refuses settings that differ from the run's.
+Reading the folders back, for the tables, is lab/run_logs.py.
 
 A reader of the method may skip it: it keeps a run's files whole and resumable, nothing more.
 """
@@ -56,6 +57,14 @@ def config_of(args, n, device, dtypes, ranks):
                 **({"ranks": ranks} if ranks > 1 else {})}
     recorded["ckpt_sha256"] = file_hash(args.ckpt)
     return {**vars(args), **recorded}
+
+
+def identity(config):
+    """What makes a run this run, kept in its state.pt: every setting that changes its numbers (the seed, the
+    flags, the reference checkpoint's SHA-256), and the CPU threads it ran with (which change only rounding).
+    --resume refuses a state whose identity is not the run's (a state.pt copied from another run)."""
+    kept = {k: v for k, v in config.items() if k not in RESUME_MAY_DIFFER | {"ckpt"}}
+    return {**kept, "threads": config.get("provenance", {}).get("threads")}
 
 
 def prepare(args, config, rank=0, defaults=None):
@@ -128,6 +137,9 @@ def has_work(run_dir):
 def resume_folder(args, config, run_dir, defaults):
     """--resume: the run's config, reference checkpoint, state and logs checked, each failure one line."""
     config_path, state_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "state.pt")
+    if not os.path.isfile(config_path):
+        sys.exit(f"error: {config_path} is missing or not a file; the run cannot be checked: start it anew "
+                 "with --force")
     try:
         with open(config_path) as f:
             old = json.load(f)
@@ -151,6 +163,16 @@ def resume_folder(args, config, run_dir, defaults):
         sys.exit(f"error: {run_dir} ran on {started_on} and its random state cannot move to "
                  f"{config['device']}; resume it with --device {device_type(started_on)}")
     state = load_state(state_path)
+    check_identity(state.get("identity"), config, state_path, run_dir, defaults)
+    threads_then = (state.get("identity") or {}).get("threads", old.get("provenance", {}).get("threads"))
+    threads_now = config["provenance"]["threads"]
+    if threads_then is not None and threads_then != threads_now:
+        print(f"note: {run_dir} ran with {threads_then} CPU thread(s) and resumes with {threads_now}: its "
+              "numbers will differ by float rounding from a run never interrupted (recorded in its "
+              "config.json as 'resumed_with_threads')", file=sys.stderr)
+        resumed = {"episode": state["episode"], "threads": threads_now}
+        old.setdefault("resumed_with_threads", []).append(resumed)
+        write_text(config_path, json.dumps(old, indent=2), quiet=True)
     rows = whole_log(os.path.join(run_dir, METRICS_LOG), "episode")
     if not any(row["episode"] == state["episode"] for row in rows):
         sys.exit(f"error: {run_dir}/{METRICS_LOG} lacks the evaluation at episode {state['episode']} that "
@@ -166,6 +188,23 @@ def resume_folder(args, config, run_dir, defaults):
     if state["iteration"]:
         cut_back(os.path.join(run_dir, TRAIN_LOG), steps, state["episode"])
     return run_dir, state, rows
+
+
+def check_identity(saved, config, state_path, run_dir, defaults):
+    """A state saved by another run (copied in by hand) ends --resume with one line naming the first field
+    that differs. A state from before states recorded their identity (None) passes: config.json was
+    checked."""
+    if not isinstance(saved, dict):
+        return
+    mine = identity(config)
+    for key in sorted(set(saved) | set(mine)):
+        if key == "threads":
+            continue
+        then, now = saved.get(key, defaults.get(key)), mine.get(key, defaults.get(key))
+        if then != now:
+            sys.exit(f"error: {state_path} was saved by another run than {run_dir}: its {key} is {then!r}, "
+                     f"this run's is {now!r}; resume the run it belongs to, or start this one anew with "
+                     "--force")
 
 
 def same_file(a, b):
@@ -187,6 +226,9 @@ def file_hash(path):
 
 def load_state(path):
     """state.pt, checked: a damaged or foreign file ends the run with one line."""
+    if not os.path.isfile(path):
+        sys.exit(f"error: {path} is not a file (a folder, a FIFO or a device); move it away and start the "
+                 "run anew with --force")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -203,6 +245,9 @@ def whole_log(path, key):
     the write) is dropped and said; any other unreadable line, or a missing file, ends with one line."""
     if not os.path.exists(path):
         sys.exit(f"error: {path} is missing: the run cannot go on whole; start it anew with --force")
+    if not os.path.isfile(path):
+        sys.exit(f"error: {path} is not a file (a folder, a FIFO or a device): the run cannot go on whole; "
+                 "move it away and start the run anew with --force")
     with open(path) as f:
         lines = [line for line in f.read().split("\n") if line.strip()]
     rows = []
@@ -231,23 +276,29 @@ def cut_back(path, rows, episode):
 def append_row(run_dir, row, log=METRICS_LOG):
     """One row (an evaluation, or with log=TRAIN_LOG an iteration) as one JSON line; a value that is not
     finite is written as null (valid JSON)."""
-    with open(os.path.join(run_dir, log), "a") as f:
-        f.write(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None
-                            for k, v in row.items()}) + "\n")
+    line = json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None
+                       for k, v in row.items()})
+    try:
+        with open(os.path.join(run_dir, log), "a") as f:
+            f.write(line + "\n")
+    except OSError as e:  # a full disk: the line may be cut, which --resume drops (whole_log)
+        sys.exit(f"error: cannot append to {os.path.join(run_dir, log)} ({e.strerror}); free space, then "
+                 f"continue with --resume (the run is kept up to its last evaluation)")
 
 
-def save_evaluation(run_dir, row, policy, optimizer, rng, generators, iteration):
+def save_evaluation(run_dir, row, policy, optimizer, rng, generators, iteration, run_identity=None):
     """An evaluation: its row appended to metrics.jsonl, then the state --resume goes on from."""
     append_row(run_dir, row)
-    save_state(run_dir, policy, optimizer, rng, generators, iteration, row)
+    save_state(run_dir, policy, optimizer, rng, generators, iteration, row, run_identity)
 
 
-def save_state(run_dir, policy, optimizer, rng, generators, iteration, row):
+def save_state(run_dir, policy, optimizer, rng, generators, iteration, row, run_identity=None):
     """Everything --resume needs to go on as if the run had never stopped, in one atomic write. generators:
-    each rank's sampling generator state (one when alone, saved as it always was)."""
+    each rank's sampling generator state (one when alone, saved as it always was); run_identity: `identity`
+    of the run's config, so that a state copied into another run is refused."""
     atomic_save({"policy": policy.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.getstate(),
                  "generator": generators[0] if len(generators) == 1 else generators,
-                 "torch_rng": torch.get_rng_state(),
+                 "torch_rng": torch.get_rng_state(), "identity": run_identity,
                  "iteration": iteration, "episode": row["episode"], "minutes": row["minutes"]},
                 os.path.join(run_dir, "state.pt"))
 
@@ -296,72 +347,3 @@ def finish_run(run):
     print(f"done: N+{args.digits_plus} ({run.n + args.digits_plus} digits) greedy accuracy "
           f"{first['acc_plus']:.1f}% -> {last['acc_plus']:.1f}% | comfort zone {first['acc_comfort']:.1f}% "
           f"-> {last['acc_comfort']:.1f}% | {(time.time() - run.t0) / 60:.1f} min | {run.dir}")
-
-
-# -----------------------------------------------------------------------------
-# reading run folders back (lab/curves.py, analyze.py)
-
-# what config.json of an older run means in today's fields (results/README.md, "Older runs"): a flag that is
-# gone at the one value every run now uses, and the precisions of runs that did not record them
-RETIRED = {"reward": "01"}
-BEFORE_DTYPES = {"training_dtype": "bfloat16", "generation_dtype": "bfloat16"}
-REQUIRED = ("episode", "acc_plus", "acc_comfort")  # what every metrics.jsonl row must have
-
-
-def read_run(run_dir):
-    """config.json and the rows of metrics.jsonl of one rl.py run; None if it has not logged anything.
-    A file that cannot be read is an error naming the file and line, not a run silently dropped."""
-    config_path, metrics_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, METRICS_LOG)
-    if not (os.path.exists(config_path) and os.path.exists(metrics_path)):
-        return None
-    try:
-        with open(config_path) as f:
-            config = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        sys.exit(f"error: {config_path} is not readable JSON ({e}); remove the run or repair the file")
-    for flag, value in RETIRED.items():  # a flag rl.py no longer has, at the value every run now uses
-        if config.get(flag) == value:
-            del config[flag]
-    config = {**BEFORE_DTYPES, **config}
-    rows = []
-    with open(metrics_path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                sys.exit(f"error: {metrics_path} line {number} is not JSON; remove the line or the run")
-            missing = [k for k in REQUIRED if not isinstance(row, dict) or row.get(k) is None]
-            if missing:
-                sys.exit(f"error: {metrics_path} line {number} lacks {', '.join(missing)}; "
-                         "remove the line or the run")
-            rows.append(row)
-    return {"dir": run_dir, "config": config, "rows": rows} if rows else None
-
-
-def run_finished(run):
-    """Whether a run logged its last evaluation (a run cut off early has no final accuracy)."""
-    return run["rows"][-1]["episode"] >= run["config"].get("episodes", 0)
-
-
-def find_runs(paths):
-    """Run folders named directly, or found one level below a named folder (runs/sweep -> runs/sweep/*)."""
-    runs = []
-    for path in paths:
-        candidates = [path] if os.path.exists(os.path.join(path, METRICS_LOG)) else \
-            sorted(os.path.join(path, d) for d in (os.listdir(path) if os.path.isdir(path) else []))
-        runs += [r for r in map(read_run, candidates) if r is not None]
-    return runs
-
-
-def made_on(runs):
-    """One line: what the runs ran on (machine, threads, torch, commit, training precision), how many each."""
-    counts = {}
-    for run in runs:
-        p, training = run["config"].get("provenance"), run["config"].get("training_dtype")
-        where = (f"{p['machine']}, {p['threads']} thread(s), torch {p['torch']}, code {p['commit']}, "
-                 f"training in {training}" if p else
-                 "not recorded in the runs (made before rl.py recorded it: results/README.md)")
-        counts[where] = counts.get(where, 0) + 1
-    return "Made on: " + "; ".join(f"{where}: {n} run(s)" for where, n in sorted(counts.items())) + "."

@@ -15,6 +15,7 @@ Every script calls these; none of it is about the model or the task.
 A reader of the method may skip it: the same algorithm runs whatever device or precision it picks.
 """
 import argparse
+import fcntl
 import math
 import os
 import platform
@@ -145,9 +146,10 @@ def seed_everything(seed, device="cpu", deterministic=True):
 
 
 def run_script(main):
-    """Run main() as a script: a closed pipe (`| head -1`) ends the printing, not the run; a character the
-    terminal cannot encode is escaped, not an error; a RuntimeError for an operation with no deterministic
-    kernel becomes one line."""
+    """Run main() as a script: a closed pipe (`| head -1`) ends the printing, not the run; so does a stdout
+    or stderr closed before the start (`>&-`, a detached job); a character the terminal cannot encode is
+    escaped, not an error; a RuntimeError for an operation with no deterministic kernel becomes one line."""
+    open_closed_streams()
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
@@ -159,6 +161,26 @@ def run_script(main):
         if message is None:
             raise
         sys.exit(message)
+
+
+def open_closed_streams():
+    """A script started with stdout or stderr closed (`>&-`, a detached job) writes its messages nowhere and
+    still does its work. Python then leaves the stream None, or (when a launcher leaked a file it was reading
+    onto that descriptor) writes to a file opened read-only; and the next file the script opens could take
+    the free descriptor, so that a child process would print into it. Such a descriptor gets /dev/null, and
+    the stream writes there."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            leaked = fd > 0 and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+        except OSError:  # closed
+            leaked = True
+        if leaked:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:  # a closed descriptor is the lowest free one: /dev/null may land on it at once
+                os.dup2(null, fd)
+                os.close(null)
+        if fd > 0 and (leaked or getattr(sys, name) is None):
+            setattr(sys, name, open(os.devnull, "w"))
 
 
 class PrintingMayStop:
@@ -210,8 +232,8 @@ def resume_command(script, argv, name=None):
         if name is not None and arg.startswith("--name="):
             continue
         kept.append(arg)
-    if name is not None:
-        kept += ["--name", name]
+    if name is not None:  # --name=VALUE: a name that starts with '-' would read as a flag after --name
+        kept += [f"--name={name}"] if name.startswith("-") else ["--name", name]
     return shlex.join(["python", script, *kept, "--resume"])
 
 
@@ -331,15 +353,15 @@ def number(flag, kind=float, at_least=None, above=None, at_most=None, below=None
 
 def describe_range(kind, at_least, above, at_most):
     """'positive', 'non-negative', 'at least 1', 'at most 65536', or two of them joined."""
-    words = []
+    words, show = [], (lambda v: str(v) if kind is int else f"{v:g}")  # an int in full: 10000000, not 1e+07
     if above == 0:
         words.append("positive")
     elif above is not None:
-        words.append(f"above {above:g}")
+        words.append(f"above {show(above)}")
     if at_least == 0 and kind is float:
         words.append("non-negative")
     elif at_least is not None:
-        words.append(f"at least {at_least:g}")
+        words.append(f"at least {show(at_least)}")
     if at_most is not None:
-        words.append(f"at most {at_most:g}")
+        words.append(f"at most {show(at_most)}")
     return " and ".join(words)

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from lab.curves import cmd_curves
-from lab.run_folder import read_run
+from lab.run_logs import read_run
 
 
 # what each budget runs; the small one takes about an hour on a 2-core CPU (README: "Step 3")

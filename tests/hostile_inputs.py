@@ -546,6 +546,244 @@ def kl_coef_1e308(c):
     return script("rl.py", "--ckpt", c.ckpt, *RL, "--kl-coef", "1e308", "--out", c.tmp, "--name", "r"), None
 
 
+# -----------------------------------------------------------------------------
+# the recount (issue 59): a resume that checks whose state it is, analysis that never pools or drops runs
+# silently, closed streams, FIFOs and devices, absurd sizes, names a shell must carry
+
+def cut_run_of_seed(c, name, seed, episodes=600):
+    """cut_run for a run of another seed (and length): stopped after its first saved state; returns its
+    flags."""
+    flags = ["--ckpt", c.ckpt, *LONG_RL, "--episodes", str(episodes), "--seed", str(seed), "--out", c.tmp,
+             "--name", name]
+    first = start("rl.py", *flags)
+    end = time.time() + HANG
+    while time.time() < end and (not os.path.exists(c.path(name, "metrics.jsonl"))
+                                 or len(rows(c.path(name, "metrics.jsonl"))) < 2):
+        time.sleep(0.2)
+    stop(first)
+    return flags
+
+
+@case("recount: whose state")
+def a_state_of_seed_1_in_a_run_of_seed_0(c):
+    cut_run_of_seed(c, "mine", 0)
+    cut_run_of_seed(c, "theirs", 1)
+    os.replace(c.path("theirs", "state.pt"), c.path("mine", "state.pt"))
+    result = script("rl.py", "--ckpt", c.ckpt, *LONG_RL, "--out", c.tmp, "--name", "mine", "--resume")
+    return result, lambda: None if "seed" in result[2] else "refused, but without naming the seed"
+
+
+@case("recount: whose state")
+def a_resume_with_other_threads_says_so_and_records_it(c):
+    flags = cut_run_of_seed(c, "cut", 0, episodes=48)
+    flags[flags.index("--threads") + 1] = "2"
+    result = script("rl.py", *flags, "--resume")
+    config = json.load(open(c.path("cut", "config.json")))
+    said = "numbers will differ" in result[2] and config.get("resumed_with_threads")
+    return result, lambda: None if said else "another --threads was accepted without a word or a record"
+
+
+def two_runs_then_curves(c, change):
+    """Two finished tiny runs under c.tmp/runs, `change`d, then analyze.py curves over them."""
+    for name, seed in (("a", 0), ("b", 1)):
+        script("rl.py", "--ckpt", c.ckpt, *RL, "--seed", str(seed), "--out", c.path("runs"), "--name", name)
+    change(c.path("runs"))
+    return script("analyze.py", "curves", c.path("runs"), "--out", c.path("tables"))
+
+
+@case("recount: analysis")
+def two_checkpoints_that_share_a_file_name(c):
+    os.makedirs(c.path("other"))
+    torch.manual_seed(1)
+    other = c.path("other", "tiny.pt")
+    save_checkpoint(other, GPT(GPTConfig(block_size=256, n_layer=1, n_head=2, n_embd=16)), args={"digits": 2})
+    script("rl.py", "--ckpt", c.ckpt, *RL, "--out", c.path("runs"), "--name", "a")
+    script("rl.py", "--ckpt", other, *RL, "--seed", "1", "--out", c.path("runs"), "--name", "b")
+    result = script("analyze.py", "curves", c.path("runs"), "--out", c.path("tables"))
+    pooled = "| all runs | 2 |" in result[1]
+    return result, lambda: "two references pooled into one group" if pooled else None
+
+
+@case("recount: analysis")
+def a_run_whose_metrics_are_empty(c):
+    def empty(runs):
+        open(os.path.join(runs, "b", "metrics.jsonl"), "w").close()
+    result = two_runs_then_curves(c, empty)
+    return result, lambda: None if "b (nothing logged" in result[2] else "the empty run vanished unnamed"
+
+
+def damaged_train_log(label, change):
+    def run(c):
+        result = two_runs_then_curves(c, lambda runs: change(os.path.join(runs, "b", "train.jsonl")))
+        return result, lambda: None if "train.jsonl" in result[2] else "the damage went unnamed"
+    run.__name__ = label
+    case("recount: analysis")(run)
+
+
+def cut_mid_line(path):
+    text = open(path).read()
+    open(path, "w").write(text[:-20])
+
+
+def a_list_row(path):
+    open(path, "a").write("[1, 2, 3]\n")
+
+
+def a_folder_instead(path):
+    os.remove(path)
+    os.makedirs(path)
+
+
+damaged_train_log("train_log_cut_mid_line_in_curves", cut_mid_line)
+damaged_train_log("train_log_row_a_list_in_curves", a_list_row)
+damaged_train_log("train_log_a_folder_in_curves", a_folder_instead)
+
+
+@case("recount: damaged files")
+def metrics_a_folder_on_resume(c):
+    argv = cut_run(c)
+    os.remove(c.path("cut", "metrics.jsonl"))
+    os.makedirs(c.path("cut", "metrics.jsonl"))
+    return script("rl.py", *argv), None
+
+
+@case("recount: damaged files")
+def accuracy_cache_of_wrong_types(c):
+    cache = c.path("cache.jsonl")
+    with open(cache, "w") as f:
+        f.write(json.dumps({"key": "x", "set": 3, "accuracy": "high", "K": None}) + "\n")
+        f.write(json.dumps({"key": "y", "accuracy": [1]}) + "\n")
+    return script("analyze.py", "accuracy", "--ckpt", c.ckpt, "--n", "2", "--extra", "0", "--cache", cache,
+                  "--out", c.tmp), None
+
+
+@case("recount: damaged files")
+def a_full_disk_while_appending_to_train_log(c):
+    fill = ("import builtins, errno, runpy, sys\n"
+            "real, count = builtins.open, [0]\n"
+            "def full(path, mode='r', *a, **k):\n"
+            "    if str(path).endswith('train.jsonl') and 'a' in mode:\n"
+            "        count[0] += 1\n"
+            "        if count[0] > 1:\n"
+            "            raise OSError(errno.ENOSPC, 'No space left on device')\n"
+            "    return real(path, mode, *a, **k)\n"
+            "builtins.open = full\n"
+            f"sys.argv = ['rl.py', *{['--ckpt', c.ckpt, *RL, '--out', c.tmp, '--name', 'full']!r}]\n"
+            "runpy.run_path('rl.py', run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", fill], cwd=ROOT, capture_output=True, text=True,
+                          timeout=HANG, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    whole = all(line.strip() and json.loads(line) for line in open(c.path("full", "train.jsonl")))
+    return (proc.returncode, proc.stdout, proc.stderr), lambda: None if whole else "train.jsonl damaged"
+
+
+@case("recount: damaged files")
+def checkpoint_sizes_beyond_any_memory(c):
+    path = checkpoint(c.path("huge.pt"))
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["config"]["block_size"] = 10 ** 12
+    torch.save(ckpt, path)
+    return script("rl.py", "--ckpt", path, *RL, "--out", c.tmp, "--name", "r"), None
+
+
+@case("recount: damaged files")
+def checkpoint_vocabulary_a_number(c):
+    return bad_checkpoint(vocab=5)(c)
+
+
+def closed(label, shell_suffix, name, *flags, made=None):
+    def run(c):
+        argv = (sys.executable, name, *[f.format(c=c) for f in flags])
+        command = " ".join(shlex.quote(str(a)) for a in argv)
+        proc = subprocess.run(["bash", "-c", f"{command} {shell_suffix}"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=HANG, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        target = made.format(c=c)
+        return (proc.returncode, proc.stdout, proc.stderr), lambda: None if os.path.exists(target) else \
+            f"nothing written ({target})"
+    run.__name__ = label
+    case("recount: closed streams")(run)
+
+
+RL_FLAGS = ["--ckpt", "{c.ckpt}", *RL, "--out", "{c.tmp}", "--name", "r"]
+PRE_FLAGS = [*PRETRAIN, "--steps", "4", "--out", "{c.tmp}/p.pt"]
+ACC_FLAGS = ["accuracy", "--ckpt", "{c.ckpt}", "--n", "2", "--extra", "0", "--cache", "", "--out", "{c.tmp}"]
+closed("rl_with_stdout_closed", ">&-", "rl.py", *RL_FLAGS, made="{c.tmp}/r/train.jsonl")
+closed("rl_with_stderr_closed", "2>&-", "rl.py", *RL_FLAGS, made="{c.tmp}/r/train.jsonl")
+closed("pretrain_with_stdout_closed", ">&-", "pretrain.py", *PRE_FLAGS, made="{c.tmp}/p.pt")
+closed("pretrain_with_stderr_closed", "2>&-", "pretrain.py", *PRE_FLAGS, made="{c.tmp}/p.pt")
+closed("analyze_with_both_closed", ">&- 2>&-", "analyze.py", *ACC_FLAGS, made="{c.tmp}/accuracy.md")
+
+
+@case("recount: not a file")
+def rl_ckpt_a_fifo(c):
+    os.mkfifo(c.path("fifo.pt"))
+    return script("rl.py", "--ckpt", c.path("fifo.pt"), *RL, "--out", c.tmp, "--name", "r"), None
+
+
+@case("recount: not a file")
+def analyze_ckpt_a_fifo(c):
+    os.mkfifo(c.path("fifo.pt"))
+    return script("analyze.py", "errors", "--ckpt", c.path("fifo.pt"), "--n", "2", "--out", c.tmp), None
+
+
+@case("recount: not a file")
+def rl_ckpt_a_device(c):
+    return script("rl.py", "--ckpt", "/dev/zero", *RL, "--out", c.tmp, "--name", "r"), None
+
+
+@case("recount: not a file")
+def accuracy_cache_a_fifo(c):
+    os.mkfifo(c.path("cache"))
+    return script("analyze.py", "accuracy", "--ckpt", c.ckpt, "--n", "2", "--extra", "0", "--cache",
+                  c.path("cache"), "--out", c.tmp), None
+
+
+@case("recount: absurd sizes")
+def rl_eval_size_a_hundred_thousand(c):
+    return script("rl.py", "--ckpt", c.ckpt, *RL, "--eval-size", "100000", "--out", c.tmp, "--name", "r"), \
+        None
+
+
+@case("recount: absurd sizes")
+def accuracy_n_a_hundred_thousand(c):
+    return script("analyze.py", "accuracy", "--ckpt", c.ckpt, "--n", "100000", "--out", c.tmp), None
+
+
+@case("recount: absurd sizes")
+def rl_seed_beyond_64_bits(c):
+    return script("rl.py", "--ckpt", c.ckpt, *RL, "--seed", str(10 ** 30), "--out", c.tmp, "--name", "r"), \
+        None
+
+
+@case("recount: absurd sizes")
+def rl_episodes_beyond_a_lifetime(c):
+    return script("rl.py", "--ckpt", c.ckpt, *RL, "--episodes", str(10 ** 21), "--out", c.tmp, "--name",
+                  "r"), None
+
+
+@case("recount: absurd sizes")
+def pretrain_seed_beyond_64_bits(c):
+    return script("pretrain.py", *PRETRAIN, "--steps", "2", "--seed", str(10 ** 30), "--out",
+                  c.path("p.pt")), None
+
+
+def dash_name_advice(label, name_args):
+    def run(c):
+        first = start("rl.py", "--ckpt", c.ckpt, *LONG_RL, "--out", c.tmp, *name_args)
+        end = time.time() + HANG
+        while time.time() < end and not any(os.path.exists(os.path.join(c.tmp, d, "state.pt"))
+                                            for d in os.listdir(c.tmp) if os.path.isdir(c.path(d))):
+            time.sleep(0.2)
+        _, err = stop(first)
+        return script("rl.py", *advice(err)), None
+    run.__name__ = label
+    case("recount: advice")(run)
+
+
+dash_name_advice("a_name_that_starts_with_a_dash", ["--name=-dashrun"])
+dash_name_advice("a_name_with_spaces_and_quotes", ["--name", "my 'best' run"])
+dash_name_advice("a_name_with_a_dollar_and_a_semicolon", ["--name", "a$HOME;b"])
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default="", help="run the cases whose name contains this")

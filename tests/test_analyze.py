@@ -13,7 +13,7 @@ from lab import curves
 import data
 from lab import frontier
 from lab import metrics, report, scratchpad, study
-from lab import run_folder
+from lab import run_logs
 from conftest import addition_only
 from model import GPT, GPTConfig, save_checkpoint
 
@@ -120,7 +120,7 @@ def test_a_checkpoint_is_its_file_name(tmp_path):
     _fake_run(tmp_path, "add6", 0.0, 0, 70.0, ckpt="/somewhere/checkpoints/add6.pt")
     _fake_run(tmp_path, "add8", 0.0, 0, 80.0, ckpt="/somewhere/checkpoints/add8.pt")
     _fake_run(tmp_path, "add8_s1", 0.0, 1, 90.0, ckpt="checkpoints/add8.pt")
-    groups = curves.group_runs(run_folder.find_runs([str(tmp_path)]), RL_DEFAULTS)
+    groups = curves.group_runs(run_logs.find_runs([str(tmp_path)]), RL_DEFAULTS)
     assert [(label, len(runs)) for label, _, runs in groups] == [("ckpt=add6.pt", 1), ("ckpt=add8.pt", 2)]
 
 
@@ -132,7 +132,7 @@ def test_runs_are_grouped_by_the_precision_they_generated_in(tmp_path):
               generation_dtype="bfloat16")
     _fake_run(tmp_path, "auto", 0.0, 2, 70.0, dtype="auto", training_dtype="bfloat16",
               generation_dtype="float32")
-    groups = curves.group_runs(run_folder.find_runs([str(tmp_path)]), RL_DEFAULTS)
+    groups = curves.group_runs(run_logs.find_runs([str(tmp_path)]), RL_DEFAULTS)
     names = {label: [run["config"]["name"] for run in members] for label, _, members in groups}
     assert names == {"generation_dtype=bfloat16": ["before", "pinned"], "generation_dtype=float32": ["auto"]}
 
@@ -145,7 +145,7 @@ def test_runs_on_other_machines_group_together_and_the_table_says_where_each_ran
     _fake_run(tmp_path, "xeon", 0.0, 1, 80.0, provenance={**here, "machine": "Intel Xeon (2 cores)"},
               training_dtype="float32")
     _fake_run(tmp_path, "old", 0.0, 2, 90.0)
-    groups = curves.group_runs(run_folder.find_runs([str(tmp_path)]), RL_DEFAULTS)
+    groups = curves.group_runs(run_logs.find_runs([str(tmp_path)]), RL_DEFAULTS)
     assert len(groups) == 1 and len(groups[0][2]) == 3  # neither the machine nor the precision is a setting
     line = curves.made_on(groups[0][2])
     epyc = "AMD EPYC (2 cores), 1 thread(s), torch 2.13.0, code abc1234, training in bfloat16: 1 run(s)"
@@ -161,7 +161,7 @@ def test_curves_groups_seeds_and_writes_table_and_figure(tmp_path):
         _fake_run(runs, f"a0_s{seed}", 0.0, seed, final)
         _fake_run(runs, f"a30_s{seed}", 30.0, seed, final + 10)
     (runs / "empty").mkdir()  # a run that never logged is skipped, not an error
-    groups = curves.group_runs(run_folder.find_runs([str(runs)]), RL_DEFAULTS)
+    groups = curves.group_runs(run_logs.find_runs([str(runs)]), RL_DEFAULTS)
     assert [(label, len(members)) for label, _, members in groups] == [("alpha=0.0", 2), ("alpha=30.0", 2)]
     out = subprocess.run([sys.executable, "analyze.py", "curves", str(runs), "--name", "fig", "--results",
                           str(tmp_path / "res")], cwd=ROOT, capture_output=True, text=True)
@@ -177,7 +177,7 @@ def test_runs_measured_differently_or_cut_off_are_not_averaged_in(tmp_path):
     _fake_run(runs, "s1", 0.0, 1, 80.0, eval_size=200)
     _fake_run(runs, "small_eval", 0.0, 2, 90.0, eval_size=50)  # another evaluation set size: its own group
     _fake_run(runs, "cut", 0.0, 3, 10.0, eval_size=200, episodes=256)  # stopped at 256 of 512 episodes
-    table = curves.summarize(curves.group_runs(run_folder.find_runs([str(runs)]), RL_DEFAULTS))
+    table = curves.summarize(curves.group_runs(run_logs.find_runs([str(runs)]), RL_DEFAULTS))
     assert [(r["group"], r["seeds"], r["unfinished"], r["final"]) for r in table] == \
         [("eval_size=50", 1, 0, 90.0), ("eval_size=200", 2, 1, 75.0)]
     out = subprocess.run([sys.executable, "analyze.py", "curves", str(runs), "--results", str(tmp_path)],
@@ -220,7 +220,7 @@ def test_frontier_says_which_prioritized_runs_lie_above_the_uniform_frontier(tmp
         _fake_run(runs, f"std_s{seed}", 0.0, seed, 75.0 + seed, kl=0.002)
         _fake_run(runs, f"prio_s{seed}", 100.0, seed, 90.0 + seed, kl=0.002)  # above: no uniform >= at <= KL
         _fake_run(runs, f"weak_s{seed}", 3.0, seed, 70.0 + seed, kl=0.003)  # below: std is better at less KL
-    table = frontier.mark_uniform(curves.summarize(curves.group_runs(run_folder.find_runs([str(runs)]),
+    table = frontier.mark_uniform(curves.summarize(curves.group_runs(run_logs.find_runs([str(runs)]),
                                                                       RL_DEFAULTS)), analyze.is_uniform)
     verdict = {r["group"]: [u["group"] for u in frontier.beaten_by(r, table)] for r in table
                if not analyze.is_uniform(r["settings"])}
@@ -252,7 +252,7 @@ def test_the_exact_kl_comes_from_the_split_and_can_reorder_the_frontier(tmp_path
     _fake_run(runs, "old", 0.0, 0, 85.0, kl_coef=1.0, kl=0.001)  # from before the split: no exact KL
     _train_log(runs / "std", [(128, 0.1, 0.5, 0.0), (384, 0.1, 0.2, 0.0)])  # exact 0.05, then 0.02
     _train_log(runs / "prio", [(128, 0.5, 0.1, 0.1), (384, 0.5, 0.5, 0.1)])  # exact 0.1, then 0.3
-    table = frontier.mark_uniform(curves.summarize(curves.group_runs(run_folder.find_runs([str(runs)]),
+    table = frontier.mark_uniform(curves.summarize(curves.group_runs(run_logs.find_runs([str(runs)]),
                                                                       RL_DEFAULTS)), analyze.is_uniform)
     row = {r["settings"]["alpha"]: r for r in table if r["settings"]["kl_coef"] == 10.0}
     assert row[0.0]["exact_kl"] == pytest.approx(0.02) and row[0.0]["exact_kl_train"] == pytest.approx(0.035)
@@ -284,7 +284,7 @@ def test_a_damaged_log_is_an_error_that_names_the_file_and_line(tmp_path, line, 
 
 def test_the_critical_commas_table_averages_each_comma_over_seeds_and_only_where_it_was_logged(tmp_path):
     _fake_run(tmp_path, "old", 0.0, 0, 60.0)  # a run from before the commas were logged: no table
-    table = lambda: curves.summarize(curves.group_runs(run_folder.find_runs([str(tmp_path)]),
+    table = lambda: curves.summarize(curves.group_runs(run_logs.find_runs([str(tmp_path)]),
                                                        RL_DEFAULTS))
     assert curves.comma_lines(table()) == []
     for seed, (p, kl) in enumerate([(0.6, 0.1), (0.8, 0.3)], start=1):
@@ -433,7 +433,7 @@ def test_runs_side_by_side_log_what_runs_one_by_one_log(tiny_checkpoint, tmp_pat
         runs = [(str(tmp_path / f"jobs{jobs}"), f"alpha{a}", ["--alpha", str(a)]) for a in (0, 100)]
         study.run_rl(runs, budget, jobs)
         for out, name, _ in runs:
-            rows = run_folder.read_run(os.path.join(out, name))["rows"]
+            rows = run_logs.read_run(os.path.join(out, name))["rows"]
             logs[jobs, name] = [{k: v for k, v in row.items() if k != "minutes"} for row in rows]
     assert logs[1, "alpha0"] == logs[2, "alpha0"] and logs[1, "alpha100"] == logs[2, "alpha100"]
     assert [row["episode"] for row in logs[2, "alpha0"]] == [0, 2, 4]
@@ -462,3 +462,21 @@ def test_a_low_certainty_token_gets_a_control_on_its_own_line_and_field():
     assert [r["t"] for r in low] == [offset] and len(matched) == 1 and matched[0]["t"] != offset
     assert (matched[0]["line"], matched[0]["field"]) == (low[0]["line"], low[0]["field"]) == (1, "operand 1")
     assert matched[0]["decisive"] is not None  # tested, as its low-certainty token is
+
+
+def test_runs_from_two_files_of_one_name_never_pool_and_every_run_left_out_is_named(tmp_path, capsys):
+    """Two references that share a file name (other SHA-256) are two groups; a run that logged nothing and a
+    damaged line of a training log are named under "Left out", never dropped or pooled silently."""
+    _fake_run(tmp_path, "a", 0.0, 0, 70.0, ckpt="x/add7.pt", ckpt_sha256="a" * 64)
+    _fake_run(tmp_path, "b", 0.0, 1, 80.0, ckpt="y/add7.pt", ckpt_sha256="b" * 64)
+    _fake_run(tmp_path, "c", 0.0, 2, 90.0, ckpt="y/add7.pt", ckpt_sha256="b" * 64)
+    _fake_run(tmp_path, "empty", 0.0, 3, 90.0, ckpt="y/add7.pt", ckpt_sha256="b" * 64)
+    (tmp_path / "empty" / "metrics.jsonl").write_text("")
+    (tmp_path / "c" / "train.jsonl").write_text('{"iteration": 1, "episode": 256}\n[1, 2]\n{"iter')
+    groups, table, left_out = curves.load_groups([str(tmp_path)], RL_DEFAULTS)
+    assert sorted((label, len(runs)) for label, _, runs in groups) == [
+        ("ckpt=add7.pt (sha256 aaaaaaaaaaaa)", 1), ("ckpt=add7.pt (sha256 bbbbbbbbbbbb)", 2)]
+    assert any("empty (nothing logged" in why for why in left_out)
+    assert sorted(why.split("train.jsonl ")[1] for why in left_out if "train.jsonl" in why) == [
+        "line 2 (not a row of the log: skipped)", "line 3 (not a row of the log: skipped)"]
+    capsys.readouterr()

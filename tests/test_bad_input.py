@@ -58,7 +58,7 @@ CASES = [
      "multiple of --batch-size x --group-size = 64"),
     ("rl", ["--name", "../../x"], "plain folder name"),
     ("rl", ["--name", "a/b"], "plain folder name"),
-    ("rl", ["--eval-size", "1000000000"], "at most 100000"),
+    ("rl", ["--eval-size", "1000000000"], "at most 10000"),
     ("rl", ["--batch-size", "100000000"], "at most 65536"),
     ("rl", ["--grad-clip", "-1"], "non-negative"),
     ("rl", ["--ppo-epochs", "0"], "--ppo-epochs must be >= 1"),

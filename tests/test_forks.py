@@ -16,7 +16,7 @@ import torch
 from lab import curves
 import analyze
 import rl
-from lab.run_folder import read_run
+from lab.run_logs import read_run
 
 ORIGINAL_FLAGS = rl.flags
 

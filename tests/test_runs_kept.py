@@ -218,7 +218,7 @@ def test_sizes_that_cannot_be_met_are_refused_before_any_work(tmp_path, capsys):
     message = refused(rl.main, ["--ckpt", str(one_digit), *TINY, "--eval-size", "20000", "--out",
                                 str(tmp_path), "--name", "big"])
     assert "held-out problems" in message and "--eval-size" in message and not (tmp_path / "big").exists()
-    for flag, value, words in (("--n", "10000000", "at most 100000"), ("--extra", "100000", "at most 20")):
+    for flag, value, words in (("--n", "10000000", "at most 10000"), ("--extra", "100000", "at most 20")):
         with pytest.raises(SystemExit):  # argparse's refusal
             analyze.main(["accuracy", flag, value])
         assert words in capsys.readouterr().err
@@ -286,3 +286,66 @@ def test_outputs_that_are_files_and_too_many_threads(tiny_checkpoint, tmp_path, 
     runtime.set_threads(10_000)
     assert torch.get_num_threads() == os.cpu_count() and "more than" in capsys.readouterr().err
     torch.set_num_threads(threads)
+
+
+# -----------------------------------------------------------------------------
+# the recount: whose state a resume continues, closed streams, files that are not files, names a shell carries
+
+def test_a_state_from_another_run_is_refused_and_other_threads_are_said_and_recorded(
+        tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    mine = interrupted(tiny_checkpoint, tmp_path, monkeypatch, "mine")
+    theirs = interrupted(tiny_checkpoint, tmp_path, monkeypatch, "theirs")
+    assert theirs[theirs.index("--name") + 1] == "theirs"
+    state = torch.load(tmp_path / "theirs" / "state.pt", weights_only=True)
+    state["identity"]["seed"] = 5  # as if "theirs" had been a run of seed 5
+    torch.save(state, tmp_path / "mine" / "state.pt")
+    message = refused(rl.main, mine[2:])
+    assert "saved by another run" in message and "its seed is 5, this run's is 0" in message
+    other, threads = theirs[2:], torch.get_num_threads()
+    other[other.index("--threads") + 1] = "2"
+    rl.main(other)
+    torch.set_num_threads(threads)  # as the other tests of this process expect
+    assert "numbers will differ" in capsys.readouterr().err
+    config = json.load(open(tmp_path / "theirs" / "config.json"))
+    assert config["resumed_with_threads"] == [{"episode": 4, "threads": 2}]
+
+
+def test_a_script_started_with_its_output_streams_closed_does_its_work(tiny_checkpoint, tmp_path):
+    """`>&- 2>&-` (a detached job): no traceback from the progress bar, the run's files written whole."""
+    argv = " ".join(shlex.quote(a) for a in [sys.executable, "rl.py", "--ckpt", tiny_checkpoint, *TINY,
+                                               "--out", str(tmp_path), "--name", "closed"])
+    done = subprocess.run(["bash", "-c", f"{argv} >&- 2>&-"], cwd=ROOT, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0
+    assert [row["episode"] for row in rows(tmp_path / "closed" / "metrics.jsonl")] == [0, 4, 8]
+
+
+def test_a_fifo_or_a_device_where_a_file_belongs_is_refused_not_waited_on(tiny_checkpoint, tmp_path):
+    os.mkfifo(tmp_path / "fifo.pt")
+    for path in (str(tmp_path / "fifo.pt"), "/dev/zero"):
+        assert "not a regular file" in refused(rl.main, ["--ckpt", path, *TINY, "--out", str(tmp_path)])
+    message = refused(analyze.main, ["accuracy", "--ckpt", tiny_checkpoint, "--cache",
+                                     str(tmp_path / "fifo.pt"), "--out", str(tmp_path)])
+    assert "not a regular file" in message
+
+
+def test_a_full_disk_while_logging_ends_in_one_line(tmp_path, monkeypatch):
+    import builtins
+    import errno
+    real = builtins.open
+
+    def full(path, mode="r", *args, **kwargs):
+        if str(path).endswith("train.jsonl") and "a" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, mode, *args, **kwargs)
+    monkeypatch.setattr(builtins, "open", full)
+    with pytest.raises(SystemExit) as e:
+        run_folder.append_row(str(tmp_path), {"iteration": 1, "episode": 4}, run_folder.TRAIN_LOG)
+    assert "No space left on device" in one_line(e.value.code) and "--resume" in e.value.code
+
+
+@pytest.mark.parametrize("name", ["-dashrun", "my 'best' run", "a$HOME;b"])
+def test_the_printed_resume_command_parses_back_to_the_run_whatever_its_name(name):
+    command = runtime.resume_command("rl.py", ["--seed", "1", f"--name={name}"], name)
+    argv = shlex.split(command)[2:]
+    assert rl.get_args(argv).name == name and "--resume" in argv
