@@ -215,7 +215,7 @@ def test_sizes_that_cannot_be_met_are_refused_before_any_work(tmp_path, capsys):
     one_digit = tmp_path / "add1.pt"
     save_checkpoint(str(one_digit), GPT(GPTConfig(block_size=256, n_layer=1, n_head=2, n_embd=16)),
                     args={"digits": 1})
-    message = refused(rl.main, ["--ckpt", str(one_digit), *TINY, "--eval-size", "20000", "--out",
+    message = refused(rl.main, ["--ckpt", str(one_digit), *TINY, "--eval-size", "5000", "--out",
                                 str(tmp_path), "--name", "big"])
     assert "held-out problems" in message and "--eval-size" in message and not (tmp_path / "big").exists()
     for flag, value, words in (("--n", "10000000", "at most 10000"), ("--extra", "100000", "at most 20")):
