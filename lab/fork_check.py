@@ -49,7 +49,8 @@ def run(step, command, folder):
     done = subprocess.run([sys.executable, *command], cwd=folder, capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     if done.returncode != 0 or "Traceback" in done.stderr:
-        tail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-3:]
+        said = (done.stderr.strip() or done.stdout.strip()).splitlines()
+        tail = [line for line in said if "error" in line.lower()][-1:] or said[-3:]  # the error, not usage
         fail(step, " | ".join(tail) or f"exit status {done.returncode}")
     print(f"ok: {step}")
     return done
