@@ -218,3 +218,10 @@ def test_the_readmes_add5_finding_is_what_curves_computes_from_the_logs(tmp_path
         assert cells[2] == final  # N+k final, paired
         if baseline.endswith("0.03"):
             assert cells[6] == comma  # critical p final, lines 1-3, paired
+
+
+def test_every_path_the_readme_names_exists():
+    """A file or folder the README points a reader to is committed (results, checkpoints, tests, lab)."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    named = set(re.findall(r"(?<![\w/])((?:results|checkpoints|tests|lab)/[\w./-]*[\w/])", readme))
+    assert named and [path for path in sorted(named) if not os.path.exists(os.path.join(ROOT, path))] == []
