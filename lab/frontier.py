@@ -140,21 +140,36 @@ FRONTIER_KEYS = (("auc_mean", "test area (mean over evaluations)"), ("comfort", 
 
 
 def frontier_at(uniform_runs, x, key):
-    """The uniform penalties' `key` at exact KL x on one seed: linear in log KL between the two uniform
-    runs whose exact KL (training mean) brackets x; None outside their range."""
-    points = sorted((seed_value(run, "exact_kl_train"), seed_value(run, key)) for run in uniform_runs)
-    points = [(kl, y) for kl, y in points if kl > 0 and not math.isnan(kl)]
-    for (k0, y0), (k1, y1) in zip(points, points[1:]):
+    """The uniform penalties' `key` at exact KL x on one seed, and where it came from: linear in log KL
+    between the two uniform runs whose exact KL (training mean) brackets x ("kl_coef 0.1-0.03"); outside
+    their range, None and how far x lies from the nearest one
+    ("outside: 0.25 below kl_coef 0.1 in log KL")."""
+    points = sorted((seed_value(run, "exact_kl_train"), seed_value(run, key), run["config"].get("kl_coef"))
+                    for run in uniform_runs)
+    points = [p for p in points if p[0] > 0 and not math.isnan(p[0])]
+    if not points:
+        return None, "no uniform run of this seed"
+    for (k0, y0, c0), (k1, y1, c1) in zip(points, points[1:]):
         if k0 <= x <= k1:
             share = 0.0 if k1 == k0 else (math.log(x) - math.log(k0)) / (math.log(k1) - math.log(k0))
-            return y0 + share * (y1 - y0)
-    return None
+            return y0 + share * (y1 - y0), f"kl_coef {c0:g}-{c1:g}"
+    edge, side = (points[0], "below") if x < points[0][0] else (points[-1], "above")
+    return None, f"outside: {abs(math.log(x / edge[0])):.2f} {side} kl_coef {edge[2]:g} in log KL"
+
+
+def comfort_lost(run):
+    """The damage of the add5 plans: the comfort zone ends 5 points or more below its start (a missing value
+    counts as lost)."""
+    first, last = run["rows"][0].get("acc_comfort"), run["rows"][-1].get("acc_comfort")
+    return first is None or last is None or first - last >= 5
 
 
 def against_frontier_lines(table):
     """For each prioritized group: per seed, its test area and comfort final minus the uniform frontier
     interpolated at its own exact KL (the uniform penalties, kl_coef > 0, of the same seed), then the mean,
-    95% interval and detectable difference; its mean kl_weight overall and at the commas."""
+    95% interval and detectable difference; its mean kl_weight overall and at the commas; then each seed's
+    bracket, or how far outside the uniform range it lies; and every group's seeds that lost the comfort
+    zone."""
     uniform = [run for r in table if r["uniform"] and r["settings"].get("kl_coef", 0) > 0
                for run in r["runs"]]
     lines = ["Against the uniform frontier at the same exact KL (per seed: linear in log exact KL between the"
@@ -163,25 +178,35 @@ def against_frontier_lines(table):
              "| runs | exact KL | mean kl_weight (overall / at the commas) | seeds inside | " +
              " | ".join(f"{header}: minus frontier | detectable" for _, header in FRONTIER_KEYS) + " |",
              "|---" * (4 + 2 * len(FRONTIER_KEYS)) + "|"]
+    per_seed = ["", "Per seed (a seed outside the uniform runs' range of exact KL is not interpolated):", "",
+                "| runs | seed | exact KL | uniform bracket | " +
+                " | ".join(f"{header}: minus frontier" for _, header in FRONTIER_KEYS) + " |",
+                "|---" * (4 + len(FRONTIER_KEYS)) + "|"]
     for r in (r for r in table if not r["uniform"]):
-        cells, inside = [], 0
-        for key, _ in FRONTIER_KEYS:
-            diffs = []
-            for run in r["runs"]:
-                mine = [u for u in uniform if u["config"].get("seed") == run["config"].get("seed")]
-                y = frontier_at(mine, seed_value(run, "exact_kl_train"), key)
+        diffs = {key: [] for key, _ in FRONTIER_KEYS}
+        for run in sorted(r["runs"], key=lambda run: str(run["config"].get("seed"))):
+            mine = [u for u in uniform if u["config"].get("seed") == run["config"].get("seed")]
+            x = seed_value(run, "exact_kl_train")
+            cells = []
+            for key, _ in FRONTIER_KEYS:
+                y, where = frontier_at(mine, x, key)
                 if y is not None:
-                    diffs.append(seed_value(run, key) - y)
-            inside = len(diffs)
-            cells += [plus_minus(*mean_ci(diffs)) if diffs else "n/a",
-                      f"{detectable(diffs):.1f}" if len(diffs) > 1 else "n/a"]
+                    diffs[key].append(seed_value(run, key) - y)
+                cells.append("n/a" if y is None else f"{seed_value(run, key) - y:+.1f}")
+            per_seed.append(f"| {r['group']} | {run['config'].get('seed')} | {x:.5f} | {where} | "
+                            + " | ".join(cells) + " |")
+        cells = []
+        for key, _ in FRONTIER_KEYS:
+            cells += [plus_minus(*mean_ci(diffs[key])) if diffs[key] else "n/a",
+                      f"{detectable(diffs[key]):.1f}" if len(diffs[key]) > 1 else "n/a"]
         weights = [mean_ci([seed_value(run, k) for run in r["runs"]])[0] for k in ("kl_weight_train",
                                                                                    "weight_critical")]
         lines.append(f"| {r['group']} | {plus_minus(r['exact_kl_train'], r['exact_kl_train_ci'], 5)} | "
                      + " / ".join("n/a" if math.isnan(w) else f"{w:.4f}" for w in weights)
-                     + f" | {inside} of {r['seeds']} | "
-                     + " | ".join(cells) + " |")
-    return lines
+                     + f" | {len(diffs[FRONTIER_KEYS[0][0]])} of {r['seeds']} | " + " | ".join(cells) + " |")
+    lost = "; ".join(f"{r['group']} {sum(map(comfort_lost, r['runs']))} of {r['seeds']}" for r in table)
+    lost = ["", f"Seeds whose comfort zone ended 5 points or more below its start: {lost}."]
+    return lines + per_seed + lost
 
 
 def plot_against_frontier(table, path, title):

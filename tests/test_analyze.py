@@ -210,6 +210,8 @@ def test_damage_is_a_comfort_loss_a_fall_below_the_start_or_a_non_finite_value()
     assert not curves.damaged(run(96.0, 80.0))
     assert curves.damaged(run(95.0, 80.0)) and curves.damaged(run(100.0, 59.5))
     assert curves.damaged(run(100.0, 80.0, kl=float("nan")))
+    # the add5 plans' damage is the comfort zone's alone: a fall of the N+k accuracy is not damage there
+    assert frontier.comfort_lost(run(95.0, 80.0)) and not frontier.comfort_lost(run(100.0, 59.5))
 
 
 def test_frontier_says_which_prioritized_runs_lie_above_the_uniform_frontier(tmp_path):
@@ -265,6 +267,32 @@ def test_the_exact_kl_comes_from_the_split_and_can_reorder_the_frontier(tmp_path
     assert out.returncode == 0, out.stderr
     assert "| prioritized | 1 of 1 | 0.30000 (1 seed) | 0.0020 (1 seed) | 90.0 (1 seed) | alpha" in out.stdout
     assert (tmp_path / "res" / "fr_exact.png").stat().st_size > 1000
+
+
+def test_a_prioritized_run_is_measured_against_the_uniform_runs_of_its_seed_in_log_kl(tmp_path):
+    """Seed 0: uniform kl_coef 1 at exact KL 0.01 (area 55) and 0.1 at 0.04 (area 65); the prioritized run at
+    0.02 lies half-way in log KL, where the frontier is 60: its area 63 is +3.0. Seed 1's prioritized run, at
+    0.005, lies outside the uniform range, log(2) = 0.69 below kl_coef 1: not interpolated, and said so."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for seed, prioritized_kl in ((0, 0.02), (1, 0.005)):  # area (mean over 3 evaluations) = 25 + final / 2
+        for name, alpha, kl_coef, final, kl in (("stiff", 0.0, 1.0, 60.0, 0.01),
+                                                ("loose", 0.0, 0.1, 80.0, 0.04),
+                                                ("prio", 100.0, 10.0, 76.0, prioritized_kl)):
+            _fake_run(runs, f"{name}_s{seed}", alpha, seed, final, kl_coef=kl_coef)
+            _train_log(runs / f"{name}_s{seed}", [(128, 1.0, kl, 0.0), (384, 1.0, kl, 0.0)])
+    uniform = [run for run in run_logs.find_runs([str(runs)]) if run["config"]["alpha"] == 0.0
+               and run["config"]["seed"] == 0]
+    assert frontier.frontier_at(uniform, 0.02, "auc_mean") == (pytest.approx(60.0), "kl_coef 1-0.1")
+    outside = "outside: 0.69 above kl_coef 0.1 in log KL"
+    assert frontier.frontier_at(uniform, 0.08, "auc_mean") == (None, outside)
+    out = subprocess.run([sys.executable, "analyze.py", "frontier", str(runs), "--name", "fr", "--results",
+                          str(tmp_path / "res")], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "| alpha=100.0, kl_coef=10.0 | 0 | 0.02000 | kl_coef 1-0.1 | +3.0 | +0.0 |" in out.stdout
+    assert "| 1 | 0.00500 | outside: 0.69 below kl_coef 1 in log KL | n/a | n/a |" in out.stdout
+    assert "| 1 of 2 | 3.0 (1 seed) | n/a |" in out.stdout
+    assert "alpha=100.0, kl_coef=10.0 0 of 2" in out.stdout
 
 
 @pytest.mark.parametrize("line, message", [("{not json", "line 2 is not JSON"),
