@@ -184,7 +184,7 @@ def against_frontier_lines(table):
                 "|---" * (4 + len(FRONTIER_KEYS)) + "|"]
     for r in (r for r in table if not r["uniform"]):
         diffs = {key: [] for key, _ in FRONTIER_KEYS}
-        for run in sorted(r["runs"], key=lambda run: run["config"].get("seed") or 0):  # 2 before 10
+        for run in r["runs"]:  # in seed order already: curves.group_runs sorts each group by seed
             mine = [u for u in uniform if u["config"].get("seed") == run["config"].get("seed")]
             x = seed_value(run, "exact_kl_train")
             cells = []
