@@ -217,14 +217,22 @@ def plot_against_frontier(table, path, title):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for ax, key, ylabel in zip(axes, ("auc_mean", "comfort"), ("test area, mean over evaluations (%)",
                                                               "comfort zone final (%)")):
+        leftmost = min((r for r in table if not r["uniform"]), key=lambda r: r["exact_kl_train"],
+                       default=None)
         for r in table:
-            ys = mean_ci([seed_value(run, key) for run in r["runs"]])
+            x, (y, y_ci) = r["exact_kl_train"], mean_ci([seed_value(run, key) for run in r["runs"]])
             color = "tab:blue" if r["uniform"] else "tab:orange"
-            ax.errorbar(r["exact_kl_train"], ys[0], xerr=r["exact_kl_train_ci"], yerr=ys[1], color=color,
+            x_ci = [[min(r["exact_kl_train_ci"], 0.9 * x)], [r["exact_kl_train_ci"]]]  # a log axis stays > 0
+            ax.errorbar(x, y, xerr=x_ci, yerr=y_ci, color=color,
                         marker="o" if r["settings"].get("kl_coef", 0) > 0 else "s", capsize=3)
-            short = r["group"].replace("alpha=", "a=").replace("kl_coef=", "c=")
-            ax.annotate(short, (r["exact_kl_train"], ys[0]), textcoords="offset points", xytext=(4, 4),
-                        fontsize=6)
+            coef, alpha = r["settings"].get("kl_coef", 0), r["settings"].get("alpha", 0)
+            short = ("no penalty" if coef == 0 else f"kl {coef:g}" if r["uniform"]
+                     else f"a {alpha:g}, kl {coef:g}")
+            # prioritized points often sit close together: the leftmost one's label goes left, others' right
+            side = -1 if r is leftmost else 1
+            offset = (4, 4) if r["uniform"] else (8 * side, -3)
+            ax.annotate(short, (x, y), textcoords="offset points", xytext=offset, fontsize=7, color=color,
+                        ha="left" if side > 0 else "right")
         line = sorted((r["exact_kl_train"], mean_ci([seed_value(run, key) for run in r["runs"]])[0])
                       for r in table if r["uniform"] and r["settings"].get("kl_coef", 0) > 0)
         ax.plot([x for x, _ in line], [y for _, y in line], color="tab:blue", linewidth=1,
