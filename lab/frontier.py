@@ -125,7 +125,7 @@ def cmd_frontier(args, defaults, is_uniform):
                      f"{plus_minus(r['kl'], r['kl_ci'], 4)} | {plus_minus(r['final'], r['final_ci'])} | "
                      f"{'' if uniform else verdict(r, exact, 'exact_kl')} |")
     if exact:
-        lines += [""] + against_frontier_lines(exact)
+        lines += [""] + area_points_lines(exact) + [""] + against_frontier_lines(exact)
     write_table(args, "frontier", lines, left_out, [run for _, _, members in groups for run in members])
     plot_frontier(table, os.path.join(args.results, args.name + ".png"), args.name)
     if exact:
@@ -155,6 +155,20 @@ def frontier_at(uniform_runs, x, key):
             return y0 + share * (y1 - y0), f"kl_coef {c0:g}-{c1:g}"
     edge, side = (points[0], "below") if x < points[0][0] else (points[-1], "above")
     return None, f"outside: {abs(math.log(x / edge[0])):.2f} {side} kl_coef {edge[2]:g} in log KL"
+
+
+def area_points_lines(table):
+    """The points of <name>_area.png as a table: each group's exact KL (training mean), test area (mean over
+    evaluations) and comfort final, mean and 95% interval over its seeds."""
+    lines = ["The area figure's points (exact KL: the mean over training; mean and 95% interval over seeds):",
+             "", "| runs | penalty | seeds | exact KL/token, training mean | "
+             "test area (mean over evaluations) | comfort zone final |", "|---" * 6 + "|"]
+    for r in sorted(table, key=lambda r: r["exact_kl_train"]):
+        cells = [plus_minus(*mean_ci([seed_value(run, key) for run in r["runs"]])) for key in ("auc_mean",
+                                                                                              "comfort")]
+        lines.append(f"| {r['group']} | {'uniform' if r['uniform'] else 'prioritized'} | {r['seeds']} | "
+                     f"{plus_minus(r['exact_kl_train'], r['exact_kl_train_ci'], 5)} | {' | '.join(cells)} |")
+    return lines
 
 
 def comfort_lost(run):

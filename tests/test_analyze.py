@@ -293,6 +293,8 @@ def test_a_prioritized_run_is_measured_against_the_uniform_runs_of_its_seed_in_l
     assert "| 1 | 0.00500 | outside: 0.69 below kl_coef 1 in log KL | n/a | n/a |" in out.stdout
     assert "| 1 of 2 | 3.0 (1 seed) | n/a |" in out.stdout
     assert "alpha=100.0, kl_coef=10.0 0 of 2" in out.stdout
+    # the area figure's points: each group's training-mean exact KL and area over its two seeds (equal here)
+    assert "| alpha=0.0, kl_coef=0.1 | uniform | 2 | 0.04000 +- 0.00000 | 65.0 +- 0.0 |" in out.stdout
 
 
 @pytest.mark.parametrize("line, message", [("{not json", "line 2 is not JSON"),
