@@ -233,6 +233,8 @@ def plot_against_frontier(table, path, title):
                                                               "comfort zone final (%)")):
         leftmost = min((r for r in table if not r["uniform"]), key=lambda r: r["exact_kl_train"],
                        default=None)
+        differ = sorted(k for k in set().union(*(r["settings"] for r in table))  # besides alpha, kl_coef
+                        if k not in ("alpha", "kl_coef") and len({str(r["settings"].get(k)) for r in table}) > 1)
         for r in table:
             x, (y, y_ci) = r["exact_kl_train"], mean_ci([seed_value(run, key) for run in r["runs"]])
             color = "tab:blue" if r["uniform"] else "tab:orange"
@@ -240,13 +242,14 @@ def plot_against_frontier(table, path, title):
             ax.errorbar(x, y, xerr=x_ci, yerr=y_ci, color=color,
                         marker="o" if r["settings"].get("kl_coef", 0) > 0 else "s", capsize=3)
             coef, alpha = r["settings"].get("kl_coef", 0), r["settings"].get("alpha", 0)
-            short = ("no penalty" if coef == 0 else f"kl {coef:g}" if r["uniform"]
-                     else f"a {alpha:g}, kl {coef:g}")
+            short = ", ".join(["no penalty" if coef == 0 else f"kl {coef:g}" if r["uniform"]
+                               else f"a {alpha:g}, kl {coef:g}"]  # and any other setting the groups differ in
+                              + [f"{k}={r['settings'].get(k)}" for k in differ])
             # prioritized points often sit close together: the leftmost one's label goes left, others' right
             side = -1 if r is leftmost else 1
             offset = (4, 4) if r["uniform"] else (8 * side, -3)
             ax.annotate(short, (x, y), textcoords="offset points", xytext=offset, fontsize=7, color=color,
-                        ha="left" if side > 0 else "right")
+                        ha="left" if side > 0 else "right").set_in_layout(False)  # long labels keep the axes
         line = sorted((r["exact_kl_train"], mean_ci([seed_value(run, key) for run in r["runs"]])[0])
                       for r in table if r["uniform"] and r["settings"].get("kl_coef", 0) > 0)
         ax.plot([x for x, _ in line], [y for _, y in line], color="tab:blue", linewidth=1,
