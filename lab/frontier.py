@@ -233,8 +233,8 @@ def plot_against_frontier(table, path, title):
                                                               "comfort zone final (%)")):
         leftmost = min((r for r in table if not r["uniform"]), key=lambda r: r["exact_kl_train"],
                        default=None)
-        differ = sorted(k for k in set().union(*(r["settings"] for r in table))  # besides alpha, kl_coef
-                        if k not in ("alpha", "kl_coef") and len({str(r["settings"].get(k)) for r in table}) > 1)
+        keys = set().union(*(r["settings"] for r in table)) - {"alpha", "kl_coef"}
+        differ = sorted(k for k in keys if len({str(r["settings"].get(k)) for r in table}) > 1)
         for r in table:
             x, (y, y_ci) = r["exact_kl_train"], mean_ci([seed_value(run, key) for run in r["runs"]])
             color = "tab:blue" if r["uniform"] else "tab:orange"
