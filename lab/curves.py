@@ -119,6 +119,7 @@ def summarize(groups):
         for name, values in (("final", [seed_value(r, "final") for r in done]),
                              ("val", [seed_value(r, "val_plus") for r in done]),
                              ("auc", [seed_value(r, "auc") for r in done]),
+                             ("auc_mean", [seed_value(r, "auc_mean") for r in done]),
                              ("comfort", [seed_value(r, "comfort") for r in done]),
                              ("critical_p", [seed_value(r, "critical_p") for r in done]),
                              ("critical_p_all", [seed_value(r, "critical_p_all") for r in done]),

@@ -164,10 +164,10 @@ def area_points_lines(table):
              "", "| runs | penalty | seeds | exact KL/token, training mean | "
              "test area (mean over evaluations) | comfort zone final |", "|---" * 6 + "|"]
     for r in sorted(table, key=lambda r: r["exact_kl_train"]):
-        cells = [plus_minus(*mean_ci([seed_value(run, key) for run in r["runs"]])) for key in ("auc_mean",
-                                                                                              "comfort")]
+        cells = [plus_minus(r["exact_kl_train"], r["exact_kl_train_ci"], 5)]
+        cells += [plus_minus(r[key], r[key + "_ci"]) for key in ("auc_mean", "comfort")]
         lines.append(f"| {r['group']} | {'uniform' if r['uniform'] else 'prioritized'} | {r['seeds']} | "
-                     f"{plus_minus(r['exact_kl_train'], r['exact_kl_train_ci'], 5)} | {' | '.join(cells)} |")
+                     + " | ".join(cells) + " |")
     return lines
 
 
@@ -223,34 +223,43 @@ def against_frontier_lines(table):
     return lines + per_seed + lost
 
 
+def point_labels(table):
+    """A short label per group: "no penalty", "kl 0.1" (uniform) or "a 1000, kl 10" (prioritized), and any
+    other setting the groups differ in (certainty=maxprob, say)."""
+    others = set().union(*(r["settings"] for r in table)) - {"alpha", "kl_coef"}
+    differ = sorted(k for k in others if len({str(r["settings"].get(k)) for r in table}) > 1)
+    labels = []
+    for r in table:
+        coef, alpha = r["settings"].get("kl_coef", 0), r["settings"].get("alpha", 0)
+        penalty = ("no penalty" if coef == 0 else f"kl {coef:g}" if r["uniform"]
+                   else f"a {alpha:g}, kl {coef:g}")
+        labels.append(", ".join([penalty] + [f"{k}={r['settings'].get(k)}" for k in differ]))
+    return labels
+
+
 def plot_against_frontier(table, path, title):
     """Test area (mean over evaluations) and comfort-zone final against the exact KL (training mean), one
     point per group with 95% bars on both axes, the uniform penalties (kl_coef > 0) joined in order of KL."""
     plt = pyplot()
     table = [r for r in table if not math.isnan(r["exact_kl_train"]) and r["exact_kl_train"] > 0]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    labels = point_labels(table)
+    # prioritized points often sit close together: the leftmost one's label goes left, the others' right
+    leftmost = min((r for r in table if not r["uniform"]), key=lambda r: r["exact_kl_train"],
+                   default=None)
     for ax, key, ylabel in zip(axes, ("auc_mean", "comfort"), ("test area, mean over evaluations (%)",
                                                               "comfort zone final (%)")):
-        leftmost = min((r for r in table if not r["uniform"]), key=lambda r: r["exact_kl_train"],
-                       default=None)
-        keys = set().union(*(r["settings"] for r in table)) - {"alpha", "kl_coef"}
-        differ = sorted(k for k in keys if len({str(r["settings"].get(k)) for r in table}) > 1)
-        for r in table:
-            x, (y, y_ci) = r["exact_kl_train"], mean_ci([seed_value(run, key) for run in r["runs"]])
+        for r, label in zip(table, labels):
+            x, y = r["exact_kl_train"], r[key]
             color = "tab:blue" if r["uniform"] else "tab:orange"
             x_ci = [[min(r["exact_kl_train_ci"], 0.9 * x)], [r["exact_kl_train_ci"]]]  # a log axis stays > 0
-            ax.errorbar(x, y, xerr=x_ci, yerr=y_ci, color=color,
+            ax.errorbar(x, y, xerr=x_ci, yerr=r[key + "_ci"], color=color,
                         marker="o" if r["settings"].get("kl_coef", 0) > 0 else "s", capsize=3)
-            coef, alpha = r["settings"].get("kl_coef", 0), r["settings"].get("alpha", 0)
-            short = ", ".join(["no penalty" if coef == 0 else f"kl {coef:g}" if r["uniform"]
-                               else f"a {alpha:g}, kl {coef:g}"]  # and any other setting the groups differ in
-                              + [f"{k}={r['settings'].get(k)}" for k in differ])
-            # prioritized points often sit close together: the leftmost one's label goes left, others' right
             side = -1 if r is leftmost else 1
             offset = (4, 4) if r["uniform"] else (8 * side, -3)
-            ax.annotate(short, (x, y), textcoords="offset points", xytext=offset, fontsize=7, color=color,
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=offset, fontsize=7, color=color,
                         ha="left" if side > 0 else "right").set_in_layout(False)  # long labels keep the axes
-        line = sorted((r["exact_kl_train"], mean_ci([seed_value(run, key) for run in r["runs"]])[0])
+        line = sorted((r["exact_kl_train"], r[key])
                       for r in table if r["uniform"] and r["settings"].get("kl_coef", 0) > 0)
         ax.plot([x for x, _ in line], [y for _, y in line], color="tab:blue", linewidth=1,
                 label="uniform penalties (joined)")
