@@ -102,8 +102,9 @@ def cmd_errors(args, device, dtype):
     in_lists = [e for e in first_errors if e["field"].startswith("operand") and e["line"] <= 3]
     at_critical = {lines: sum(e["offset"] in data.critical_positions((a, b), n, lines)
                               for e, (c, a, b) in zip(first_errors, failures)) for lines in (3, None)}
-    print(f"{args.ckpt}: {k}+{k} greedy accuracy {100 * (1 - len(failures) / len(problems)):.1f}% "
-          f"({len(failures)} of {len(problems)} failed)")
+    accuracy = 100 * (1 - len(failures) / len(problems))
+    print(f"{args.ckpt}: {k}-digit operands, greedy accuracy {accuracy:.1f}% ({len(failures)} of "
+          f"{len(problems)} failed)")
     if failures:
         def share(count):
             return f"{count} of {len(failures)} failures ({100 * count / len(failures):.1f}%)"
@@ -208,7 +209,8 @@ def probe(model, n, problems, greedy, device, dtype, drop=0.05, controls=4, samp
 
 
 def same_place(place, other):
-    """Whether two characters do the same job in the scratchpad: the same line and field (errors.locate)."""
+    """Whether two characters do the same job in the scratchpad: the same line and field (lab/scratchpad.py
+    locate)."""
     return place["line"] == other["line"] and place["field"] == other["field"]
 
 
@@ -310,18 +312,18 @@ def alpha_markdown(model, n, size, device, dtype, draft=True, certainty=rl.certa
     problems = data.eval_set("rl", 1, size, n=n)
     with mixed_precision(device, dtype):
         completions = generation.complete(model, problems, device=device, draft=draft)
-        decisive, elsewhere = metrics.certainty_at_errors(model, problems, completions, certainty)
+        at_errors, elsewhere = metrics.certainty_at_errors(model, problems, completions, certainty)
     lines = [f"Which alpha does what: the weight J^alpha of the KL term on {size} held-out 'N+1' problems "
-             f"(rl.py's training distribution), at the first wrong character of the {len(decisive)} failed "
+             f"(rl.py's training distribution), at the first wrong character of the {len(at_errors)} failed "
              f"greedy generations and on average over the {len(elsewhere)} characters written right:", "",
              "| alpha | " + " | ".join(f"{a:g}" for a in ALPHAS) + " |", "|---" * (len(ALPHAS) + 1) + "|"]
-    for name, values in (("at the first error", decisive), ("elsewhere", elsewhere)):
+    for name, values in (("at the first error", at_errors), ("elsewhere", elsewhere)):
         weights = [lambda j, run=rl.args_with(alpha=a): rl.kl_weight(j, run) for a in ALPHAS]
         cells = ["n/a" if not values else f"{metrics.mean_weight(values, weight):.3f}" for weight in weights]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    below = [sum(j < metrics.UNCERTAIN for j in values) for values in (decisive, elsewhere)]
+    below = [sum(j < metrics.UNCERTAIN for j in values) for values in (at_errors, elsewhere)]
     return lines + ["", f"J below {metrics.UNCERTAIN:g}, where rl.py splits the KL (metrics.kl_split): "
-                        f"{below[0]} of {len(decisive)} first-error states, {below[1]} of {len(elsewhere)} "
+                        f"{below[0]} of {len(at_errors)} first-error states, {below[1]} of {len(elsewhere)} "
                         "others."]
 
 

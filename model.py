@@ -309,8 +309,10 @@ def load_for_fine_tuning(path, device, digits_plus, rows):
     n = pretrain_digits(meta, path)
     longest = data.longest_sequence(n + digits_plus)
     if longest > policy.config.block_size:
+        fix = ("lower --digits-plus" if digits_plus > 1 else
+               f"pre-train a model with more positions (pretrain.py --block-size {longest} or more)")
         sys.exit(f"error: {n + digits_plus}-digit problems need {longest} positions but {path} has "
-                 f"{policy.config.block_size}; lower --digits-plus")
+                 f"{policy.config.block_size}; {fix}")
     if message := too_big(policy.config, rows, longest, device):
         sys.exit(f"error: {message}; lower --batch-size or --group-size")
     reference.requires_grad_(False)

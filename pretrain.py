@@ -6,7 +6,10 @@ Supervised pre-training on 1..N-digit additions with the scratchpad (the paper's
     python pretrain.py --digits 7 --resume         # continue an interrupted run (Ctrl-C saves)
     torchrun --standalone --nproc_per_node 2 pretrain.py --threads 1   # 2 processes, half a batch each
 
-The story: flags -> seed and device -> model and optimizer -> loop (batch, step, evaluate, save).
+Read it as rl.py: `train` is the loop, five numbered steps (batch, learning rate, forward, backward and
+step, now and then evaluate and save); `set_up` makes what it runs on (device, processes, model, optimizer,
+the data stream, a resumed state); the rest only keeps a run safe (saving, stopping, resuming). Comments
+marked "ranks:" are for torchrun's processes, each with a share of every batch.
 Two choices matter for the RL stage that follows:
   - every batch is drawn from a pool of problems sorted by length, so rows in a batch have nearly
     the same length and almost no compute goes to padding;
@@ -14,6 +17,7 @@ Two choices matter for the RL stage that follows:
     --block-size is trained, including those that only (N+1)-digit problems reach.
 """
 import argparse
+import contextlib
 import glob
 import math
 import os
@@ -21,6 +25,7 @@ import random
 import signal
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 from tqdm import tqdm
@@ -100,7 +105,8 @@ def learning_rate(step, args):
 
 
 def evaluate(model, digits, size, device, dtype):
-    """Greedy exact-match accuracy (percent) on held-out K+K problems, K = 1..digits+1 (those that fit)."""
+    """Greedy exact-match accuracy (percent) on held-out problems whose operands both have K digits, for
+    K = 1..digits+1 (those that fit the model's positions)."""
     fits = [k for k in range(1, digits + 2)
             if data.longest_sequence(k) <= model.config.block_size]
     with mixed_precision(device, dtype):
@@ -171,19 +177,54 @@ def check_out(args, writer=True):
 
 
 def main(argv=None):
+    args = get_args(argv)
     try:
-        train(argv)
+        run = set_up(args, sys.argv[1:] if argv is None else argv)
+        train(run, args)
+        if run.rank == 0:
+            elapsed, acc, longer = time.time() - run.t0, run.evals[args.steps], args.digits + 1
+            beyond = f" | {longer} digits {acc[longer]:.1f}%" if longer in acc else ""
+            print(f"done: {args.steps} steps in {elapsed / 60:.1f} min | {args.digits}-digit operands greedy "
+                  f"{acc[args.digits]:.1f}%{beyond} | saved {args.out}")
         end_ranks()
     finally:
         release_locks()  # --out is free for the next writer (tests run several in one process)
 
 
-def train(argv=None):
-    """The whole pre-training run: flags, setup, the loop, the summary."""
-    args = get_args(argv)
+def train(run, args):
+    """Supervised pre-training, step after step from the run's first (or, resumed, next) step. `run` is the
+    run's state (set_up: model, optimizer, data stream, device, ranks); `args` its flags."""
+    bar = tqdm(range(run.start_step, args.steps), initial=run.start_step, total=args.steps, desc="pretrain",
+               dynamic_ncols=True, disable=run.rank > 0)
+    with stop_requests() as asked:  # Ctrl-C or a kill's SIGTERM: stop after this step, saved
+        for step in bar:
+            # 1. a batch of problems of nearly equal length (ranks: this process's rows), at random offsets
+            batch, x, y, offset = next_batch(run, args)
+            # 2. the learning rate: linear warm-up, then cosine decay
+            for group in run.optimizer.param_groups:
+                group["lr"] = learning_rate(step, args)
+            # 3. forward: next-character cross-entropy on the completion (scratchpad and answer) only
+            with mixed_precision(run.device, run.dtype):
+                _, loss = run.model(x, y, offset)
+            if run.ranks > 1:  # ranks: weighted by its share of the targets, the gradients' sum is the mean's
+                loss = loss * (y != -1).sum() / sum(len(data.target(problem)) for problem in batch)
+            # 4. backward, clip, step
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            sum_gradients(run.model)  # ranks: add up every process's gradients (nothing when alone)
+            if args.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(run.model.parameters(), args.grad_clip)
+            run.optimizer.step()
+            # 5. now and then: look at the loss, evaluate, save; stop here if asked to
+            after_step(run, args, step + 1, loss, asked, bar)
+
+
+def set_up(args, argv):
+    """All a run holds, as one namespace: threads, device and torchrun's rank and ranks, the model and its
+    AdamW optimizer (weight decay on matrices only), the data stream, and for --resume the saved state put
+    back (the stream replayed to where it was)."""
     set_threads(args.threads)
-    device = pick_device(args.device)
-    rank, ranks, device = start_ranks(device)  # ranks: under torchrun, each takes 1/ranks of every batch
+    rank, ranks, device = start_ranks(pick_device(args.device))  # ranks: each takes 1/ranks of every batch
     if args.batch_size % ranks:
         sys.exit(f"error: --batch-size {args.batch_size} does not split over {ranks} processes: use a "
                  f"multiple of {ranks}")
@@ -192,8 +233,7 @@ def train(argv=None):
     dtype = autocast_dtype(args.dtype, device)
     config = GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
                        n_embd=args.n_embd)
-    longest = data.longest_sequence(args.digits)
-    if message := too_big(config, args.batch_size, longest, device):
+    if message := too_big(config, args.batch_size, data.longest_sequence(args.digits), device):
         sys.exit(f"error: {message}; lower --batch-size or the model's size")
     if rank == 0:  # the only writer of --out until this process ends
         hold_lock(args.out + ".lock", args.out)
@@ -205,88 +245,86 @@ def train(argv=None):
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98))
-    start_step, elapsed, evals = 0, 0.0, {}
-    rng = random.Random(args.seed)
-    stream = batches(args.digits, args.batch_size, args.pool, rng)
+    run = SimpleNamespace(rank=rank, ranks=ranks, device=device, dtype=dtype, eval_dtype=eval_dtype,
+                          made_on=made_on, model=model, optimizer=optimizer, start_step=0, elapsed=0.0,
+                          evals={}, stream=batches(args.digits, args.batch_size, args.pool,
+                                                   random.Random(args.seed)), argv=argv)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start_step, elapsed, evals = state["step"], state["elapsed"], state["evals"]
+        run.start_step, run.elapsed, run.evals = state["step"], state["elapsed"], state["evals"]
         random.setstate(state["python_rng"])
         torch.set_rng_state(state["torch_rng"])
-        for _ in range(start_step):  # replay the data stream: the same batches as an uninterrupted run
-            next(stream)
+        for _ in range(run.start_step):  # replay the data stream: the same batches as an uninterrupted run
+            next(run.stream)
     if rank == 0:
         print(f"model: {model.num_params() / 1e6:.2f}M parameters | device {device} x {ranks} | autocast "
               f"{dtype or 'off'} (generation {precision_name(eval_dtype)}) | steps "
-              f"{start_step}..{args.steps}")
+              f"{run.start_step}..{args.steps}")
+    run.t0 = time.time() - run.elapsed
+    return run
 
-    # Ctrl-C (or a kill's SIGTERM) asks the loop to stop at the end of the current step: it saves a whole step
-    # (ranks: at the next look, every LOOK_EVERY steps, all together)
+
+def next_batch(run, args):
+    """The stream's next batch of problems, and this process's rows of it as tensors (x, y) with each row's
+    start position (--random-offset: any start that keeps the whole row inside the block). The offsets are
+    drawn on the CPU, whose generator the resume state holds: a resumed run draws the same on any device."""
+    batch = next(run.stream)
+    x, y = data.make_batch(batch[run.rank::run.ranks], run.device)  # ranks: this process's share
+    offset = None
+    if args.random_offset:
+        width = max(data.sequence_length(problem) for problem in batch) - 1
+        offset = torch.randint(0, args.block_size - width + 1, (len(batch),))[run.rank::run.ranks]
+        offset = offset.to(run.device)
+    return batch, x, y, offset
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """While training, Ctrl-C (or a kill's SIGTERM) only asks the loop to stop: `after_step` then saves a
+    whole step (ranks: at the next look, every LOOK_EVERY steps, all together). Yields the requests' list."""
     asked = []
     signals = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.signal(sig, lambda *_: asked.append(True)) for sig in signals}
-    t0 = time.time() - elapsed
-    bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, desc="pretrain",
-               dynamic_ncols=True, disable=rank > 0)
     try:
-        for step in bar:
-            batch = next(stream)
-            x, y = data.make_batch(batch[rank::ranks], device)  # ranks: this process's share of the batch
-            offset = None
-            if args.random_offset:  # any start that keeps the whole row inside the block; drawn on the CPU,
-                # whose generator the resume state holds: a resumed run draws the same offsets on any device
-                width = max(data.sequence_length(problem) for problem in batch) - 1
-                offset = torch.randint(0, args.block_size - width + 1, (len(batch),))[rank::ranks].to(device)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, args)
-            with mixed_precision(device, dtype):
-                _, loss = model(x, y, offset)
-            if ranks > 1:  # ranks: weighted by its share of the targets, the summed gradients are the mean's
-                loss = loss * (y != -1).sum() / sum(len(data.target(problem)) for problem in batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            sum_gradients(model)  # ranks: add up every process's gradients (nothing when alone)
-            if args.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-            optimizer.step()
-            steps_done = step + 1
-            evaluating = steps_done % args.eval_every == 0 or steps_done == args.steps
-            look = (evaluating or steps_done % args.save_every == 0 or steps_done % LOOK_EVERY == 0
-                    or (ranks == 1 and bool(asked)))  # the same steps on every rank
-            if look:  # a look at the loss waits for a GPU's queue; ranks: the loss and stop requests, summed
-                batch_loss, stops = sum_over_ranks([loss.item(), float(len(asked))])
-                if not math.isfinite(batch_loss):  # nothing saved: the last checkpoint stays the last good
-                    sys.exit(f"error: the loss is not finite by step {steps_done}; {args.out} holds the last "
-                             f"good checkpoint (if any); try a lower --lr")
-                bar.set_postfix(loss=f"{batch_loss:.4f}")
-            stop = look and stops > 0  # ranks: one asked, all stop at this step (alone: asked now)
-            saving = evaluating or steps_done % args.save_every == 0 or stop
-            if saving:
-                elapsed = time.time() - t0
-            if evaluating and rank == 0:  # ranks: the others wait at the save
-                evals[steps_done] = acc = evaluate(model, args.digits, args.eval_size, device, eval_dtype)
-                shown = " ".join(f"{k}:{a:.0f}" for k, a in acc.items())
-                tqdm.write(f"step {steps_done} | loss {batch_loss:.4f} | {elapsed / 60:.1f} min | "
-                           f"greedy acc K+K: {shown}")
-            if saving and rank == 0:
-                save(args, model, optimizer, steps_done, elapsed, evals, made_on)
-            if saving:
-                wait_for_ranks()
-            if stop or (ranks == 1 and asked and saving):  # alone, a Ctrl-C during this step's save too
-                go_on = resume_command("pretrain.py", sys.argv[1:] if argv is None else argv)
-                sys.exit(f"\ninterrupted after step {steps_done}: saved {args.out}; to go on: {go_on}")
+        yield asked
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if rank > 0:
-        return
-    elapsed = time.time() - t0
-    acc = evals[args.steps]
-    longer = args.digits + 1
-    beyond = f" | {longer}+{longer} {acc[longer]:.1f}%" if longer in acc else ""
-    print(f"done: {args.steps} steps in {elapsed / 60:.1f} min | {args.digits}+{args.digits} greedy "
-          f"{acc[args.digits]:.1f}%{beyond} | saved {args.out}")
+
+
+def after_step(run, args, steps_done, loss, asked, bar):
+    """The bookkeeping after a step: every LOOK_EVERY steps (and at each save) a look at the loss, which must
+    be finite (a look waits for a GPU's queue); every --eval-every steps and at the end an evaluation and a
+    checkpoint; every --save-every steps the resume state; and if Ctrl-C asked, a save and the exit, with
+    the command that goes on."""
+    evaluating = steps_done % args.eval_every == 0 or steps_done == args.steps
+    look = (evaluating or steps_done % args.save_every == 0 or steps_done % LOOK_EVERY == 0
+            or (run.ranks == 1 and bool(asked)))  # the same steps on every rank
+    stops = 0
+    if look:  # ranks: the loss and stop requests, summed
+        batch_loss, stops = sum_over_ranks([loss.item(), float(len(asked))])
+        if not math.isfinite(batch_loss):  # nothing saved: the last checkpoint stays the last good
+            sys.exit(f"error: the loss is not finite by step {steps_done}; {args.out} holds the last "
+                     f"good checkpoint (if any); try a lower --lr")
+        bar.set_postfix(loss=f"{batch_loss:.4f}")
+    stop = look and stops > 0  # ranks: one asked, all stop at this step (alone: asked now)
+    saving = evaluating or steps_done % args.save_every == 0 or stop
+    if saving:
+        run.elapsed = time.time() - run.t0
+    if evaluating and run.rank == 0:  # ranks: the others wait at the save
+        run.evals[steps_done] = acc = evaluate(run.model, args.digits, args.eval_size, run.device,
+                                               run.eval_dtype)
+        shown = " ".join(f"{k}:{a:.0f}" for k, a in acc.items())
+        tqdm.write(f"step {steps_done} | loss {batch_loss:.4f} | {run.elapsed / 60:.1f} min | "
+                   f"greedy accuracy by operand digits: {shown}")
+    if saving and run.rank == 0:
+        save(args, run.model, run.optimizer, steps_done, run.elapsed, run.evals, run.made_on)
+    if saving:
+        wait_for_ranks()
+    if stop or (run.ranks == 1 and asked and saving):  # alone, a Ctrl-C during this step's save too
+        go_on = resume_command("pretrain.py", run.argv)
+        sys.exit(f"\ninterrupted after step {steps_done}: saved {args.out}; to go on: {go_on}")
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def rl_loss(logits, ref_logits, actions, advantages, mask, args, old_logp=None):
         J_ref(s) = (H_max - H(pi_ref(.|s))) / H_max,   H_max = log|V|          (Eq. 2)
 
     alpha = 0 gives weight 1 everywhere: the standard KL penalty. The weight is computed from the frozen
-    reference, without gradient, so the penalty vanishes where the pre-trained model was unsure.
+    reference, without gradient, so the penalty shrinks where the pre-trained model was unsure (J^alpha < 1).
 
     logits, ref_logits (B, T, V): policy (with grad) and reference (no grad) at the visited states;
     actions (B, T) the sampled tokens; advantages (B,) one per completion; mask (B, T) 1 on generated
@@ -169,19 +169,19 @@ def group_advantages(rewards, group_size):
 
 
 @torch.no_grad()
-def rollout(policy, problems, temperature, generator, fast=True, draft=True):
+def rollout(policy, problems, temperature, generator, sampler="draft"):
     """Sample one completion per problem. Returns (prompts, sequences, completions): the left-padded prompts,
-    the prompts followed by the tokens sampled, and those as text."""
+    the prompts followed by the tokens sampled, and those as text. sampler: --sampler's choice."""
     device = next(policy.parameters()).device
     prompts = data.prompt_batch(problems, device)
     budget = generation.generation_budget(policy, problems, prompts.size(1))
-    if not (fast or draft):  # --no-fast-generate --no-draft: nanoGPT's plain loop, a problem at a time
+    if sampler == "plain":  # nanoGPT's plain loop, a problem at a time: the one to read
         sequences = policy.sample_plainly(prompts, budget, temperature, generator, data.Stop)
-    else:  # the default, a speed path sampling the same distribution (tests/test_draft.py, test_model.py):
-        # a KV cache (fast), and the correct text as a free draft (one pass checks every position; only the
-        # rows that leave it go on token by token)
-        guess = data.draft_batch(problems, device) if draft else None
-        sequences = policy.generate(prompts, budget, temperature=temperature, generator=generator, fast=fast,
+    else:  # the speed paths, sampling the same distribution (tests/test_draft.py, test_model.py): a KV cache
+        # ("cache"), and ("draft", the default) the correct text as a free draft (one pass checks every
+        # position; only the rows that leave it go on token by token)
+        guess = data.draft_batch(problems, device) if sampler == "draft" else None
+        sequences = policy.generate(prompts, budget, temperature=temperature, generator=generator, fast=True,
                                     stop=data.Stop, draft=guess)
     completions = [data.decode(row) for row in sequences[:, prompts.size(1):].tolist()]
     return prompts, sequences, completions
@@ -220,7 +220,10 @@ def moved(logits, ref_logits, mask, args, critical):
     (critical: data.critical_states of the batch); metrics.kl_split says each key."""
     ref_certainty = certainty(ref_logits, args.certainty, args.certainty_temperature)
     weight = kl_weight(ref_certainty, args)
-    return metrics.kl_split(logits, ref_logits, mask, args.temperature, ref_certainty, weight, critical)
+    logp_all, ref_logp_all = (F.log_softmax(x.float() / args.temperature, dim=-1)
+                              for x in (logits, ref_logits))
+    exact = kl_estimate(logp_all, ref_logp_all, None, "full")  # whichever estimator the loss uses
+    return metrics.kl_split(exact, mask, ref_certainty, weight, critical)
 
 
 # -----------------------------------------------------------------------------
@@ -266,11 +269,11 @@ def flags():
                at_most=10_000)
     add_number(run, "--seed", int, 0, "seeds Python's and torch's generators", at_least=0, at_most=2**63 - 1)
     add_runtime_flags(run)
-    run.add_argument("--fast-generate", action=argparse.BooleanOptionalAction, default=True,
-                     help="GPT.generate's optimized loop (same tokens); --no-fast-generate: the plain loop")
-    run.add_argument("--draft", action=argparse.BooleanOptionalAction, default=True,
-                     help="decode along the correct text, token by token only where a row leaves it (same "
-                          "distribution, 2-3x faster); --no-draft: token by token throughout")
+    run.add_argument("--sampler", default="draft", choices=list(generation.SAMPLERS),
+                     help="how completions are drawn, all from the same distribution: draft (default: a KV "
+                          "cache along the correct text, token by token only where a row leaves it, 2-3x "
+                          "faster), cache (a KV cache, token by token), plain (model.GPT.sample_plainly, "
+                          "nanoGPT's loop, a problem at a time: the one to read)")
     run_folder.add_folder_flags(run)
     return p
 
@@ -325,7 +328,7 @@ def train(run, args):
         problems = rank_share(problems, run.rank, run.ranks)  # ranks: each process a share of the groups
         with mixed_precision(run.device, run.gen_dtype):
             prompts, sequences, completions = rollout(run.policy, problems, args.temperature, run.generator,
-                                                      args.fast_generate, args.draft)
+                                                      args.sampler)
         # 2. reward: 1 for a right answer line, else 0
         rewards = torch.tensor([data.reward(problem, text) for problem, text in zip(problems, completions)],
                                device=prompts.device)

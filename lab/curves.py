@@ -12,6 +12,7 @@ A reader of the method may skip it: it only reads finished runs' logs and compar
 import json
 import math
 import os
+import statistics
 import sys
 
 from lab.files import pyplot, save_figure, write_text
@@ -25,8 +26,8 @@ from lab.run_logs import find_runs, label_checkpoints, made_on, run_finished, tr
 # eval_size change what was measured, so they do split groups). The machine, threads and code a run ran on,
 # and the training precision --dtype auto chose there, are listed under each table instead: like the
 # machine, they change only rounding; generation precision moves greedy near-ties, so it splits groups.
-NOT_A_SETTING = {"seed", "name", "out", "device", "save", "threads", "fast_generate", "draft", "force",
-                 "resume", "provenance", "dtype", "training_dtype", "deterministic", "ckpt_sha256"}
+NOT_A_SETTING = {"seed", "name", "out", "device", "save", "threads", "sampler", "fast_generate", "draft",
+                 "force", "resume", "provenance", "dtype", "training_dtype", "deterministic", "ckpt_sha256"}
 
 # the penalty each group paid and where its weighting put it: (key for seed_value, header, digits)
 KL_COLUMNS = (("exact_kl_train", "exact KL/token, training mean", 5),
@@ -139,11 +140,6 @@ def summarize(groups):
     return table
 
 
-def clipped(value, top):
-    """value cut to [0, top], the range the quantity can take; nan (no data) stays nan."""
-    return value if math.isnan(value) else min(max(value, 0), top)
-
-
 def plot_curves(groups, path, title):
     """Fig. 4: held-out N+k accuracy and critical-token probability against episodes, mean and 95% band."""
     plt = pyplot()
@@ -159,8 +155,8 @@ def plot_curves(groups, path, title):
             mean = [m for m, _ in stats]
             ax.plot(episodes, mean, color=color, label=f"{label} ({len(members)} seeds)")
             # the band is the t-interval of the mean, cut to the range the quantity can take
-            ax.fill_between(episodes, [clipped(m - h, top) for m, h in stats],
-                            [clipped(m + h, top) for m, h in stats], color=color, alpha=0.2)
+            ax.fill_between(episodes, [min(max(m - h, 0), top) for m, h in stats],  # nan stays nan
+                            [min(max(m + h, 0), top) for m, h in stats], color=color, alpha=0.2)
     axes[0].set(xlabel="episodes", ylabel="held-out N+k greedy accuracy (%)", title=title)
     for ax, where in zip(axes[1:], ("lines 1-3 (paper)", "every line")):
         ax.set(xlabel="episodes", ylabel="p(correct ',' at the n+1 comma)", title=f"critical tokens, {where}")
@@ -215,15 +211,17 @@ def exact_kl(row):
 
 
 def training_means(run):
-    """Means over a run's train.jsonl of the exact KL and of kl_weight: over all of training, and over the
-    iterations since the evaluation before the last ("final"). Empty for a run from before the split."""
+    """Means over a run's train.jsonl of the exact KL and kl_weight: over training, and since the evaluation
+    before the last ("final"); at the commas over training (nan if unlogged). {} before the split."""
     rows = [r for r in train_rows(run) if r.get("share_uncertain") is not None]
     if not rows:
         return {}
     last = [r for r in rows if len(run["rows"]) < 2 or r["episode"] > run["rows"][-2]["episode"]] or rows
+    logged = lambda key: [r[key] for r in rows if r.get(key) is not None] or [float("nan")]
     return {"exact_kl_train": sum(map(exact_kl, rows)) / len(rows),
             "exact_kl": sum(map(exact_kl, last)) / len(last),
-            "kl_weight_train": sum(r["kl_weight"] for r in rows) / len(rows)}
+            "kl_weight_train": sum(r["kl_weight"] for r in rows) / len(rows),
+            **{key + "_train": statistics.fmean(logged(key)) for key in ("kl_critical", "weight_critical")}}
 
 
 def seed_value(run, key):
@@ -234,7 +232,7 @@ def seed_value(run, key):
         return area_under_curve(run["rows"])
     if key == "auc_mean":  # the other area: every evaluation counts the same, the start included
         return sum(row["acc_plus"] for row in run["rows"]) / len(run["rows"])
-    if key in ("exact_kl", "exact_kl_train", "kl_weight_train"):
+    if key in ("exact_kl", "exact_kl_train", "kl_weight_train", "kl_critical_train", "weight_critical_train"):
         return training_means(run).get(key, float("nan"))
     if key in ("weight_decisive", "weight_elsewhere"):
         value = run["rows"][0].get(key)

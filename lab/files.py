@@ -68,14 +68,21 @@ def save_figure(fig, path):
 HELD = []  # (path, open file) of each lock this process holds (the system frees them if it dies)
 
 
+NO_LOCKS_SAID = []  # the note that locks are off is printed once per process
+
+
 def hold_lock(path, what):
     """Make this process the only writer of `what` (a run folder or an output file) until it ends: an
     exclusive lock on the file `path`. A second writer is refused in one line that names the first one's
     process id. A run that was killed holds nothing: the system frees its lock when it dies, so a stale
-    lock file never blocks a resume. (No fcntl, as on Windows: no lock.)"""
+    lock file never blocks a resume. (No fcntl, as on Windows: no lock, and a note says so once.)"""
     try:
         import fcntl
     except ImportError:
+        if not NO_LOCKS_SAID:
+            NO_LOCKS_SAID.append(True)
+            print("note: this system has no file locks (no fcntl, as on Windows): nothing stops a second "
+                  f"process from writing {what} at the same time; run one writer per output", file=sys.stderr)
         return
     while True:
         try:

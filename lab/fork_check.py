@@ -4,7 +4,8 @@ who changed the task sees at once whether the rest of the project still runs on 
 must keep true, then runs the three steps on a tiny model in a temporary folder:
 
     1. the task's texts: each sampled problem's target earns reward 1, and a wrong answer earns less
-    2. the texts fit: pre-training's default recipe (pretrain.py with no flags) fits its model's context
+    2. the texts fit: pre-training's default recipe (pretrain.py with no flags) fits its model's context,
+       and so do the N+1-digit texts that RL fine-tuning of that model samples
     3. python pretrain.py (a tiny model, a few steps), python rl.py (a few iterations), and
        python analyze.py accuracy on the result
 
@@ -67,6 +68,13 @@ def main(argv=None):
     print("ok: the task's texts")
     run("the default recipe's context (pretrain.py with no flags)",
         ["-c", "import pretrain; pretrain.get_args([])"], root)
+    recipe = run("the N+1 texts RL needs (rl.py on the default recipe's model)",
+                 ["-c", "import data, pretrain; a = pretrain.get_args([]); "
+                        "print(data.longest_sequence(a.digits + 1), a.block_size, a.digits + 1)"], root)
+    need, have, digits = map(int, recipe.stdout.split()[-3:])
+    if need > have:
+        fail("the N+1 texts RL needs", f"{digits}-digit texts need {need} positions, more than the default "
+             f"--block-size {have} of pretrain.py: raise its default (or pre-train with --block-size {need})")
     need = data.longest_sequence(args.digits + 1)
     if need > args.block_size:
         fail("the tiny model's context", f"{args.digits + 1}-digit texts need {need} positions, more than "

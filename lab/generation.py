@@ -28,6 +28,11 @@ import data
 from data import PAD_ID, shift_left
 from lab.runtime import mixed_precision
 
+# rl.py --sampler: how completions are drawn, as (fast, draft) for `complete` and `generate`. All three sample
+# the same distribution (tests/test_draft.py); they differ in speed, and in which random numbers they use.
+SAMPLERS = {"draft": (True, True),   # a KV cache, and the correct text as a free draft (the default, 2-3x)
+            "cache": (True, False),  # a KV cache, token by token
+            "plain": (False, False)}  # plain loops: GPT.sample_plainly (training), generate's (evaluation)
 LONG = 2000  # problems from which `complete` shows a progress bar: a long evaluation says it is working
 CHECK_EVERY_GPU = 16  # decoding steps between looks at which rows are finished, on a GPU (see generate)
 PASS_TOKENS_CPU = 8192  # tokens per chunk of a pass without gradient on a CPU: its activations stay in the

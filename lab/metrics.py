@@ -74,7 +74,7 @@ def evaluate_and_save(run, iteration, window):
     args = run.args
     generators = gather(run.generator.get_state())  # ranks: each one's, for --resume
     measured, greedy = evaluate(run.policy, run.sets, run.n, args.temperature, args.seed, run.device,
-                                run.gen_dtype, (args.fast_generate, args.draft), run.rank, run.ranks)
+                                run.gen_dtype, generation.SAMPLERS[args.sampler], run.rank, run.ranks)
     if run.rank == 0:
         row = {"episode": iteration * run.per_iteration, **measured, **window_means(window)}
         if window is None:
@@ -196,16 +196,17 @@ def critical_probabilities(model, problems, n, temperature, lines=(3, None), pla
 
 def certainty_at_errors(reference, problems, completions, certainty):
     """The reference's certainty (`certainty`: logits -> J per row, rl.certainty with its settings) on its
-    own completions: at the first wrong character of each failed one (the state that decided the error),
-    and at every character before it or in a right one. Two lists of floats."""
-    decisive, elsewhere = [], []
+    own completions: at the first wrong character of each failed one (the state where the error was made:
+    "at_errors"; not analyze.py's "decisive", a test by sampling), and at every character before it or in a
+    right one. Two lists of floats."""
+    at_errors, elsewhere = [], []
     for problem, text, rows in zip(problems, completions, completion_logits(reference, problems)):
         J = certainty(rows)  # on the correct text: the same states as the model's own, up to its error
         wrong = data.first_error(problem, text)
         elsewhere += J[:wrong].tolist()  # wrong is None: the whole text
         if wrong is not None:
-            decisive.append(J[wrong].item())
-    return decisive, elsewhere
+            at_errors.append(J[wrong].item())
+    return at_errors, elsewhere
 
 
 def weights_at_errors(reference, problems, completions, certainty, weight):
@@ -236,19 +237,17 @@ LOW_SHARE = 0.1  # the other cut, relative to each batch: its lowest tenth of J
 
 
 @torch.no_grad()
-def kl_split(logits, ref_logits, mask, temperature, certainty, weight=None, critical=None):
-    """Where the policy has moved from the reference on a training batch: the exact per-state
-    KL(pi || pi_ref) over the vocabulary (whatever estimator the loss uses, and also with no penalty) on the
-    generated states (mask 1), in all (kl_exact) and split by the reference's certainty J (`certainty`,
+def kl_split(kl, mask, certainty, weight=None, critical=None):
+    """Where the policy has moved from the reference on a training batch: `kl` (B, T), the exact per-state
+    KL(pi || pi_ref) over the vocabulary (rl.kl_estimate's "full", whatever estimator the loss uses, and also
+    with no penalty), on the generated states (mask 1), in all (kl_exact) and split by the reference's
+    certainty J (`certainty`,
     (B, T): the run's own definition and temperature, as its kl_weight sees it) two ways:
       kl_uncertain / kl_certain, share_uncertain: J below UNCERTAIN or not, and the share below;
       kl_low_j / kl_high_j, j_low_cut: the batch's lowest LOW_SHARE of J, the rest, and the J that cuts them.
     With `critical` (B, T), the states of data.critical_states (the paper's commas while the copy is right):
     their exact KL, their number and, with `weight` (B, T, kl_weight of J), their mean weight.
     None where a side has no state (older runs logged the first three keys only: results/README.md)."""
-    logp = F.log_softmax(logits.float() / temperature, dim=-1)
-    ref_logp = F.log_softmax(ref_logits.float() / temperature, dim=-1)
-    kl = (logp.exp() * (logp - ref_logp)).sum(-1)
     uncertain = (certainty < UNCERTAIN).float() * mask
     sides = {"kl_exact": mask, "kl_uncertain": uncertain, "kl_certain": mask - uncertain}
     seen = certainty[mask > 0].float()

@@ -31,8 +31,8 @@ from lab.runtime import device_type, precision_name, provenance
 METRICS_LOG, TRAIN_LOG, LOCK = "metrics.jsonl", "train.jsonl", ".lock"
 # no effect on the numbers (provenance: where the run was started; a resumed part may run elsewhere; out and
 # name: where the folder is now, which may be where it was moved to)
-RESUME_MAY_DIFFER = {"threads", "resume", "force", "fast_generate", "draft", "save", "device",
-                     "provenance", "deterministic", "out", "name"}
+RESUME_MAY_DIFFER = {"threads", "resume", "force", "save", "device", "provenance", "deterministic", "out",
+                     "name"}
 # ... but the sampling generator's saved state only fits a generator of the same kind of device (cuda:0 and
 # cuda:1 share one): a run goes on on the kind it started on
 STATE_KEYS = {"policy", "optimizer", "rng", "generator", "torch_rng", "iteration", "episode", "minutes"}
@@ -148,6 +148,7 @@ def resume_folder(args, config, run_dir, defaults):
     except (OSError, ValueError) as e:
         sys.exit(f"error: {config_path} is missing or not readable JSON ({type(e).__name__}); the run cannot "
                  "be checked: start it anew with --force")
+    old.setdefault("sampler", sampler_of(old))  # a run from before --sampler: its two flags say which
     differ = [f"--{k.replace('_', '-')} {old.get(k)} (now {v})" for k, v in config.items()
               if k not in RESUME_MAY_DIFFER | {"ckpt", "ckpt_sha256"} and old.get(k, defaults.get(k, v)) != v]
     if differ:
@@ -198,13 +199,21 @@ def check_identity(saved, config, state_path, run_dir, defaults):
         return
     mine = identity(config)
     for key in sorted(set(saved) | set(mine)):
-        if key == "threads":
-            continue
+        if key == "threads" or (key == "sampler" and key not in saved):  # before --sampler: config.json's
+            continue  # --draft and --fast-generate were checked against it (sampler_of)
         then, now = saved.get(key, defaults.get(key)), mine.get(key, defaults.get(key))
         if then != now:
             sys.exit(f"error: {state_path} was saved by another run than {run_dir}: its {key} is {then!r}, "
                      f"this run's is {now!r}; resume the run it belongs to, or start this one anew with "
                      "--force")
+
+
+def sampler_of(config):
+    """The --sampler of a run's config.json, also of a run made before the flag, with --draft and
+    --fast-generate (--draft took the draft path whatever --fast-generate said)."""
+    if "sampler" in config:
+        return config["sampler"]
+    return "draft" if config.get("draft", True) else "cache" if config.get("fast_generate", True) else "plain"
 
 
 def same_file(a, b):

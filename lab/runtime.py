@@ -15,7 +15,6 @@ Every script calls these; none of it is about the model or the task.
 A reader of the method may skip it: the same algorithm runs whatever device or precision it picks.
 """
 import argparse
-import fcntl
 import math
 import os
 import platform
@@ -24,6 +23,11 @@ import subprocess
 import sys
 
 import torch
+
+try:
+    import fcntl  # POSIX (Linux, macOS); on Windows a stream is only checked for being closed
+except ImportError:
+    fcntl = None
 
 # -----------------------------------------------------------------------------
 # device
@@ -171,7 +175,11 @@ def open_closed_streams():
     the stream writes there."""
     for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
         try:
-            leaked = fd > 0 and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+            if fcntl is None:  # Windows: no access mode to read; a closed descriptor still fails os.fstat
+                os.fstat(fd)
+                leaked = False
+            else:
+                leaked = fd > 0 and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
         except OSError:  # closed
             leaked = True
         if leaked:

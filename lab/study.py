@@ -79,7 +79,8 @@ def rl_command(out, name, flags, budget, threads):
 
 def cmd_study(args, defaults):
     """Every table and figure: accuracy (Tables 4-5), the probe (Table 1, Fig. 5), standard against
-    prioritized KL (Fig. 4), the alpha sweep (Fig. 6) and RL on N+2 after more pre-training (Fig. 3).
+    prioritized KL (Fig. 4), the alpha sweep (Fig. 6) and RL on N+1 after more pre-training (Fig. 3; not the
+    paper's N+2, which none of our checkpoints solves once: the comment above BEST_ALPHA).
     defaults: rl.py's flags at their defaults, for the curves (analyze.py passes them)."""
     budget = BUDGETS[args.budget]
     out = os.path.join(args.runs, f"study_{args.budget}")

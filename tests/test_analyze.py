@@ -86,7 +86,7 @@ def test_subcommands_run(tiny_checkpoint, tmp_path, command):
         again = subprocess.run(r.args, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert again.stdout == r.stdout and again.stderr.count("(cached)") == 4, again.stderr
     else:
-        assert "3+3 greedy accuracy" in r.stdout
+        assert "3-digit operands, greedy accuracy" in r.stdout
 
 
 def test_mean_ci_matches_a_hand_computed_t_interval():
@@ -236,6 +236,28 @@ def test_frontier_says_which_prioritized_runs_lie_above_the_uniform_frontier(tmp
     assert "none: above the frontier" in out.stdout and (tmp_path / "res" / "fr.png").stat().st_size > 1000
 
 
+def test_the_frontier_compares_only_runs_of_the_same_checkpoint_and_lr(tmp_path):
+    """A prioritized group is set against uniform runs of its own checkpoint, lr and settings only: one at
+    another lr has no frontier (said in a warning and in the table, never "yes, above"), and a uniform run of
+    another checkpoint that would beat it is not counted against it."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    _fake_run(runs, "std", 0.0, 0, 95.0, kl=0.001, lr=1e-4)
+    _fake_run(runs, "prio", 100.0, 0, 90.0, kl=0.002, lr=1e-4)
+    _fake_run(runs, "prio_fast", 100.0, 0, 90.0, kl=0.002, lr=3e-4)
+    _fake_run(runs, "other_model", 0.0, 0, 99.0, kl=0.001, lr=3e-4, ckpt="checkpoints/add5.pt")
+    out = subprocess.run([sys.executable, "analyze.py", "frontier", str(runs), "--name", "fr", "--results",
+                          str(tmp_path / "res")], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    short = out.stdout.split("In full:")[0].splitlines()
+    verdict = lambda label: next(line for line in short if line.startswith(f"| {label} |")).split(" | ")[-1]
+    assert verdict("alpha=100.0, ckpt=add7.pt, lr=0.0003") == "no frontier |"
+    assert verdict("alpha=100.0, ckpt=add7.pt, lr=0.0001") == "no |"  # std beats it at the same lr
+    assert "| no comparable uniform run: not compared |" in out.stdout
+    assert "warning: no uniform run shares the checkpoint, lr and other settings of" in out.stderr
+    assert "lr=0.0003" in out.stderr.split("warning: no uniform run")[1]
+
+
 def _train_log(run_dir, splits):
     """A train.jsonl: one iteration per (episode, share_uncertain, kl_uncertain, kl_certain)."""
     rows = [{"episode": e, "share_uncertain": s, "kl_uncertain": u, "kl_certain": c, "kl_weight": 0.5}
@@ -295,6 +317,33 @@ def test_a_prioritized_run_is_measured_against_the_uniform_runs_of_its_seed_in_l
     assert "alpha=100.0, kl_coef=10.0 0 of 2" in out.stdout
     # the area figure's points: each group's training-mean exact KL and area over its two seeds (equal here)
     assert "| alpha=0.0, kl_coef=0.1 | uniform | 2 | 0.04000 +- 0.00000 | 65.0 +- 0.0 |" in out.stdout
+
+
+def test_the_frontier_says_each_groups_regime_and_pairs_prioritized_with_standard_at_its_kl_coef(tmp_path):
+    """Two seeds of the standard penalty and of alpha 100 at kl_coef 10. The regime table pools every
+    iteration: alpha 100's norms 0.5, 2, 3, 4 have median 2.5 and 3 of 4 above the clip 1.0; its rewards
+    average 0.25 (seed 0) and 0.75 (seed 1). The matched-coefficient table pairs the two by seed: alpha 100's
+    areas are 5 and 10 points above (final +10 and +20, the area being 25 + final / 2)."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    logs = {("std", 0): [(0.1, 0.0, 0.5), (0.2, 0.5, 0.5)], ("std", 1): [(0.3, 1.0, 0.4), (0.4, 1.0, 0.6)],
+            ("prio", 0): [(0.5, 0.0, 0.2), (2.0, 0.5, 0.4)], ("prio", 1): [(3.0, 0.5, 0.2), (4.0, 1.0, 0.4)]}
+    for (name, seed), iterations in logs.items():
+        alpha, final = (0.0, 60.0 + 10 * seed) if name == "std" else (100.0, 70.0 + 20 * seed)
+        _fake_run(runs, f"{name}_s{seed}", alpha, seed, final, grad_clip=1.0)
+        rows = [{"episode": 128 * (i + 1), "share_uncertain": 1.0, "kl_uncertain": 0.01, "kl_certain": 0.0,
+                 "kl_weight": 0.9 if alpha else 1.0, "grad_norm": norm, "reward": reward, "kl_critical": 0.2,
+                 "weight_critical": weight if alpha else 1.0}
+                for i, (norm, reward, weight) in enumerate(iterations)]
+        (runs / f"{name}_s{seed}" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = subprocess.run([sys.executable, "analyze.py", "frontier", str(runs), "--name", "fr", "--results",
+                          str(tmp_path / "res")], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert ("| alpha=100.0 | 2 | 2.500 (75%) | 0.500 +- 3.176 | 0.2000 +- 0.0000 | 0.9000 / 0.3000 | "
+            "0.900 +- 0.000 | 0 of 2 |") in out.stdout
+    assert "| alpha=0.0 | 2 | 0.250 (0%) | 0.625 +- 4.765 |" in out.stdout
+    assert "| alpha=100.0 | 2 | 7.5 +- 31.8 | 35.2 | 0.0 +- 0.0 | 0.0 |" in out.stdout
+    assert (tmp_path / "res" / "fr_area.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("line, message", [("{not json", "line 2 is not JSON"),

@@ -193,6 +193,7 @@ def test_prompt_batch_is_left_padded():
     assert x[1, 0] == data.PAD_ID and x[1, -1] != data.PAD_ID
 
 
+@addition_only
 def test_first_error_finds_where_a_completion_leaves_the_scratchpad():
     right = data.scratchpad(57, 68)
     assert data.first_error((57, 68), right) is None

@@ -309,8 +309,8 @@ def test_the_plain_loop_writes_what_generate_does():
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=256, n_layer=2, n_head=2, n_embd=32)).eval()
     problems = task_problems(6, 2)
-    fast = rl.rollout(model, problems, 0, None, fast=True, draft=True)
-    plain = rl.rollout(model, problems, 0, None, fast=False, draft=False)
+    fast = rl.rollout(model, problems, 0, None, sampler="draft")
+    plain = rl.rollout(model, problems, 0, None, sampler="plain")
     assert plain[2] == fast[2]
     cut = lambda seq: [row[:len(row) - next(i for i, t in enumerate(reversed(row)) if t != data.PAD_ID)]
                        for row in seq.tolist()]

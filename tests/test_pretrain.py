@@ -27,7 +27,7 @@ def test_smoke_run_writes_a_loadable_checkpoint_and_resumes(tmp_path):
     out = str(tmp_path / "add2.pt")
     r = run("--digits", "2", "--steps", "6", "--eval-every", "3", "--out", out, *TINY)
     assert r.returncode == 0, r.stderr
-    assert "done: 6 steps" in r.stdout and "2+2 greedy" in r.stdout
+    assert "done: 6 steps" in r.stdout and "2-digit operands greedy" in r.stdout
     model, meta = load_checkpoint(out, with_meta=True)
     assert meta["step"] == 6 and meta["args"]["digits"] == 2 and sorted(meta["evals"]) == [3, 6]
     assert set(meta["provenance"]) == {"commit", "threads", "machine", "torch"}  # what it was trained on
@@ -50,13 +50,19 @@ def test_learning_rate_schedule():
 
 
 def test_batches_have_nearly_equal_lengths():
+    """Drawing 16 batches at once and sorting them by length leaves a small share of each batch to padding:
+    under 5% for addition, and for any task under a quarter of what unsorted batches (a pool of 1) waste."""
     import random
-    stream = pretrain.batches(7, 32, 16, random.Random(0))
-    waste = []
-    for _ in range(32):
-        lengths = [data.sequence_length((a, b)) for a, b in next(stream)]
-        waste.append(1 - sum(lengths) / (len(lengths) * max(lengths)))
-    assert sum(waste) / len(waste) < 0.05  # under 5% of the batch is padding
+
+    def waste(pool):
+        stream, shares = pretrain.batches(7, 32, pool, random.Random(0)), []
+        for _ in range(32):
+            lengths = [data.sequence_length(problem) for problem in next(stream)]
+            shares.append(1 - sum(lengths) / (len(lengths) * max(lengths)))
+        return sum(shares) / len(shares)
+    assert waste(16) < waste(1) / 4
+    if data.NAME == "addition":
+        assert waste(16) < 0.05
 
 
 def test_random_offset_keeps_loss_finite_and_positions_in_range():
@@ -68,7 +74,7 @@ def test_random_offset_keeps_loss_finite_and_positions_in_range():
     assert torch.isfinite(loss)
     with pytest.raises(ValueError, match="block_size"):
         model(x, y, offset + 1)
-    assert args.out == "runs/add2.pt"  # never a shipped checkpoint by default
+    assert args.out == f"runs/{data.NAME[:3]}2.pt"  # never a shipped checkpoint by default
 
 
 def test_an_interrupted_run_resumes_bit_identical(tmp_path, monkeypatch):

@@ -107,7 +107,7 @@ def test_the_house_is_the_design_cards():
 
 
 def test_every_file_reads_in_one_sitting():
-    """The reader's contract: each script at most 450 lines and 2,000 together, the README at most 180, the
+    """The reader's contract: each script at most 450 lines and 2,000 together, the README at most 200, the
     paper's idea (`rl_loss`) on rl.py's first screen, and no script but pre-training's own depending on
     pretrain.py; no line over 110 characters."""
     total = 0
@@ -129,7 +129,7 @@ def test_every_file_reads_in_one_sitting():
         assert not long, f"{os.path.relpath(path, ROOT)}: lines over 110 characters: {long}"
 
 
-README_LINES = 180
+README_LINES = 200  # 180 until issue 69: every word defined before use, and the steps of a task fork
 
 
 # numbers the README quotes from the paper itself (its Tables 1 and 4, N = 7 and 9), which no file of ours

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from lab import metrics
 import data
-from conftest import task_problems
+from conftest import addition_only, task_problems
 import rl
 from lab import run_folder
 from model import GPT, GPTConfig
@@ -185,6 +185,7 @@ def test_rollout_batch_is_prompt_then_completion_with_the_generated_tokens_maske
         assert mask[i].tolist() == [0.0] * (p - 1) + [1.0] * len(text) + [0.0] * padding
 
 
+@addition_only
 def test_critical_probability_reads_the_comma():
     class Oracle(GPT):
         """Always certain of ','."""
@@ -268,6 +269,43 @@ def test_an_interrupted_run_resumes_to_the_same_metrics(tiny_checkpoint, tmp_pat
     assert not (tmp_path / "cut" / "state.pt").exists()  # a finished run keeps only its logs
 
 
+def interrupt_after_saving(flags, episode):
+    """rl.main(flags) stopped by a Ctrl-C right after the evaluation at `episode` was saved."""
+    save = run_folder.atomic_save
+
+    def save_then_stop(obj, path):
+        save(obj, path)
+        if obj["episode"] == episode:
+            raise KeyboardInterrupt
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run_folder, "atomic_save", save_then_stop)
+        with pytest.raises(SystemExit):
+            rl.main(flags)
+
+
+def test_a_resume_keeps_the_sampler_the_run_was_made_with(tiny_checkpoint, tmp_path):
+    """The samplers draw the same distribution but not the same numbers: --resume with another --sampler is
+    refused, naming it. A run made before --sampler (config.json with --draft and --fast-generate) is read as
+    the sampler those flags chose: "--no-draft" was the KV cache, token by token."""
+    flags = ["--ckpt", tiny_checkpoint, "--episodes", "8", "--batch-size", "2", "--group-size", "2",
+             "--eval-every", "4", "--eval-size", "2", "--out", str(tmp_path), "--threads", "1", "--no-save",
+             "--device", "cpu", "--name", "cut"]
+    interrupt_after_saving(flags, 4)
+    with pytest.raises(SystemExit, match=r"--sampler draft \(now cache\)"):
+        rl.main([*flags, "--resume", "--sampler", "cache"])
+    config = json.load(open(tmp_path / "cut" / "config.json"))
+    del config["sampler"]
+    config.update(draft=False, fast_generate=True)  # as rl.py wrote it with --no-draft
+    (tmp_path / "cut" / "config.json").write_text(json.dumps(config))
+    state = torch.load(tmp_path / "cut" / "state.pt", weights_only=True)
+    del state["identity"]["sampler"]  # nor did its state.pt record one
+    torch.save(state, tmp_path / "cut" / "state.pt")
+    with pytest.raises(SystemExit, match=r"--sampler cache \(now draft\)"):
+        rl.main([*flags, "--resume"])
+    rl.main([*flags, "--resume", "--sampler", "cache"])
+    assert [json.loads(line)["episode"] for line in open(tmp_path / "cut" / "metrics.jsonl")] == [0, 4, 8]
+
+
 def test_a_tiny_model_learns_a_trivial_reward():
     """Reward = the first generated token is '7'; a few policy-gradient steps must raise its probability."""
     torch.manual_seed(0)
@@ -299,6 +337,7 @@ def test_a_tiny_model_learns_a_trivial_reward():
     assert p_seven() > 0.5 > before
 
 
+@addition_only
 def test_certainty_at_errors_separates_the_decisive_state(monkeypatch):
     """A reference that is sure of every character but one: J^alpha is 0 at that state, 1 elsewhere."""
     a, b = 1234, 5678
@@ -321,6 +360,7 @@ def test_certainty_at_errors_separates_the_decisive_state(monkeypatch):
     assert metrics.mean_weight(decisive, weight[0]) == 1.0 and metrics.mean_weight([], weight[3]) is None
 
 
+@addition_only
 def test_critical_probabilities_read_every_position_in_one_copy():
     """The batched read gives what reading each critical position on its own gives."""
     torch.manual_seed(0)
@@ -340,15 +380,7 @@ def test_a_run_resumes_only_on_the_kind_of_device_it_started_on(tiny_checkpoint,
     flags = ["--ckpt", tiny_checkpoint, "--episodes", "8", "--batch-size", "2", "--group-size", "2",
              "--eval-every", "4", "--eval-size", "2", "--out", str(tmp_path), "--name", "moved",
              "--threads", "1", "--no-save", "--device", "cpu"]
-    save = run_folder.atomic_save
-    with pytest.MonkeyPatch.context() as patch:
-        def save_then_stop(obj, path):
-            save(obj, path)
-            if obj["episode"] == 4:
-                raise KeyboardInterrupt
-        patch.setattr(run_folder, "atomic_save", save_then_stop)
-        with pytest.raises(SystemExit):
-            rl.main(flags)
+    interrupt_after_saving(flags, 4)
     config = json.loads((tmp_path / "moved" / "config.json").read_text())
     (tmp_path / "moved" / "config.json").write_text(json.dumps({**config,
                                                                 "device": "mps"}))  # as if made on a Mac
@@ -380,14 +412,14 @@ def test_the_kl_split_is_the_exact_kl_on_each_side_of_the_certainty_cut():
     logits, ref_logits, _, _, mask = toy_batch()
     certainty = torch.full(mask.shape, 0.99)
     certainty[:, :2] = 0.5  # the first two states of every row are uncertain
-    split = metrics.kl_split(logits, ref_logits, mask, 2.0, certainty)
     logp, ref = F.log_softmax(logits / 2.0, -1), F.log_softmax(ref_logits / 2.0, -1)
     kl = (logp.exp() * (logp - ref)).sum(-1)
+    split = metrics.kl_split(rl.kl_estimate(logp, ref, None, "full"), mask, certainty)
     low = (certainty < metrics.UNCERTAIN).float() * mask
     assert split["kl_uncertain"] == pytest.approx(((kl * low).sum() / low.sum()).item())
     assert split["kl_certain"] == pytest.approx(((kl * (mask - low)).sum() / (mask - low).sum()).item())
     assert split["share_uncertain"] == pytest.approx((low.sum() / mask.sum()).item())
-    assert metrics.kl_split(logits, ref_logits, mask, 2.0, torch.ones(mask.shape))["kl_uncertain"] is None
+    assert metrics.kl_split(kl, mask, torch.ones(mask.shape))["kl_uncertain"] is None
     assert metrics.window_means({"a": [1.0, None, 3.0], "b": [None]}) == {"a": 2.0, "b": None}
 
 
@@ -397,9 +429,9 @@ def test_the_kl_split_by_the_lowest_tenth_and_at_the_critical_states():
     critical = torch.zeros(mask.shape)
     critical[0, 1] = critical[1, 2] = 1.0
     weight = certainty ** 3
-    split = metrics.kl_split(logits, ref_logits, mask, 1.0, certainty, weight, critical)
     logp, ref = F.log_softmax(logits, -1), F.log_softmax(ref_logits, -1)
     kl = (logp.exp() * (logp - ref)).sum(-1)
+    split = metrics.kl_split(kl, mask, certainty, weight, critical)
     seen = sorted((certainty[i, t].item(), kl[i, t].item()) for i, t in mask.nonzero().tolist())
     k = max(1, round(metrics.LOW_SHARE * len(seen)))
     assert split["kl_low_j"] == pytest.approx(sum(v for _, v in seen[:k]) / k)
@@ -412,6 +444,7 @@ def test_the_kl_split_by_the_lowest_tenth_and_at_the_critical_states():
     assert split["weight_critical"] == pytest.approx(((weight * on).sum() / on.sum()).item())
 
 
+@addition_only
 def test_critical_states_are_the_paper_commas_while_the_copy_is_right():
     problems = [(123456, 7), (123456, 7)]
     right = data.target(problems[0])
@@ -429,6 +462,7 @@ def test_critical_states_are_the_paper_commas_while_the_copy_is_right():
     assert found[1].sum() == 0  # the text went wrong before the comma: not the paper's state
 
 
+@addition_only
 def test_the_paper_commas_one_by_one_average_to_their_mean():
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=512, n_layer=1, n_head=2, n_embd=16)).eval()
