@@ -42,26 +42,33 @@ from lab.runtime import (add_number, add_runtime_flags, autocast_dtype, generati
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_number(p, "--digits", int, 7, "N: operands have 1..N digits (default 7)", at_least=1)
+    add_number(p, "--digits", int, 7, "N: operands have 1..N digits (default 7)", at_least=1, at_most=100)
     add_number(p, "--steps", int, 8000, "optimizer steps (default 8000)", at_least=1, at_most=10_000_000)
     add_number(p, "--batch-size", int, 16,
-               "problems per step (default 16: more steps beat bigger batches here)", at_least=1)
-    add_number(p, "--lr", float, 3e-3, "peak learning rate (default 3e-3)", above=0)
+               "problems per step (default 16: more steps beat bigger batches here)", at_least=1,
+               at_most=65_536)
+    add_number(p, "--lr", float, 3e-3, "peak learning rate (default 3e-3; AdamW overflows past 1e30)",
+               above=0, at_most=1e30)
     add_number(p, "--min-lr", float, 1e-4, "learning rate at the end of the cosine decay, between 0 and --lr",
                at_least=0, message="--min-lr must be between 0 and --lr")
-    add_number(p, "--warmup", int, 100, "steps of linear learning-rate warm-up", at_least=0)
+    add_number(p, "--warmup", int, 100, "steps of linear learning-rate warm-up", at_least=0,
+               at_most=10_000_000)
     add_number(p, "--weight-decay", float, 0.1, "AdamW weight decay on matrices", at_least=0)
     add_number(p, "--grad-clip", float, 1.0, "clip the gradient norm to this (0: off)", at_least=0)
-    add_number(p, "--n-layer", int, 4, "transformer blocks", at_least=1)
-    add_number(p, "--n-head", int, 4, "attention heads per block (must divide --n-embd)", at_least=1)
-    add_number(p, "--n-embd", int, 128, "embedding width", at_least=1)
-    add_number(p, "--block-size", int, 1024, "positions the model has (10+10 digits need 865)", at_least=1)
+    add_number(p, "--n-layer", int, 4, "transformer blocks", at_least=1, at_most=1024)
+    add_number(p, "--n-head", int, 4, "attention heads per block (must divide --n-embd)", at_least=1,
+               at_most=1024)
+    add_number(p, "--n-embd", int, 128, "embedding width", at_least=1, at_most=65_536)
+    add_number(p, "--block-size", int, 1024, "positions the model has (10+10 digits need 865)", at_least=1,
+               at_most=1 << 20)
     p.add_argument("--random-offset", action=argparse.BooleanOptionalAction, default=True,
                    help="start each row at a random position so every position embedding is trained")
-    add_number(p, "--pool", int, 16, "batches drawn at once and sorted by length", at_least=1)
-    add_number(p, "--eval-every", int, 2000, "steps between evaluations and checkpoints", at_least=1)
+    add_number(p, "--pool", int, 16, "batches drawn at once and sorted by length", at_least=1,
+               at_most=1_000_000)
+    add_number(p, "--eval-every", int, 2000, "steps between evaluations and checkpoints", at_least=1,
+               at_most=10_000_000)
     add_number(p, "--save-every", int, 250, "steps between saves of the resume state: a killed run loses at "
-               "most these", at_least=1)
+               "most these", at_least=1, at_most=10_000_000)
     add_number(p, "--eval-size", int, 100, "held-out problems per operand length", at_least=1,
                at_most=100_000)
     add_number(p, "--seed", int, 0, "seeds Python's and torch's generators", at_least=0, at_most=2**63 - 1)
@@ -127,8 +134,9 @@ def save(args, model, optimizer, step, elapsed, evals, made_on):
 
 
 STATE_KEYS = {"model", "optimizer", "step", "elapsed", "evals", "args", "python_rng", "torch_rng"}
-# flags that may change when a run is resumed: they do not change what is trained
-RESUMABLE = {"steps", "eval_every", "save_every", "eval_size", "threads", "device", "out", "resume", "force",
+# flags that may change when a run is resumed: they do not change what is trained (--steps does: the cosine
+# schedule decays over it, so a run resumes with its own)
+RESUMABLE = {"eval_every", "save_every", "eval_size", "threads", "device", "out", "resume", "force",
              "deterministic"}
 
 
@@ -152,12 +160,14 @@ def check_out(args, writer=True):
                      "pretrain.py state; start without --resume (with --force to replace the checkpoint)")
         if state["step"] > args.steps:
             sys.exit(f"error: {args.out} has already trained {state['step']} steps, more than --steps "
-                     f"{args.steps}; pass --steps {state['step']} or more to go on")
+                     f"{args.steps}; resume it with its own --steps {state['args'].get('steps')}")
         differ = [f"--{k.replace('_', '-')} {v} (the run has {state['args'].get(k)})"
                   for k, v in vars(args).items() if k not in RESUMABLE and state["args"].get(k) != v]
         if differ:
+            why = "; the cosine schedule decays over --steps: a longer run is a new one" if any(
+                k.startswith("--steps ") for k in differ) else ""
             sys.exit(f"error: --resume with other flags than {args.out} was trained with: "
-                     f"{'; '.join(differ)}")
+                     f"{'; '.join(differ)}{why}")
         return state
     if os.path.isdir(args.out):
         sys.exit(f"error: --out {args.out} is a folder; give a file path such as "

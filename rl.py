@@ -45,8 +45,9 @@ from lab import run_folder
 from lab.files import release_locks
 from model import load_for_fine_tuning
 from lab.ranks import end_ranks, rank_share, start_ranks, sum_gradients
-from lab.runtime import (add_number, add_runtime_flags, autocast_dtype, generation_dtype, mixed_precision,
-                     pick_device, resume_command, run_script, seed_everything, set_threads)
+from lab.runtime import (add_number, add_runtime_flags, autocast_dtype, generation_dtype,
+                         kills_stop_like_ctrl_c, mixed_precision, pick_device, resume_command, run_script,
+                         seed_everything, set_threads)
 
 # -----------------------------------------------------------------------------
 # the paper's idea: the loss, then what it calls
@@ -242,18 +243,20 @@ def flags():
     add_number(core, "--digits-plus", int, 1, "k: train on the 'N+k' distribution (default 1)", at_least=1)
     add_number(core, "--episodes", int, 2048, "completions sampled in all (default 2048)", at_least=1,
                at_most=10_000_000)
-    add_number(core, "--batch-size", int, 16, "problems per iteration (default 16)", at_least=1)
+    add_number(core, "--batch-size", int, 16, "problems per iteration (default 16)", at_least=1,
+               at_most=65_536)
     add_number(core, "--group-size", int, 4, "completions per problem, at least 2 (default 4)", at_least=2,
                message="--group-size must be at least 2: the advantage subtracts the group's mean, so a "
                "group of one learns nothing")
     add_number(core, "--temperature", float, 1.0, "sampling temperature of the policy, at least 0.01",
                at_least=0.01, message="--temperature must be positive, at least 0.01 (logits / T overflows)")
-    add_number(core, "--lr", float, 1e-4, "AdamW learning rate", above=0)
+    add_number(core, "--lr", float, 1e-4, "AdamW learning rate (AdamW overflows past 1e30)", above=0,
+               at_most=1e30)
     add_number(core, "--grad-clip", float, 1.0, "clip the gradient norm to this (0: off)", at_least=0)
     variants = p.add_argument_group("variants (the paper's code's, and other choices)")
     variants.add_argument("--algo", default="reinforce", choices=["reinforce", "ppo"], help="policy gradient")
-    add_number(variants, "--ppo-epochs", int, 2, "epochs per batch with --algo ppo", at_least=1,
-               message="--ppo-epochs must be >= 1")
+    add_number(variants, "--ppo-epochs", int, 2, "epochs per batch with --algo ppo, 1 to 100", at_least=1,
+               at_most=100)
     add_number(variants, "--clip", float, 0.2, "PPO ratio clip, in (0, 1)", above=0, below=1,
                message="PPO's ratio clip needs --clip in (0, 1)")
     variants.add_argument("--kl-estimator", default="k2", choices=["k1", "k2", "k3", "full"],
@@ -264,7 +267,8 @@ def flags():
     add_number(variants, "--certainty-temperature", float, 1.0, "reference temperature for the certainty",
                at_least=0.01, message="--certainty-temperature must be positive, at least 0.01")
     run = p.add_argument_group("the run")
-    add_number(run, "--eval-every", int, 512, "episodes between evaluations (default 512)", at_least=1)
+    add_number(run, "--eval-every", int, 512, "episodes between evaluations (default 512)", at_least=1,
+               at_most=10_000_000)
     add_number(run, "--eval-size", int, 200, "held-out problems per evaluation set (4 sets)", at_least=1,
                at_most=10_000)
     add_number(run, "--seed", int, 0, "seeds Python's and torch's generators", at_least=0, at_most=2**63 - 1)
@@ -303,9 +307,10 @@ def main(argv=None):
     run_dir = os.path.join(args.out, args.name)
     go_on = resume_command("rl.py", sys.argv[1:] if argv is None else argv, args.name)
     try:
-        run = set_up(args)  # device, processes, models, optimizer, the run folder and the random streams
-        train(run, args)
-        run_folder.finish_run(run)
+        with kills_stop_like_ctrl_c():  # SIGTERM and SIGHUP too
+            run = set_up(args)  # device, processes, models, optimizer, the run folder and the random streams
+            train(run, args)
+            run_folder.finish_run(run)
         end_ranks()
     except KeyboardInterrupt:
         sys.exit(f"\ninterrupted: {run_dir} keeps the run up to its last evaluation; to go on: {go_on}")

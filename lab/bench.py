@@ -30,7 +30,7 @@ import data
 from lab import generation
 from model import CheckpointError, load_checkpoint
 from lab.runtime import (DEVICE_HELP, DTYPE_HELP, DTYPES, add_number, autocast_dtype, generation_dtype,
-                     mixed_precision, pick_device, precision_name, set_threads, synchronize)
+                         mixed_precision, pick_device, precision_name, run_script, set_threads, synchronize)
 
 
 def timed(fn, device):
@@ -175,4 +175,4 @@ def time_draft(model, n, rows, eval_size, dtype, device):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -95,4 +95,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from lab.runtime import run_script
+    run_script(main)

@@ -15,10 +15,12 @@ Every script calls these; none of it is about the model or the task.
 A reader of the method may skip it: the same algorithm runs whatever device or precision it picks.
 """
 import argparse
+import contextlib
 import math
 import os
 import platform
 import random
+import signal
 import subprocess
 import sys
 
@@ -150,9 +152,9 @@ def seed_everything(seed, device="cpu", deterministic=True):
 
 
 def run_script(main):
-    """Run main() as a script: a closed pipe (`| head -1`) ends the printing, not the run; so does a stdout
-    or stderr closed before the start (`>&-`, a detached job); a character the terminal cannot encode is
-    escaped, not an error; a RuntimeError for an operation with no deterministic kernel becomes one line."""
+    """Run main() as a script: a closed pipe (`| head -1`) or stream (`>&-`) ends the printing, not the run;
+    a character the terminal cannot encode is escaped; a RuntimeError for an operation with no deterministic
+    kernel, and a Ctrl-C the script does not handle itself, become one line each."""
     open_closed_streams()
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
@@ -160,6 +162,8 @@ def run_script(main):
     sys.stdout = PrintingMayStop(sys.stdout)
     try:
         main()
+    except KeyboardInterrupt:
+        sys.exit("\ninterrupted (Ctrl-C): stopped; every file it wrote is whole (written atomically)")
     except RuntimeError as e:
         message = deterministic_refusal(e)
         if message is None:
@@ -223,10 +227,31 @@ class PrintingMayStop:
         return getattr(self.stream, name)
 
 
+@contextlib.contextmanager
+def kills_stop_like_ctrl_c():
+    """Inside: a kill's SIGTERM, or SIGHUP (the terminal closed), stops the script as Ctrl-C does (a
+    KeyboardInterrupt, which rl.py answers with where the run stands and how to resume it)."""
+    def interrupt(*_):
+        raise KeyboardInterrupt
+    kinds = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]  # Windows:
+    previous = {kind: signal.signal(kind, interrupt) for kind in kinds}  # no SIGHUP
+    try:
+        yield
+    finally:
+        for kind, handler in previous.items():
+            signal.signal(kind, handler)
+
+
 def resume_command(script, argv, name=None):
-    """The exact command that continues an interrupted run: the script's own arguments (argv, without
-    --force and --resume), the run's real --name when it was chosen for the user, then --resume."""
+    """The exact command that continues an interrupted run: the script as it was started (its path, or
+    `script` when main() was called from Python; under torchrun, torchrun with the same process count), its
+    own arguments (argv, without --force and --resume), the run's real --name when it was chosen for the
+    user, then --resume."""
     import shlex
+    if list(argv) == sys.argv[1:] and os.path.basename(sys.argv[0]) == script:  # run as a script: its path
+        script = sys.argv[0]
+    ranks = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    start = ["torchrun", "--standalone", "--nproc_per_node", str(ranks)] if ranks > 1 else ["python"]
     kept, skip = [], False
     for i, arg in enumerate(argv):
         if skip:
@@ -242,7 +267,7 @@ def resume_command(script, argv, name=None):
         kept.append(arg)
     if name is not None:  # --name=VALUE: a name that starts with '-' would read as a flag after --name
         kept += [f"--name={name}"] if name.startswith("-") else ["--name", name]
-    return shlex.join(["python", script, *kept, "--resume"])
+    return shlex.join([*start, script, *kept, "--resume"])
 
 
 def deterministic_refusal(error):

@@ -244,14 +244,11 @@ def the_checkpoint_spelt_otherwise(c):
 @case("resume advice")
 def pretrain_ctrl_c(c):
     out = c.path("add1.pt")
-    first = start("pretrain.py", *PRETRAIN, "--steps", "3000", "--out", out)
+    first = start("pretrain.py", *PRETRAIN, "--steps", "400", "--out", out)
     wait_for(out + ".lock")
     time.sleep(2)
     _, err = stop(first)
-    argv = advice(err)
-    done = int(err.split("interrupted after step ")[1].split(":")[0])
-    argv[argv.index("--steps") + 1] = str(done + 5)  # the advice, but not 3000 steps
-    return script("pretrain.py", *argv), None
+    return script("pretrain.py", *advice(err)), None  # the advice as printed: --steps is the run's own
 
 
 # -----------------------------------------------------------------------------
@@ -782,6 +779,81 @@ def dash_name_advice(label, name_args):
 dash_name_advice("a_name_that_starts_with_a_dash", ["--name=-dashrun"])
 dash_name_advice("a_name_with_spaces_and_quotes", ["--name", "my 'best' run"])
 dash_name_advice("a_name_with_a_dollar_and_a_semicolon", ["--name", "a$HOME;b"])
+
+
+# -----------------------------------------------------------------------------
+# the third recount (issue 70): what is compared, kills, resumes that would change the run, bounds
+
+def runs_at_two_lrs(c):
+    """A prioritized and a uniform run at lr 1e-4, and a prioritized one at lr 3e-4 (no uniform run there)."""
+    for name, flags in (("u", ["--alpha", "0", "--lr", "1e-4"]), ("p", ["--alpha", "100", "--lr", "1e-4"]),
+                        ("p_fast", ["--alpha", "100", "--lr", "3e-4"])):
+        script("rl.py", "--ckpt", c.ckpt, *RL, "--out", c.path("runs"), "--name", name, *flags)
+    return c.path("runs")
+
+
+@case("what is compared")
+def frontier_of_a_run_with_no_uniform_run_at_its_lr(c):
+    result = script("analyze.py", "frontier", runs_at_two_lrs(c), "--out", c.tmp)
+    short = result[1].split("In full:")[0]
+    return result, lambda: (None if "no frontier |" in short and "warning: no uniform run shares" in result[2]
+                            else "a run was set against a frontier of another lr, or said to lie above none")
+
+
+@case("kills")
+def rl_sigterm_stops_as_ctrl_c_does(c):
+    first = running_rl(c)
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate()
+    return script("rl.py", *advice(err)), None  # the advice it printed, followed
+
+
+@case("kills")
+def rl_sighup_stops_as_ctrl_c_does(c):
+    first = running_rl(c)
+    first.send_signal(signal.SIGHUP)
+    _, err = first.communicate()
+    return script("rl.py", *advice(err)), None
+
+
+@case("kills")
+def analyze_accuracy_ctrl_c(c):
+    proc = start("analyze.py", "accuracy", "--ckpt", c.ckpt, "--n", "2000", "--cache", "", "--out", c.tmp)
+    time.sleep(8)
+    _, err = stop(proc)
+    said = [line for line in err.splitlines() if line.strip()][-1:]
+    then = script("analyze.py", "accuracy", "--ckpt", c.ckpt, "--n", "4", "--cache", "", "--out", c.tmp)
+    return then, lambda: (None if said and said[0].startswith("interrupted (Ctrl-C)") and "Traceback" not in
+                          err else f"Ctrl-C ended in: {err.strip()[-200:]}")
+
+
+@case("resumes that would change the run")
+def pretrain_resume_with_more_steps(c):
+    out = c.path("add1.pt")
+    script("pretrain.py", *PRETRAIN, "--steps", "6", "--out", out)
+    return script("pretrain.py", *PRETRAIN, "--steps", "12", "--out", out, "--resume"), None
+
+
+@case("resumes that would change the run")
+def rl_resume_with_another_sampler(c):
+    argv = cut_run(c)
+    return script("rl.py", *argv, "--sampler", "cache"), None
+
+
+@case("bounds")
+def rl_ppo_epochs_for_hours(c):
+    return script("rl.py", "--ckpt", c.ckpt, *RL, "--algo", "ppo", "--ppo-epochs", "100000", "--out",
+                  c.tmp), None
+
+
+@case("bounds")
+def pretrain_lr_beyond_float32(c):
+    return script("pretrain.py", *PRETRAIN, "--lr", "1e308", "--out", c.path("a.pt")), None
+
+
+@case("bounds")
+def pretrain_digits_a_billion(c):
+    return script("pretrain.py", *PRETRAIN[2:], "--digits", "1000000000", "--out", c.path("a.pt")), None
 
 
 def main():

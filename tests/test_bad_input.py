@@ -61,7 +61,12 @@ CASES = [
     ("rl", ["--eval-size", "1000000000"], "at most 10000"),
     ("rl", ["--batch-size", "100000000"], "at most 65536"),
     ("rl", ["--grad-clip", "-1"], "non-negative"),
-    ("rl", ["--ppo-epochs", "0"], "--ppo-epochs must be >= 1"),
+    ("rl", ["--ppo-epochs", "0"], "--ppo-epochs must be at least 1 and at most 100"),
+    ("rl", ["--ppo-epochs", "100000"], "at most 100"),  # hours per batch otherwise
+    ("rl", ["--lr", "1e308"], "at most 1e+30"),  # AdamW overflows float32 otherwise
+    ("pretrain", ["--lr", "1e308"], "at most 1e+30"),
+    ("pretrain", ["--digits", "1000000000"], "at most 100"),  # its texts would be a billion digits long
+    ("pretrain", ["--n-embd", "10000000"], "at most 65536"),
     ("rl", ["--clip", "1.5"], "--clip in (0, 1)"),
     # rl.py: checkpoints, sizes, run folders
     ("rl", ["--ckpt", "{tmp}/nope.pt"], "no checkpoint at"),

@@ -349,3 +349,51 @@ def test_the_printed_resume_command_parses_back_to_the_run_whatever_its_name(nam
     command = runtime.resume_command("rl.py", ["--seed", "1", f"--name={name}"], name)
     argv = shlex.split(command)[2:]
     assert rl.get_args(argv).name == name and "--resume" in argv
+
+
+# -----------------------------------------------------------------------------
+# the third recount (issue 70): kills and Ctrl-C everywhere, advice that works as printed
+
+def test_sigterm_and_sighup_stop_rl_as_ctrl_c_does(tiny_checkpoint, tmp_path, monkeypatch):
+    """A kill (SIGTERM) or a closed terminal (SIGHUP) right after the evaluation at episode 4 was saved: the
+    run stops with where it stands and the command that goes on, and that command finishes it."""
+    import signal
+    save = run_folder.atomic_save
+    for kind in ("SIGTERM", "SIGHUP"):
+        flags = ["--ckpt", tiny_checkpoint, "--episodes", "8", "--batch-size", "2", "--group-size", "2",
+                 "--eval-every", "4", "--eval-size", "2", "--out", str(tmp_path), "--threads", "1",
+                 "--no-save", "--device", "cpu", "--name", kind]
+
+        def save_then_kill(obj, path, kind=kind):
+            save(obj, path)
+            if obj["episode"] == 4:
+                os.kill(os.getpid(), getattr(signal, kind))
+        monkeypatch.setattr(run_folder, "atomic_save", save_then_kill)
+        with pytest.raises(SystemExit) as e:
+            rl.main(flags)
+        message = e.value.code.strip()
+        assert message.startswith("interrupted:") and message.endswith("--resume") and "\n" not in message
+        monkeypatch.setattr(run_folder, "atomic_save", save)
+        rl.main(shlex.split(message.split("to go on: ")[1])[2:])
+        assert [r["episode"] for r in rows(tmp_path / kind / "metrics.jsonl")] == [0, 4, 8]
+        assert signal.getsignal(getattr(signal, kind)) is not None  # the handler was put back
+
+
+def test_a_ctrl_c_in_any_other_command_is_one_line():
+    def main():
+        raise KeyboardInterrupt
+    with pytest.raises(SystemExit) as e:
+        runtime.run_script(main)
+    assert e.value.code.strip().startswith("interrupted (Ctrl-C)") and "\n" not in e.value.code.strip()
+
+
+def test_the_resume_advice_names_the_script_as_it_was_started(monkeypatch):
+    """Run from another folder, the advice names the script's own path; under torchrun, torchrun with the
+    same process count; called from Python, the script's name."""
+    monkeypatch.setattr(sys, "argv", ["../code/rl.py", "--alpha", "3"])
+    assert runtime.resume_command("rl.py", ["--alpha", "3"]) == "python ../code/rl.py --alpha 3 --resume"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert runtime.resume_command("rl.py", ["--alpha", "3"]).startswith(
+        "torchrun --standalone --nproc_per_node 2 ../code/rl.py --alpha 3")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert runtime.resume_command("rl.py", ["--kl-coef", "0"]) == "python rl.py --kl-coef 0 --resume"
