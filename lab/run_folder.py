@@ -271,6 +271,9 @@ def whole_log(path, key):
                 break
             sys.exit(f"error: {path} line {number} is not a row of this log; repair the file, or start the "
                      "run anew with --force")
+        if rows and row[key] <= rows[-1][key]:  # a resumed run would append after a duplicate
+            sys.exit(f"error: {path} line {number}: {key} {row[key]} after {rows[-1][key]} (rows duplicated "
+                     "or out of order); repair the file, or start the run anew with --force")
         rows.append(row)
     return rows
 

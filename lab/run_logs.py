@@ -6,6 +6,7 @@ is named, never dropped silently; and which reference checkpoint each run starte
 A reader of the method may skip it: it only reads finished runs' files.
 """
 import json
+import math
 import os
 import sys
 
@@ -54,6 +55,13 @@ def read_run(run_dir):
             if missing:
                 sys.exit(f"error: {metrics_path} line {number} lacks {', '.join(missing)}; "
                          "remove the line or the run")
+            if not all(isinstance(row[k], (int, float)) and math.isfinite(row[k]) for k in REQUIRED):
+                sys.exit(f"error: {metrics_path} line {number} holds a value that is not a finite number "
+                         f"({', '.join(f'{k} {row[k]!r}' for k in REQUIRED)}); remove the line or the run")
+            if rows and row["episode"] <= rows[-1]["episode"]:  # a duplicated or misplaced evaluation
+                sys.exit(f"error: {metrics_path} line {number}: episode {row['episode']} after episode "
+                         f"{rows[-1]['episode']} (rows duplicated or out of order); remove the line or the "
+                         "run")
             rows.append(row)
     return {"dir": run_dir, "config": config, "rows": rows} if rows else None
 

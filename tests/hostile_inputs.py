@@ -827,6 +827,26 @@ def analyze_accuracy_ctrl_c(c):
                           err else f"Ctrl-C ended in: {err.strip()[-200:]}")
 
 
+def duplicated_row(c):
+    """A stopped run whose metrics.jsonl holds its first evaluation again at the end; its resume arguments."""
+    argv = cut_run(c)
+    path = c.path("cut", "metrics.jsonl")
+    lines = open(path).read().splitlines()
+    open(path, "w").write("\n".join([*lines, lines[0]]) + "\n")
+    return argv
+
+
+@case("logs out of order")
+def curves_of_a_run_with_an_evaluation_twice(c):
+    duplicated_row(c)
+    return script("analyze.py", "curves", c.path("cut"), "--out", c.tmp), None
+
+
+@case("logs out of order")
+def resume_of_a_run_with_an_evaluation_twice(c):
+    return script("rl.py", *duplicated_row(c)), None
+
+
 @case("resumes that would change the run")
 def pretrain_resume_with_more_steps(c):
     out = c.path("add1.pt")

@@ -347,7 +347,11 @@ def test_the_frontier_says_each_groups_regime_and_pairs_prioritized_with_standar
 
 
 @pytest.mark.parametrize("line, message", [("{not json", "line 2 is not JSON"),
-                                           ('{"episode": 512}', "line 2 lacks acc_plus, acc_comfort")])
+                                           ('{"episode": 512}', "line 2 lacks acc_plus, acc_comfort"),
+                                           ('{"episode": 0, "acc_plus": 50.0, "acc_comfort": 100.0}',
+                                            "line 2: episode 0 after episode 0 (rows duplicated"),
+                                           ('{"episode": 512, "acc_plus": NaN, "acc_comfort": 100.0}',
+                                            "line 2 holds a value that is not a finite number")])
 def test_a_damaged_log_is_an_error_that_names_the_file_and_line(tmp_path, line, message):
     runs = tmp_path / "runs"
     runs.mkdir()

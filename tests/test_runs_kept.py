@@ -397,3 +397,18 @@ def test_the_resume_advice_names_the_script_as_it_was_started(monkeypatch):
         "torchrun --standalone --nproc_per_node 2 ../code/rl.py --alpha 3")
     monkeypatch.delenv("WORLD_SIZE")
     assert runtime.resume_command("rl.py", ["--kl-coef", "0"]) == "python rl.py --kl-coef 0 --resume"
+
+
+def test_a_resume_refuses_a_log_whose_rows_are_out_of_order(tiny_checkpoint, tmp_path):
+    """A metrics.jsonl with an evaluation written twice (a copy-paste, two writers long ago): --resume would
+    append after it and log episodes 8, 0, 16, ...; it is refused, naming the file and line."""
+    flags = ["--ckpt", tiny_checkpoint, "--episodes", "8", "--batch-size", "2", "--group-size", "2",
+             "--eval-every", "4", "--eval-size", "2", "--out", str(tmp_path), "--threads", "1", "--no-save",
+             "--device", "cpu", "--name", "cut"]
+    from test_rl import interrupt_after_saving
+    interrupt_after_saving(flags, 4)
+    path = tmp_path / "cut" / "metrics.jsonl"
+    first, second = path.read_text().splitlines()
+    path.write_text("\n".join([first, second, first]) + "\n")
+    message = refused(rl.main, [*flags, "--resume"])
+    assert "metrics.jsonl line 3: episode 0 after 4 (rows duplicated or out of order)" in message
