@@ -17,6 +17,20 @@ def task_problems(size, digits, seed=1234):
     return data.eval_set("pretrain", digits, size, seed=seed)
 
 
+def stop_after_saving(monkeypatch, episode):
+    """Ctrl-C right after rl.py's evaluation at `episode` was saved (the state is the last thing written).
+    Returns the real save, to put back."""
+    from lab import run_folder
+    save = run_folder.atomic_save
+
+    def save_then_stop(obj, path):
+        save(obj, path)
+        if obj["episode"] == episode:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(run_folder, "atomic_save", save_then_stop)
+    return save
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """An untrained 2-digit model saved as pretrain.py would save it (with data.py's task): enough for smoke

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from lab import metrics
 import data
-from conftest import addition_only, task_problems
+from conftest import addition_only, stop_after_saving, task_problems
 import rl
 from lab import run_folder
 from model import GPT, GPTConfig
@@ -271,14 +271,8 @@ def test_an_interrupted_run_resumes_to_the_same_metrics(tiny_checkpoint, tmp_pat
 
 def interrupt_after_saving(flags, episode):
     """rl.main(flags) stopped by a Ctrl-C right after the evaluation at `episode` was saved."""
-    save = run_folder.atomic_save
-
-    def save_then_stop(obj, path):
-        save(obj, path)
-        if obj["episode"] == episode:
-            raise KeyboardInterrupt
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(run_folder, "atomic_save", save_then_stop)
+        stop_after_saving(patch, episode)
         with pytest.raises(SystemExit):
             rl.main(flags)
 

@@ -17,6 +17,7 @@ import rl
 from lab import run_folder
 from lab import files
 from lab import runtime
+from conftest import stop_after_saving
 from model import GPT, GPTConfig, save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,18 +39,6 @@ def refused(main, argv):
 
 def rows(path):
     return [json.loads(line) for line in open(path)]
-
-
-def stop_after_saving(monkeypatch, episode):
-    """Ctrl-C right after the evaluation at `episode` was saved (the state is the last thing written)."""
-    save = run_folder.atomic_save
-
-    def save_then_stop(obj, path):
-        save(obj, path)
-        if obj["episode"] == episode:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(run_folder, "atomic_save", save_then_stop)
-    return save
 
 
 def interrupted(tiny_checkpoint, tmp_path, monkeypatch, name="cut", episode=4):
