@@ -34,8 +34,8 @@ from lab import generation, metrics, report
 from lab.curves import cmd_curves
 from lab.files import hold_lock, release_locks, write_text
 from lab.frontier import cmd_frontier
-from lab.runtime import (DEVICE_HELP, generation_dtype, mixed_precision, number, pick_device, run_script,
-                         set_threads)
+from lab.console import run_script
+from lab.runtime import DEVICE_HELP, generation_dtype, mixed_precision, number, pick_device, set_threads
 from lab.scratchpad import addition_only, describe_error, locate
 from lab.study import BUDGETS, cmd_study
 from model import load_or_exit, pretrain_digits

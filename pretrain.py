@@ -35,9 +35,9 @@ from lab import generation
 from lab.files import atomic_save, hold_lock, release_locks
 from model import GPT, GPTConfig, save_checkpoint
 from lab.ranks import end_ranks, start_ranks, sum_gradients, sum_over_ranks, wait_for_ranks
+from lab.console import resume_command, run_script
 from lab.runtime import (add_number, add_runtime_flags, autocast_dtype, generation_dtype, mixed_precision,
-                     pick_device, precision_name, provenance, resume_command, run_script, seed_everything,
-                     set_threads, too_big)
+                     pick_device, precision_name, provenance, seed_everything, set_threads, too_big)
 
 
 def get_args(argv=None):

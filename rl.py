@@ -45,9 +45,9 @@ from lab import run_folder
 from lab.files import release_locks
 from model import load_for_fine_tuning
 from lab.ranks import end_ranks, rank_share, start_ranks, sum_gradients
-from lab.runtime import (add_number, add_runtime_flags, autocast_dtype, generation_dtype,
-                         kills_stop_like_ctrl_c, mixed_precision, pick_device, resume_command, run_script,
-                         seed_everything, set_threads)
+from lab.console import kills_stop_like_ctrl_c, resume_command, run_script
+from lab.runtime import (add_number, add_runtime_flags, autocast_dtype, generation_dtype, mixed_precision,
+                         pick_device, seed_everything, set_threads)
 
 # -----------------------------------------------------------------------------
 # the paper's idea: the loss, then what it calls
@@ -240,7 +240,8 @@ def flags():
                at_most=1e6)
     core = p.add_argument_group("RL")
     core.add_argument("--ckpt", default="checkpoints/add7.pt", help="pre-trained model: start and reference")
-    add_number(core, "--digits-plus", int, 1, "k: train on the 'N+k' distribution (default 1)", at_least=1)
+    add_number(core, "--digits-plus", int, 1, "k: train on the 'N+k' distribution (default 1)", at_least=1,
+               at_most=100)
     add_number(core, "--episodes", int, 2048, "completions sampled in all (default 2048)", at_least=1,
                at_most=10_000_000)
     add_number(core, "--batch-size", int, 16, "problems per iteration (default 16)", at_least=1,
@@ -305,13 +306,16 @@ def get_args(argv=None):
 def main(argv=None):
     args = get_args(argv)
     run_dir = os.path.join(args.out, args.name)
-    go_on = resume_command("rl.py", sys.argv[1:] if argv is None else argv, args.name)
+    argv = sys.argv[1:] if argv is None else argv
+    go_on = resume_command("rl.py", argv, args.name)
     try:
         with kills_stop_like_ctrl_c():  # SIGTERM and SIGHUP too
             run = set_up(args)  # device, processes, models, optimizer, the run folder and the random streams
             train(run, args)
             run_folder.finish_run(run)
         end_ranks()
+    except run_folder.OtherProcessCount as e:  # the command with the run's own process count
+        sys.exit(f"{e.code}; to go on: {resume_command('rl.py', argv, args.name, e.ranks)}")
     except KeyboardInterrupt:
         sys.exit(f"\ninterrupted: {run_dir} keeps the run up to its last evaluation; to go on: {go_on}")
     except FloatingPointError as e:

@@ -29,8 +29,9 @@ import torch
 import data
 from lab import generation
 from model import CheckpointError, load_checkpoint
+from lab.console import run_script
 from lab.runtime import (DEVICE_HELP, DTYPE_HELP, DTYPES, add_number, autocast_dtype, generation_dtype,
-                         mixed_precision, pick_device, precision_name, run_script, set_threads, synchronize)
+                         mixed_precision, pick_device, precision_name, set_threads, synchronize)
 
 
 def timed(fn, device):
@@ -79,11 +80,12 @@ def matmul_peak(device, dtype, size=2048, repeats=5):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default="checkpoints/add7.pt", help="model to time")
-    add_number(p, "--digits", int, None, "K for the K+K problems (default N+1)", at_least=1)
+    add_number(p, "--digits", int, None, "K for the K+K problems (default N+1)", at_least=1,
+               at_most=100)
     add_number(p, "--batch-size", int, 64, "rows generated at once (default 64: one RL iteration, "
                "16 problems x 4 samples)", at_least=1, at_most=65_536)
     add_number(p, "--eval-size", int, 200, "problems of the timed evaluation (default 200, as rl.py's)",
-               at_least=1)
+               at_least=1, at_most=10_000)
     add_number(p, "--recompute-every", int, 16, "time the full recompute at every K-th new token, scaled "
                "by K (default 16; 1: exact)", at_least=1)
     p.add_argument("--device", default="auto", help=DEVICE_HELP)

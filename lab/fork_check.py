@@ -20,6 +20,7 @@ import sys
 import tempfile
 
 import data
+from lab.runtime import add_number
 
 TINY = ["--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--steps", "30", "--eval-size", "2",
         "--eval-every", "30", "--threads", "1"]
@@ -59,8 +60,9 @@ def run(step, command, folder):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--digits", type=int, default=2, help="N of the tiny model (default 2)")
-    p.add_argument("--block-size", type=int, default=256, help="positions of the tiny model (default 256)")
+    add_number(p, "--digits", int, 2, "N of the tiny model (default 2)", at_least=1, at_most=100)
+    add_number(p, "--block-size", int, 256, "positions of the tiny model (default 256)", at_least=1,
+               at_most=1_048_576)
     args = p.parse_args(argv)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     print(f"fork check of the task {data.NAME!r} (data.NAME)")
@@ -95,5 +97,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from lab.runtime import run_script
+    from lab.console import run_script
     run_script(main)

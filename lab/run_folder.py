@@ -149,6 +149,10 @@ def resume_folder(args, config, run_dir, defaults):
         sys.exit(f"error: {config_path} is missing or not readable JSON ({type(e).__name__}); the run cannot "
                  "be checked: start it anew with --force")
     old.setdefault("sampler", sampler_of(old))  # a run from before --sampler: its two flags say which
+    if old.get("ranks", 1) != config.get("ranks", 1):  # each process draws its own sampling noise
+        then, now = old.get("ranks", 1), config.get("ranks", 1)
+        raise OtherProcessCount(f"error: {run_dir} was made by {then} process(es) and this is {now}: another "
+                                "count is another run", then)
     differ = [f"--{k.replace('_', '-')} {old.get(k)} (now {v})" for k, v in config.items()
               if k not in RESUME_MAY_DIFFER | {"ckpt", "ckpt_sha256"} and old.get(k, defaults.get(k, v)) != v]
     if differ:
@@ -189,6 +193,14 @@ def resume_folder(args, config, run_dir, defaults):
     if state["iteration"]:
         cut_back(os.path.join(run_dir, TRAIN_LOG), steps, state["episode"])
     return run_dir, state, rows
+
+
+class OtherProcessCount(SystemExit):
+    """--resume with another process count than the run's (its `ranks`): rl.py adds the command to use."""
+
+    def __init__(self, message, ranks):
+        super().__init__(message)
+        self.ranks = ranks
 
 
 def check_identity(saved, config, state_path, run_dir, defaults):

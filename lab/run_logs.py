@@ -90,8 +90,9 @@ def find_runs(paths, skipped=None):
 
 def train_rows(run):
     """The rows of a run's train.jsonl (read once, kept in run["train"]). A line that is not a row (cut off
-    by a kill, or damaged) is skipped, and a log that is not a file is not read; either is named in
-    run["notes"], which the tables print under "Left out"."""
+    by a kill, or damaged), holds a number that is not finite (rl.py stops before it would log one), or
+    repeats or goes back on an iteration is skipped, and a log that is not a file is not read; each is named
+    in run["notes"], which the tables print under "Left out"."""
     if "train" in run:
         return run["train"]
     path, rows = os.path.join(run["dir"], TRAIN_LOG), []
@@ -107,6 +108,12 @@ def train_rows(run):
                     row = False
                 if row is False or (row is not None and not isinstance(row, dict)):
                     run["notes"].append(f"{path} line {number} (not a row of the log: skipped)")
+                elif row is not None and (bad := ", ".join(f"{k} {v}" for k, v in row.items()
+                                                          if isinstance(v, float) and not math.isfinite(v))):
+                    run["notes"].append(f"{path} line {number} (not a finite number: {bad}; skipped)")
+                elif row is not None and rows and row.get("iteration", 0) <= rows[-1].get("iteration", -1):
+                    run["notes"].append(f"{path} line {number} (iteration {row.get('iteration')} after "
+                                        f"{rows[-1].get('iteration')}: duplicated or out of order; skipped)")
                 elif row is not None:
                     rows.append(row)
     run["train"] = rows

@@ -1,6 +1,6 @@
 """
 Where a run happens: device, precision, threads, seeds, the memory estimate (lab/files.py: where it writes;
-lab/ranks.py: more than one process).
+lab/ranks.py: more than one process; lab/console.py: what a script prints, signals, the resume advice).
 Every script calls these; none of it is about the model or the task.
 
     device      pick_device (auto: cuda, then mps, then cpu), device_type, synchronize
@@ -8,28 +8,19 @@ Every script calls these; none of it is about the model or the task.
     threads     set_threads; seeds: seed_everything (and deterministic kernels on CUDA)
     provenance  what a run ran on (code commit, machine, threads, torch), for its config
     memory      training_gb, too_big: refuse a run that cannot fit before it starts
-    the console resume_command (the exact command that goes on), run_script (one line for a closed pipe,
-                an unprintable name or an operation with no deterministic kernel)
     flags       add_number, number: a flag's type and range in one place, refused in one line
 
 A reader of the method may skip it: the same algorithm runs whatever device or precision it picks.
 """
 import argparse
-import contextlib
 import math
 import os
 import platform
 import random
-import signal
 import subprocess
 import sys
 
 import torch
-
-try:
-    import fcntl  # POSIX (Linux, macOS); on Windows a stream is only checked for being closed
-except ImportError:
-    fcntl = None
 
 # -----------------------------------------------------------------------------
 # device
@@ -139,8 +130,9 @@ def seed_everything(seed, device="cpu", deterministic=True):
     CUDA: the same seed gives the same numbers run after run (and a resumed run ends bit-identically) only
     with deterministic kernels and cuBLAS's fixed workspace. They are strict: attention's backward then takes
     its deterministic kernels, token writes take the deterministic (sort-based) index kernels, and an
-    operation that has none stops the run (`deterministic_refusal` turns that into one line). They cost
-    speed; deterministic=False (--no-deterministic) turns them off: repeats then agree to rounding only.
+    operation that has none stops the run (lab/console.py's `deterministic_refusal` turns that into one
+    line). They cost speed; deterministic=False (--no-deterministic) turns them off: repeats then agree to
+    rounding only.
     CPUs are deterministic anyway; Apple MPS has no such switch."""
     random.seed(seed)
     torch.manual_seed(seed)
@@ -149,134 +141,6 @@ def seed_everything(seed, device="cpu", deterministic=True):
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG",
                                   ":4096:8")  # read when cuBLAS starts: before any matmul
         torch.use_deterministic_algorithms(deterministic)
-
-
-def run_script(main):
-    """Run main() as a script: a closed pipe (`| head -1`) or stream (`>&-`) ends the printing, not the run;
-    a character the terminal cannot encode is escaped; a RuntimeError for an operation with no deterministic
-    kernel, and a Ctrl-C the script does not handle itself, become one line each."""
-    open_closed_streams()
-    for stream in (sys.stdout, sys.stderr):
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="backslashreplace")
-    sys.stdout = PrintingMayStop(sys.stdout)
-    try:
-        main()
-    except KeyboardInterrupt:
-        sys.exit("\ninterrupted (Ctrl-C): stopped; every file it wrote is whole (written atomically)")
-    except RuntimeError as e:
-        message = deterministic_refusal(e)
-        if message is None:
-            raise
-        sys.exit(message)
-
-
-def open_closed_streams():
-    """A script started with stdout or stderr closed (`>&-`, a detached job) writes its messages nowhere and
-    still does its work. Python then leaves the stream None, or (when a launcher leaked a file it was reading
-    onto that descriptor) writes to a file opened read-only; and the next file the script opens could take
-    the free descriptor, so that a child process would print into it. Such a descriptor gets /dev/null, and
-    the stream writes there."""
-    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
-        try:
-            if fcntl is None:  # Windows: no access mode to read; a closed descriptor still fails os.fstat
-                os.fstat(fd)
-                leaked = False
-            else:
-                leaked = fd > 0 and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
-        except OSError:  # closed
-            leaked = True
-        if leaked:
-            null = os.open(os.devnull, os.O_RDWR)
-            if null != fd:  # a closed descriptor is the lowest free one: /dev/null may land on it at once
-                os.dup2(null, fd)
-                os.close(null)
-        if fd > 0 and (leaked or getattr(sys, name) is None):
-            setattr(sys, name, open(os.devnull, "w"))
-
-
-class PrintingMayStop:
-    """Standard output that stops printing, silently, once its reader has gone (a BrokenPipeError): the run
-    goes on and writes its files. Everything else passes through to the real stream."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def write(self, text):
-        try:
-            return self.stream.write(text)
-        except BrokenPipeError:
-            self.reader_gone()
-            return len(text)
-
-    def flush(self):
-        try:
-            self.stream.flush()
-        except BrokenPipeError:
-            self.reader_gone()
-
-    def reader_gone(self):
-        devnull = open(os.devnull, "w")
-        try:  # the descriptor too, so that the flush at exit finds somewhere to write
-            os.dup2(devnull.fileno(), self.stream.fileno())
-        except (OSError, ValueError, AttributeError):
-            pass
-        self.stream = devnull
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
-
-
-@contextlib.contextmanager
-def kills_stop_like_ctrl_c():
-    """Inside: a kill's SIGTERM, or SIGHUP (the terminal closed), stops the script as Ctrl-C does (a
-    KeyboardInterrupt, which rl.py answers with where the run stands and how to resume it)."""
-    def interrupt(*_):
-        raise KeyboardInterrupt
-    kinds = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]  # Windows:
-    previous = {kind: signal.signal(kind, interrupt) for kind in kinds}  # no SIGHUP
-    try:
-        yield
-    finally:
-        for kind, handler in previous.items():
-            signal.signal(kind, handler)
-
-
-def resume_command(script, argv, name=None):
-    """The exact command that continues an interrupted run: the script as it was started (its path, or
-    `script` when main() was called from Python; under torchrun, torchrun with the same process count), its
-    own arguments (argv, without --force and --resume), the run's real --name when it was chosen for the
-    user, then --resume."""
-    import shlex
-    if list(argv) == sys.argv[1:] and os.path.basename(sys.argv[0]) == script:  # run as a script: its path
-        script = sys.argv[0]
-    ranks = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    start = ["torchrun", "--standalone", "--nproc_per_node", str(ranks)] if ranks > 1 else ["python"]
-    kept, skip = [], False
-    for i, arg in enumerate(argv):
-        if skip:
-            skip = False
-            continue
-        if arg in ("--force", "--resume"):
-            continue
-        if name is not None and arg == "--name":
-            skip = True
-            continue
-        if name is not None and arg.startswith("--name="):
-            continue
-        kept.append(arg)
-    if name is not None:  # --name=VALUE: a name that starts with '-' would read as a flag after --name
-        kept += [f"--name={name}"] if name.startswith("-") else ["--name", name]
-    return shlex.join([*start, script, *kept, "--resume"])
-
-
-def deterministic_refusal(error):
-    """The one-line refusal for a RuntimeError saying an operation has no deterministic kernel, else None."""
-    text = str(error)
-    if "deterministic" not in text:
-        return None
-    return (f"error: {text.splitlines()[0][:200]} -- this operation has no deterministic kernel on this GPU: "
-            f"rerun with --no-deterministic (repeats then agree to rounding only)")
 
 
 def provenance(device):

@@ -40,12 +40,7 @@ def run_rl(runs, budget, jobs):
     """Start the rl.py runs (out, name, flags) that have not finished yet, `jobs` at a time, each with its
     share of the CPU threads (on a GPU they share the GPU). Logs only, no model files. With jobs > 1 a
     run's output is kept and its summary line printed when it ends."""
-    todo = []
-    for out, name, flags in runs:
-        if finished(os.path.join(out, name), budget["episodes"]):
-            print(f"have {out}/{name}", file=sys.stderr)
-        else:
-            todo.append((out, name, flags))
+    todo = unfinished(runs, budget)
     threads = max(1, torch.get_num_threads() // jobs)
 
     def launch(run):
@@ -55,7 +50,7 @@ def run_rl(runs, budget, jobs):
             return run, subprocess.run(command).returncode, ""
         done = subprocess.run(command, capture_output=True, text=True)
         summary = [line for line in done.stdout.splitlines() if line.startswith("done:")]
-        sys.stderr.write(f"{out}/{name}: " + (summary[-1] if summary else "failed") + "\n")
+        sys.stderr.write(f"{run[0]}/{run[1]}: " + (summary[-1] if summary else "failed") + "\n")  # out/name
         return run, done.returncode, done.stderr
 
     failed = []
@@ -66,6 +61,17 @@ def run_rl(runs, budget, jobs):
                 print(stderr[-2000:], file=sys.stderr)
     if failed:
         sys.exit(f"error: {len(failed)} rl.py run(s) failed: {', '.join(failed)} (commands printed above)")
+
+
+def unfinished(runs, budget):
+    """The runs (out, name, flags) not finished yet; each finished one said on stderr ("have ...")."""
+    todo = []
+    for out, name, flags in runs:
+        if finished(os.path.join(out, name), budget["episodes"]):
+            print(f"have {out}/{name}", file=sys.stderr)
+        else:
+            todo.append((out, name, flags))
+    return todo
 
 
 def rl_command(out, name, flags, budget, threads):
@@ -91,8 +97,9 @@ def cmd_study(args, defaults):
                  "checkpoints/README.md)")
     common = ["--device", args.device]
     figures = study_runs(budget, out, common)
+    every = [run for runs in (figures["fig6"], figures["fig3"]) for run in runs]
     if args.print_commands:  # one command a line, one thread each: for `parallel -j N` or a job array
-        for run in (run for runs in (figures["fig6"], figures["fig3"]) for run in runs):
+        for run in unfinished(every, budget):  # none for a finished run: its --force would replace it
             print(" ".join(["python", *rl_command(*run, budget, 1)[1:]]))
         return
     base = [sys.executable, "analyze.py"]
@@ -102,7 +109,7 @@ def cmd_study(args, defaults):
         if subprocess.run([*base, *step, *common, "--results", results],
                           stdout=subprocess.DEVNULL).returncode:
             sys.exit(f"error: analyze.py {step[0]} failed")
-    run_rl([run for runs in (figures["fig6"], figures["fig3"]) for run in runs], budget, args.jobs)
+    run_rl(every, budget, args.jobs)
     for name, runs in figures.items():
         cmd_curves(argparse.Namespace(runs=[os.path.join(o, n) for o, n, _ in runs], name=name,
                                       results=results), defaults)

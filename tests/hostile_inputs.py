@@ -9,6 +9,7 @@ Not part of `pytest` (tests/test_runs_kept.py and tests/test_bad_input.py hold o
 non-zero if any case ends in a traceback, a hang or lost work.
 """
 import argparse
+import glob
 import json
 import os
 import shlex
@@ -42,9 +43,11 @@ class Case:
 
 
 def script(name, *args, env=None, timeout=HANG, stdin=None):
-    """Run one of the project's scripts; returns (returncode or None for a hang, stdout, stderr)."""
+    """Run one of the project's scripts (or a module: lab.bench); returns (returncode or None for a hang,
+    stdout, stderr)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, name), *map(str, args)], cwd=ROOT, env=env,
+    where = ["-m", name] if name.startswith("lab.") else [os.path.join(ROOT, name)]  # a module, a script
+    proc = subprocess.Popen([sys.executable, *where, *map(str, args)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)
     try:
@@ -105,7 +108,8 @@ def outcome(result, check=None):
             return "lost", problem
     if code == 0:
         return "accepted", (out.strip().splitlines() or [""])[-1][:100]
-    lines = [line for line in err.strip().splitlines() if line.startswith("error:") or ": error:" in line]
+    lines = [line for line in err.strip().splitlines()
+             if line.startswith(("error:", "interrupted")) or ": error:" in line]  # a Ctrl-C: one line
     if len(lines) == 1:
         return "refused", lines[0][:160]
     return "lost", f"exit {code} without one clear error line: {err.strip()[-200:]}"
@@ -687,17 +691,19 @@ def checkpoint_vocabulary_a_number(c):
     return bad_checkpoint(vocab=5)(c)
 
 
-def closed(label, shell_suffix, name, *flags, made=None):
+def closed(label, shell_suffix, name, *flags, made=None, group="recount: closed streams"):
+    """A case: the command `python name flags` with its streams redirected by shell_suffix (`>&-`,
+    `>/dev/full`); the check: it wrote `made` (when given)."""
     def run(c):
         argv = (sys.executable, name, *[f.format(c=c) for f in flags])
         command = " ".join(shlex.quote(str(a)) for a in argv)
         proc = subprocess.run(["bash", "-c", f"{command} {shell_suffix}"], cwd=ROOT, capture_output=True,
                               text=True, timeout=HANG, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        target = made.format(c=c)
-        return (proc.returncode, proc.stdout, proc.stderr), lambda: None if os.path.exists(target) else \
-            f"nothing written ({target})"
+        target = made.format(c=c) if made else None
+        return (proc.returncode, proc.stdout, proc.stderr), lambda: None if not target or \
+            os.path.exists(target) else f"nothing written ({target})"
     run.__name__ = label
-    case("recount: closed streams")(run)
+    case(group)(run)
 
 
 RL_FLAGS = ["--ckpt", "{c.ckpt}", *RL, "--out", "{c.tmp}", "--name", "r"]
@@ -874,6 +880,227 @@ def pretrain_lr_beyond_float32(c):
 @case("bounds")
 def pretrain_digits_a_billion(c):
     return script("pretrain.py", *PRETRAIN[2:], "--digits", "1000000000", "--out", c.path("a.pt")), None
+
+
+# a full standard output or error (a full disk under `> log`): printing must never cost the run
+FULL = "full streams"
+closed("rl_with_stdout_full", ">/dev/full", "rl.py", *RL_FLAGS, made="{c.tmp}/r/train.jsonl", group=FULL)
+closed("rl_with_stderr_full", "2>/dev/full", "rl.py", *RL_FLAGS, made="{c.tmp}/r/train.jsonl", group=FULL)
+closed("rl_with_both_full", ">/dev/full 2>&1", "rl.py", *RL_FLAGS, made="{c.tmp}/r/train.jsonl", group=FULL)
+closed("pretrain_with_stdout_full", ">/dev/full", "pretrain.py", *PRE_FLAGS, made="{c.tmp}/p.pt", group=FULL)
+closed("pretrain_with_both_full", ">/dev/full 2>&1", "pretrain.py", *PRE_FLAGS, made="{c.tmp}/p.pt",
+       group=FULL)
+closed("analyze_accuracy_with_stdout_full", ">/dev/full", "analyze.py", *ACC_FLAGS,
+       made="{c.tmp}/accuracy.md", group=FULL)
+closed("bench_with_both_full", ">/dev/full 2>&1", "-m", "lab.bench", "--ckpt", "{c.ckpt}", "--batch-size",
+       "2", "--eval-size", "2", "--recompute-every", "64", "--threads", "1", "--device", "cpu", group=FULL)
+
+
+# torchrun: one clear line from the first rank, none from the others
+
+def torchrun(c, *args):
+    """A script run by torchrun with two processes (gloo on the CPU), each rank's output kept apart
+    (torchrun's --log-dir and --redirects); torchrun's own report of a failed child is not the scripts'
+    output. Returns ((returncode or None for a hang, rank 0's stdout, rank 0's stderr), rank 1's output)."""
+    logs = c.path("torchrun-logs")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "--log-dir", logs, "--redirects", "3", *map(str, args)]
+    try:
+        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=2 * HANG,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    except subprocess.TimeoutExpired:
+        return (None, "", ""), ""
+
+    def read(rank, stream):
+        return "".join(open(p).read() for p in glob.glob(os.path.join(logs, "*", "*", str(rank),
+                                                                       f"{stream}.log")))
+    return (proc.returncode, read(0, "stdout"), read(0, "stderr")), read(1, "stdout") + read(1, "stderr")
+
+
+def second_rank_silent(other):
+    return lambda: None if not other.strip() else f"the second rank spoke: {other.strip()[-200:]}"
+
+
+@case("torchrun")
+def torchrun_rl_run_started_again_without_force(c):
+    flags = ["--ckpt", c.ckpt, *RL, "--out", c.tmp, "--name", "r"]
+    script("rl.py", *flags)
+    result, other = torchrun(c, "rl.py", *flags)
+    return result, second_rank_silent(other)
+
+
+@case("torchrun")
+def torchrun_pretrain_out_that_exists(c):
+    script("pretrain.py", *PRETRAIN, "--steps", "2", "--out", c.path("p.pt"))
+    result, other = torchrun(c, "pretrain.py", *PRETRAIN, "--steps", "2", "--batch-size", "4", "--out",
+                             c.path("p.pt"))
+    return result, second_rank_silent(other)
+
+
+@case("torchrun")
+def torchrun_resume_of_a_one_process_run(c):
+    argv = cut_run(c)
+    result, other = torchrun(c, "rl.py", *argv)
+    told = "to go on: python " in result[2] and "made by 1 process(es) and this is 2" in result[2]
+    return result, lambda: second_rank_silent(other)() or (None if told else "no command with one process")
+
+
+@case("resume advice")
+def one_process_resume_of_a_two_process_run(c):
+    argv = cut_run(c)
+    config = json.load(open(c.path("cut", "config.json")))
+    json.dump({**config, "ranks": 2}, open(c.path("cut", "config.json"), "w"))  # as torchrun -n 2 wrote it
+    state = torch.load(c.path("cut", "state.pt"), weights_only=False)
+    state["identity"]["ranks"] = 2
+    torch.save(state, c.path("cut", "state.pt"))
+    result = script("rl.py", *argv)
+    told = "to go on: torchrun --standalone --nproc_per_node 2 " in result[2] and "--force" not in result[2]
+    return result, lambda: None if told else "not told to resume with torchrun and 2 processes"
+
+
+@case("resume advice")
+def ctrl_c_of_rl_started_from_another_directory(c):
+    here = os.path.relpath(os.path.join(ROOT, "rl.py"), c.tmp)  # e.g. ../../work/main/rl.py
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    flags = ["--ckpt", c.ckpt, *LONG_RL, "--out", c.tmp, "--name", "far"]
+    first = subprocess.Popen([sys.executable, here, *flags], cwd=c.tmp, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    end = time.time() + HANG
+    while time.time() < end and (not os.path.exists(c.path("far", "metrics.jsonl"))
+                                 or len(rows(c.path("far", "metrics.jsonl"))) < 2):
+        time.sleep(0.2)
+    _, err = stop(first)
+    if "to go on: " not in err:
+        raise NoAdvice(err.strip()[-300:])
+    command = shlex.split(err.split("to go on: ")[1].strip().splitlines()[0])
+    command[0] = sys.executable  # "python", followed literally, from the same directory
+    proc = subprocess.Popen(command, cwd=c.tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(5)
+    out2, err2 = stop(proc)
+    went_on = "resuming" in out2 and command[1] == here
+    return (0, out2, err2), lambda: None if went_on else f"the advice did not resume: {err2[-200:]}"
+
+
+@case("resume advice")
+def study_print_commands_with_a_finished_run(c):
+    runs = c.path("runs")
+    script("rl.py", "--ckpt", c.ckpt, *RL, "--out", os.path.join(runs, "study_small", "alpha"), "--name",
+           "alpha0_seed0")
+    path = os.path.join(runs, "study_small", "alpha", "alpha0_seed0", "metrics.jsonl")
+    logged = rows(path)
+    logged[-1]["episode"] = 1024  # as if it had run the small study's whole budget
+    open(path, "w").write("".join(json.dumps(r) + "\n" for r in logged))
+    result = script("analyze.py", "study", "--print-commands", "--runs", runs)
+    again = [line for line in result[1].splitlines() if "--name alpha0_seed0 " in line]
+    return result, lambda: f"a finished run printed again: {again[0][:120]}" if again else None
+
+
+# logs out of order, duplicated or not finite: named with their file and line
+
+@case("logs out of order")
+def curves_of_a_train_log_with_nan(c):
+    def nan(runs):
+        path = os.path.join(runs, "b", "train.jsonl")
+        lines = open(path).read().splitlines()
+        open(path, "w").write("\n".join([lines[0].replace('"kl": 0.0', '"kl": NaN', 1), *lines[1:]]) + "\n")
+    result = two_runs_then_curves(c, nan)
+    said = "train.jsonl line 1 (not a finite number" in result[1] + result[2]
+    return result, lambda: None if said else "the NaN went unnamed"
+
+
+@case("logs out of order")
+def curves_of_a_train_log_with_an_iteration_twice(c):
+    def twice(runs):
+        path = os.path.join(runs, "b", "train.jsonl")
+        lines = open(path).read().splitlines()
+        open(path, "w").write("\n".join([*lines, lines[0]]) + "\n")
+    result = two_runs_then_curves(c, twice)
+    said = "duplicated or out of order" in result[1] + result[2]
+    return result, lambda: None if said else "the repeated iteration went unnamed"
+
+
+@case("logs out of order")
+def curves_of_evaluations_out_of_order(c):
+    def swap(runs):
+        path = os.path.join(runs, "b", "metrics.jsonl")
+        lines = open(path).read().splitlines()
+        open(path, "w").write("\n".join([lines[0], lines[2], lines[1]]) + "\n")
+    return two_runs_then_curves(c, swap), None
+
+
+@case("logs out of order")
+def frontier_of_a_run_with_a_nan_accuracy(c):
+    runs = runs_at_two_lrs(c)
+    path = os.path.join(runs, "p", "metrics.jsonl")
+    logged = rows(path)
+    logged[-1]["acc_plus"] = float("nan")
+    open(path, "w").write("".join(json.dumps(r) + "\n" for r in logged))
+    return script("analyze.py", "frontier", runs, "--out", c.tmp), None
+
+
+@case("logs out of order")
+def resume_of_a_train_log_with_an_iteration_twice(c):
+    argv = cut_run(c)
+    path = c.path("cut", "train.jsonl")
+    lines = open(path).read().splitlines()
+    open(path, "w").write("\n".join([lines[0], *lines]) + "\n")
+    return script("rl.py", *argv), None
+
+
+# what is compared: a frontier only from runs that share the checkpoint, the lr and every other setting
+
+@case("what is compared")
+def frontier_whose_uniform_run_used_another_checkpoint(c):
+    other = checkpoint(c.path("other.pt"))
+    ckpt = torch.load(other, weights_only=True)
+    ckpt["model"] = {k: v + 0.01 for k, v in ckpt["model"].items()}  # another model: another SHA-256
+    torch.save(ckpt, other)
+    script("rl.py", "--ckpt", other, *RL, "--alpha", "0", "--out", c.path("runs"), "--name", "u")
+    script("rl.py", "--ckpt", c.ckpt, *RL, "--alpha", "100", "--out", c.path("runs"), "--name", "p")
+    result = script("analyze.py", "frontier", c.path("runs"), "--out", c.tmp)
+    short = result[1].split("In full:")[0]
+    return result, lambda: (None if "no frontier |" in short and "warning: no uniform run shares" in result[2]
+                            else "set against the frontier of another checkpoint")
+
+
+@case("what is compared")
+def frontier_with_no_uniform_run_at_all(c):
+    for name, alpha in (("p3", "3"), ("p100", "100")):
+        script("rl.py", "--ckpt", c.ckpt, *RL, "--alpha", alpha, "--out", c.path("runs"), "--name", name)
+    result = script("analyze.py", "frontier", c.path("runs"), "--out", c.tmp)
+    return result, lambda: None if "yes" not in result[1].split("In full:")[0] else "above a frontier of none"
+
+
+# kills and counts
+
+@case("kills")
+def bench_ctrl_c(c):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "lab.bench", "--threads", "1", "--device", "cpu"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(10)
+    out, err = stop(proc)
+    said = [line for line in err.splitlines() if line.strip()][-1:]
+    one = said and said[0].startswith("interrupted (Ctrl-C)")
+    return (proc.returncode, out, err), lambda: None if one else f"Ctrl-C ended in: {err.strip()[-200:]}"
+
+
+@case("bounds")
+def rl_digits_plus_a_billion(c):
+    return script("rl.py", "--ckpt", c.ckpt, *RL, "--digits-plus", "1000000000", "--out", c.tmp), None
+
+
+@case("bounds")
+def fork_check_digits_zero(c):
+    return script("lab.fork_check", "--digits", "0"), None
+
+
+@case("bounds")
+def bench_eval_size_a_billion(c):
+    return script("lab.bench", "--ckpt", c.ckpt, "--eval-size", "1000000000"), None
 
 
 def main():

@@ -365,6 +365,17 @@ def test_a_damaged_log_is_an_error_that_names_the_file_and_line(tmp_path, line, 
     assert "Traceback" not in out.stderr
 
 
+def test_training_rows_not_finite_or_out_of_order_are_left_out_and_named(tmp_path):
+    rows = ['{"iteration": 1, "kl": 0.5}', '{"iteration": 2, "kl": NaN}', '{"iteration": 2, "kl": 0.25}',
+            '{"iteration": 1, "kl": 0.5}', '{"iteration": 3, "kl": 0.125}']
+    (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
+    run = {"dir": str(tmp_path)}
+    assert [r["kl"] for r in run_logs.train_rows(run)] == [0.5, 0.25, 0.125]
+    assert [note.split("train.jsonl ")[1] for note in run["notes"]] == [
+        "line 2 (not a finite number: kl nan; skipped)",
+        "line 4 (iteration 1 after 2: duplicated or out of order; skipped)"]
+
+
 def test_the_critical_commas_table_averages_each_comma_over_seeds_and_only_where_it_was_logged(tmp_path):
     _fake_run(tmp_path, "old", 0.0, 0, 60.0)  # a run from before the commas were logged: no table
     table = lambda: curves.summarize(curves.group_runs(run_logs.find_runs([str(tmp_path)]),
@@ -505,6 +516,10 @@ def test_study_runs_every_step_and_resumes(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     study.cmd_study(args, RL_DEFAULTS)  # everything is there: no run again
     assert "$ rl.py" not in capsys.readouterr().err
+    study.cmd_study(analyze.argparse.Namespace(**{**vars(args), "print_commands": True}), RL_DEFAULTS)
+    printed = capsys.readouterr()  # no command for a finished run: its --force would replace it
+    finished = tmp_path / "runs" / "study_small" / "alpha"
+    assert printed.out == "" and f"have {finished}/alpha0_seed0" in printed.err
 
 
 def test_runs_side_by_side_log_what_runs_one_by_one_log(tiny_checkpoint, tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import analyze
-from lab import bench
+from lab import bench, fork_check
 import data
 import pretrain
 import rl
@@ -73,6 +73,7 @@ CASES = [
     ("rl", ["--ckpt", "{tmp}/existing.pt"], "damaged"),
     ("rl", ["--ckpt", "{tmp}/no_digits.pt"], "records no pre-training digits"),
     ("rl", ["--digits-plus", "20"], "lower --digits-plus"),
+    ("rl", ["--digits-plus", "1000000000"], "at most 100"),  # hung building billion-digit problems
     ("rl", ["--ckpt", ADD7, "--batch-size", "16384", "--group-size", "4", "--episodes", "65536"], "GB"),
     ("rl", ["--name", "taken"], "--force"),
     ("rl", ["--name", "fresh", "--resume"], "resume"),
@@ -93,11 +94,17 @@ CASES = [
     ("bench", ["--ckpt", "{tmp}/nope.pt"], "no checkpoint at"),
     ("bench", ["--ckpt", "{ckpt}", "--digits", "30"], "do not fit"),
     ("bench", ["--threads", "0"], "--threads must be at least 1"),
+    ("bench", ["--eval-size", "1000000000"], "at most 10000"),
+    ("bench", ["--digits", "1000000000"], "at most 100"),
+    # lab/fork_check.py
+    ("fork_check", ["--digits", "0"], "at least 1"),  # a traceback from random.randrange otherwise
+    ("fork_check", ["--block-size", "1000000000000"], "at most 1048576"),
 ]
-MAINS = {"pretrain": pretrain.main, "rl": rl.main, "analyze": analyze.main, "bench": bench.main}
+MAINS = {"pretrain": pretrain.main, "rl": rl.main, "analyze": analyze.main, "bench": bench.main,
+         "fork_check": fork_check.main}
 # where each script would write if it got that far: the test's folder
 OUTPUTS = {"pretrain": ["--out", "{tmp}/new.pt"], "rl": ["--out", "{tmp}", *TINY_RL, "--ckpt", "{ckpt}"],
-           "analyze": ["--results", "{tmp}"], "bench": ["--threads", "1"]}
+           "analyze": ["--results", "{tmp}"], "bench": ["--threads", "1"], "fork_check": []}
 
 
 def files_under(folder):
@@ -151,7 +158,7 @@ def test_there_are_at_least_forty_cases_across_the_scripts():
 
 
 def test_an_operation_without_a_deterministic_kernel_is_refused_in_one_line():
-    from lab.runtime import deterministic_refusal, run_script
+    from lab.console import deterministic_refusal, run_script
     error = RuntimeError("scatter_add_cuda_kernel does not have a deterministic implementation, but you set "
                          "'torch.use_deterministic_algorithms(True)'.\nmore")
     line = deterministic_refusal(error)

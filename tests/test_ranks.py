@@ -85,6 +85,36 @@ def test_rl_with_two_ranks_logs_once_and_resumes_only_with_two(tiny_checkpoint, 
     steps = [json.loads(line) for line in open(tmp_path / "two" / "train.jsonl")]
     assert [row["episode"] for row in rows] == [0, 4, 8] and [row["episode"] for row in steps] == [4, 8]
     assert json.load(open(tmp_path / "two" / "config.json"))["ranks"] == 2
+    # started again without --force: the first rank refuses in one line, the second says nothing
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "rl.py", *flags]
+    r = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode != 0 and (r.stdout + r.stderr).count("already holds a run") == 1
+    assert "[rank1]" not in r.stderr and "Connection closed" not in r.stderr, r.stderr[-3000:]
+
+
+def test_a_run_of_two_processes_resumed_by_one_is_told_the_torchrun_command(tiny_checkpoint, tmp_path,
+                                                                             monkeypatch):
+    import rl
+    from conftest import stop_after_saving
+    flags = ["--ckpt", tiny_checkpoint, "--episodes", "8", "--batch-size", "2", "--group-size", "2",
+             "--eval-every", "4", "--eval-size", "2", "--out", str(tmp_path), "--name", "two", "--no-save",
+             "--device", "cpu", "--threads", "1"]
+    stop_after_saving(monkeypatch, 4)
+    with pytest.raises(SystemExit, match="interrupted"):
+        rl.main(flags)
+    config_path, state_path = tmp_path / "two" / "config.json", tmp_path / "two" / "state.pt"
+    config = json.load(open(config_path))
+    json.dump({**config, "ranks": 2}, open(config_path, "w"))  # as torchrun with two processes wrote it
+    state = torch.load(state_path, weights_only=False)
+    state["identity"]["ranks"] = 2
+    torch.save(state, state_path)
+    with pytest.raises(SystemExit) as stop:
+        rl.main([*flags, "--resume"])
+    assert "made by 2 process(es) and this is 1" in str(stop.value.code)
+    assert "; to go on: torchrun --standalone --nproc_per_node 2 rl.py --ckpt " in str(stop.value.code)
+    assert str(stop.value.code).endswith("--threads 1 --name two --resume")
 
 
 def test_a_run_of_two_ranks_does_not_resume_alone():

@@ -16,7 +16,7 @@ import pretrain
 import rl
 from lab import run_folder
 from lab import files
-from lab import runtime
+from lab import console, runtime
 from conftest import stop_after_saving
 from model import GPT, GPTConfig, save_checkpoint
 
@@ -309,6 +309,24 @@ def test_a_script_started_with_its_output_streams_closed_does_its_work(tiny_chec
     assert [row["episode"] for row in rows(tmp_path / "closed" / "metrics.jsonl")] == [0, 4, 8]
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="/dev/full (an always full disk) is Linux's")
+def test_a_full_standard_output_or_error_never_costs_the_run(tiny_checkpoint, tmp_path):
+    """`> log` on a full disk: every write to the stream fails (ENOSPC); the run goes on and ends whole."""
+    env, quiet = {**os.environ, "OMP_NUM_THREADS": "1"}, subprocess.DEVNULL
+    rl = [sys.executable, "rl.py", "--ckpt", tiny_checkpoint, *TINY, "--out", str(tmp_path)]
+    pretrain = [sys.executable, "pretrain.py", "--digits", "1", "--steps", "4", "--n-layer", "1", "--n-head",
+                "2", "--n-embd", "16", "--block-size", "128", "--eval-size", "2", "--threads", "1"]
+    with open("/dev/full", "w") as full:
+        for name, out, err in (("out", full, quiet), ("err", quiet, full), ("both", full, full)):
+            done = subprocess.run([*rl, "--name", name], cwd=ROOT, stdout=out, stderr=err, timeout=300,
+                                  env=env)
+            assert done.returncode == 0, name
+            assert [row["episode"] for row in rows(tmp_path / name / "metrics.jsonl")] == [0, 4, 8]
+        done = subprocess.run([*pretrain, "--out", str(tmp_path / "p.pt")], cwd=ROOT, stdout=full,
+                              stderr=full, timeout=300, env=env)
+    assert done.returncode == 0 and (tmp_path / "p.pt").exists()
+
+
 def test_a_fifo_or_a_device_where_a_file_belongs_is_refused_not_waited_on(tiny_checkpoint, tmp_path):
     os.mkfifo(tmp_path / "fifo.pt")
     for path in (str(tmp_path / "fifo.pt"), "/dev/zero"):
@@ -335,7 +353,7 @@ def test_a_full_disk_while_logging_ends_in_one_line(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["-dashrun", "my 'best' run", "a$HOME;b"])
 def test_the_printed_resume_command_parses_back_to_the_run_whatever_its_name(name):
-    command = runtime.resume_command("rl.py", ["--seed", "1", f"--name={name}"], name)
+    command = console.resume_command("rl.py", ["--seed", "1", f"--name={name}"], name)
     argv = shlex.split(command)[2:]
     assert rl.get_args(argv).name == name and "--resume" in argv
 
@@ -372,7 +390,7 @@ def test_a_ctrl_c_in_any_other_command_is_one_line():
     def main():
         raise KeyboardInterrupt
     with pytest.raises(SystemExit) as e:
-        runtime.run_script(main)
+        console.run_script(main)
     assert e.value.code.strip().startswith("interrupted (Ctrl-C)") and "\n" not in e.value.code.strip()
 
 
@@ -380,12 +398,12 @@ def test_the_resume_advice_names_the_script_as_it_was_started(monkeypatch):
     """Run from another folder, the advice names the script's own path; under torchrun, torchrun with the
     same process count; called from Python, the script's name."""
     monkeypatch.setattr(sys, "argv", ["../code/rl.py", "--alpha", "3"])
-    assert runtime.resume_command("rl.py", ["--alpha", "3"]) == "python ../code/rl.py --alpha 3 --resume"
+    assert console.resume_command("rl.py", ["--alpha", "3"]) == "python ../code/rl.py --alpha 3 --resume"
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert runtime.resume_command("rl.py", ["--alpha", "3"]).startswith(
+    assert console.resume_command("rl.py", ["--alpha", "3"]).startswith(
         "torchrun --standalone --nproc_per_node 2 ../code/rl.py --alpha 3")
     monkeypatch.delenv("WORLD_SIZE")
-    assert runtime.resume_command("rl.py", ["--kl-coef", "0"]) == "python rl.py --kl-coef 0 --resume"
+    assert console.resume_command("rl.py", ["--kl-coef", "0"]) == "python rl.py --kl-coef 0 --resume"
 
 
 def test_a_resume_refuses_a_log_whose_rows_are_out_of_order(tiny_checkpoint, tmp_path):
