@@ -188,6 +188,12 @@ def advice(err):
     return shlex.split(err.split("to go on: ")[1].strip().splitlines()[0])[2:]
 
 
+def follow(err):
+    """Run the resume command a stopped run printed, to its end: a LONG_RL run takes about a minute alone on
+    2 cores, longer beside other work, so its limit is 4 x HANG (a hang still ends there)."""
+    return script("rl.py", *advice(err), timeout=4 * HANG)
+
+
 class NoAdvice(Exception):
     """A run stopped by Ctrl-C printed no command to go on with."""
 
@@ -201,7 +207,7 @@ def ctrl_c_with_a_default_name(c):
         time.sleep(0.2)
     _, err = stop(first)
     time.sleep(1.1)
-    return script("rl.py", *advice(err)), None
+    return follow(err), None
 
 
 @case("resume advice")
@@ -217,7 +223,7 @@ def ctrl_c_during_the_first_evaluation_then_resume(c):
     first = start("rl.py", "--ckpt", c.ckpt, *RL, "--eval-size", "400", "--out", c.tmp, "--name", "early")
     wait_for(c.path("early", "config.json"))
     _, err = stop(first)
-    return script("rl.py", *advice(err)), None
+    return follow(err), None
 
 
 def cut_run(c, name="cut"):
@@ -777,7 +783,7 @@ def dash_name_advice(label, name_args):
                                             for d in os.listdir(c.tmp) if os.path.isdir(c.path(d))):
             time.sleep(0.2)
         _, err = stop(first)
-        return script("rl.py", *advice(err)), None
+        return follow(err), None
     run.__name__ = label
     case("recount: advice")(run)
 
@@ -811,7 +817,7 @@ def rl_sigterm_stops_as_ctrl_c_does(c):
     first = running_rl(c)
     first.send_signal(signal.SIGTERM)
     _, err = first.communicate()
-    return script("rl.py", *advice(err)), None  # the advice it printed, followed
+    return follow(err), None  # the advice it printed, followed
 
 
 @case("kills")
@@ -819,7 +825,7 @@ def rl_sighup_stops_as_ctrl_c_does(c):
     first = running_rl(c)
     first.send_signal(signal.SIGHUP)
     _, err = first.communicate()
-    return script("rl.py", *advice(err)), None
+    return follow(err), None
 
 
 @case("kills")
