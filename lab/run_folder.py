@@ -149,8 +149,8 @@ def resume_folder(args, config, run_dir, defaults):
         sys.exit(f"error: {config_path} is missing or not readable JSON ({type(e).__name__}); the run cannot "
                  "be checked: start it anew with --force")
     old.setdefault("sampler", sampler_of(old))  # a run from before --sampler: its two flags say which
-    if old.get("ranks", 1) != config.get("ranks", 1):  # each process draws its own sampling noise
-        then, now = old.get("ranks", 1), config.get("ranks", 1)
+    then, now = old.get("ranks", 1), config.get("ranks", 1)
+    if then != now:  # each process draws its own sampling noise
         raise OtherProcessCount(f"error: {run_dir} was made by {then} process(es) and this is {now}: another "
                                 "count is another run", then)
     differ = [f"--{k.replace('_', '-')} {old.get(k)} (now {v})" for k, v in config.items()

@@ -44,13 +44,14 @@ def run_rl(runs, budget, jobs):
     threads = max(1, torch.get_num_threads() // jobs)
 
     def launch(run):
+        out, name, _ = run
         command = rl_command(*run, budget, threads)
         sys.stderr.write("$ " + " ".join(command[1:]) + "\n")  # one write: runs start side by side
         if jobs == 1:  # the run's own progress bar
             return run, subprocess.run(command).returncode, ""
         done = subprocess.run(command, capture_output=True, text=True)
         summary = [line for line in done.stdout.splitlines() if line.startswith("done:")]
-        sys.stderr.write(f"{run[0]}/{run[1]}: " + (summary[-1] if summary else "failed") + "\n")  # out/name
+        sys.stderr.write(f"{out}/{name}: " + (summary[-1] if summary else "failed") + "\n")
         return run, done.returncode, done.stderr
 
     failed = []
